@@ -1,0 +1,33 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+# Both set everything up from a clean clone (virtualenv, package, services).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint bench services venv
+
+$(BIN)/shelfwork: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(BIN)/shelfwork
+
+venv: $(BIN)/shelfwork
+
+services:
+	bash scripts/services.sh
+
+demo: venv
+	$(BIN)/shelfwork demo
+
+test: venv services
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/python -m pytest -q tests
+
+lint: venv
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+bench: venv services
+	$(BIN)/python bench/engine.py

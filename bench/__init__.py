@@ -1,0 +1,1 @@
+"""Engine benchmark: shelfwork against Huey and Celery (run `make bench`)."""

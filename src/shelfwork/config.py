@@ -1,0 +1,210 @@
+"""Settings: defaults, then a TOML file, then SHELFWORK_* environment variables.
+
+A broken file is reported with its path and line so a person can fix it without reading a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG = "shelfwork.toml"
+
+
+class ScheduleConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    pipeline: str
+    cron: str
+    timezone: str = "UTC"
+    params: dict[str, Any] = Field(default_factory=dict)
+    context: str | None = None
+    lane: str | None = None
+    priority: int = 0
+    misfire: Literal["skip", "run_once"] = "run_once"
+    when_busy: Literal["queue", "skip"] = "skip"
+    paused: bool = False
+
+
+class StatePolling(BaseModel):
+    """How one tracker state is polled under one profile."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interval: float | None = Field(default=None, ge=0)  # seconds; None = not polled
+    factor: float = Field(default=1.0, ge=1.0)
+    max_interval: float | None = Field(default=None, ge=0)
+    too_long_after: float | None = Field(default=None, gt=0)
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    database_url: str = "sqlite:///./shelfwork.db"
+    executor: Literal["local", "celery"] = "local"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    celery_queue: str = "shelfwork"
+    max_running: int = Field(default=4, ge=1)
+    max_queue: int = Field(default=32, ge=0)
+    local_threads: int | None = Field(default=None, ge=1)
+    lease_ttl: float = Field(default=30.0, gt=0)
+    heartbeat: float | None = Field(default=None, gt=0)
+    dispatch_ttl: float = Field(default=300.0, gt=0)
+    poll_interval: float = Field(default=0.5, gt=0)
+    tracker_profile: str = "live"
+    tracker_concurrency: int = Field(default=8, ge=1)
+    tracker_batch: int = Field(default=100, ge=1)
+    pipeline_modules: list[str] = Field(default_factory=list)
+    schedules: list[ScheduleConfig] = Field(default_factory=list)
+    # profile -> tracker kind -> state -> polling rule
+    tracker_profiles: dict[str, dict[str, dict[str, StatePolling]]] = Field(default_factory=dict)
+    source: str | None = None  # the file these settings came from, for messages
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.heartbeat or max(self.lease_ttl / 3, 0.05)
+
+    @property
+    def threads(self) -> int:
+        return self.local_threads or self.max_running
+
+
+_ENV = {
+    "SHELFWORK_DATABASE_URL": "database_url",
+    "SHELFWORK_EXECUTOR": "executor",
+    "SHELFWORK_BROKER_URL": "broker_url",
+    "SHELFWORK_CELERY_QUEUE": "celery_queue",
+    "SHELFWORK_MAX_RUNNING": "max_running",
+    "SHELFWORK_MAX_QUEUE": "max_queue",
+    "SHELFWORK_LEASE_TTL": "lease_ttl",
+    "SHELFWORK_POLL_INTERVAL": "poll_interval",
+    "SHELFWORK_TRACKER_PROFILE": "tracker_profile",
+}
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    env: dict[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build settings. `path` or $SHELFWORK_CONFIG names the TOML file; ./shelfwork.toml if present."""
+    env = dict(os.environ if env is None else env)
+    data: dict[str, Any] = {}
+    text = ""
+    chosen = path or env.get("SHELFWORK_CONFIG")
+    file: Path | None = Path(chosen) if chosen else None
+    if file is None and Path(DEFAULT_CONFIG).is_file():
+        file = Path(DEFAULT_CONFIG)
+    if file is not None:
+        if not file.is_file():
+            raise ConfigError(f"config file {file}: not found")
+        text = file.read_text(encoding="utf-8")
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file}: {exc}") from None
+        data = _from_toml(raw, file)
+        data["source"] = str(file)
+    for var, key in _ENV.items():
+        if env.get(var):
+            data[key] = env[var]
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, file, text)) from None
+
+
+def _from_toml(raw: dict[str, Any], file: Path) -> dict[str, Any]:
+    """Flatten the documented TOML layout into Settings fields."""
+    data: dict[str, Any] = {}
+    sections = {
+        "database": {"url": "database_url"},
+        "executor": {
+            "kind": "executor",
+            "broker_url": "broker_url",
+            "threads": "local_threads",
+            "dispatch_ttl": "dispatch_ttl",
+            "queue": "celery_queue",
+        },
+        "admission": {"max_running": "max_running", "max_queue": "max_queue"},
+        "leases": {"ttl": "lease_ttl", "heartbeat": "heartbeat"},
+        "scheduler": {"poll_interval": "poll_interval"},
+        "pipelines": {"modules": "pipeline_modules"},
+    }
+    for section, body in raw.items():
+        if section in sections:
+            if not isinstance(body, dict):
+                raise ConfigError(f"config file {file}: [{section}] must be a table")
+            for key, value in body.items():
+                if key not in sections[section]:
+                    allowed = ", ".join(sections[section])
+                    raise ConfigError(
+                        f"config file {file}: line {_line_of_key(file, section, key)}: "
+                        f"unknown key {key!r} in [{section}] (allowed: {allowed})"
+                    )
+                data[sections[section][key]] = value
+        elif section == "schedules":
+            data["schedules"] = [{"name": name, **spec} for name, spec in body.items()]
+        elif section == "trackers":
+            body = dict(body)
+            if "profile" in body:
+                data["tracker_profile"] = body.pop("profile")
+            for key in ("concurrency", "batch"):
+                if key in body:
+                    data[f"tracker_{key}"] = body.pop(key)
+            data["tracker_profiles"] = body.pop("profiles", {})
+            if body:
+                raise ConfigError(
+                    f"config file {file}: unknown key(s) in [trackers]: {', '.join(body)}"
+                )
+        else:
+            known = ", ".join([*sections, "schedules", "trackers"])
+            raise ConfigError(
+                f"config file {file}: line {_line_of_key(file, section, None)}: "
+                f"unknown section [{section}] (known: {known})"
+            )
+    return data
+
+
+def _line_of_key(file: Path, section: str, key: str | None) -> int | str:
+    text = file.read_text(encoding="utf-8")
+    return _find_line(text, section, key)
+
+
+def _find_line(text: str, section: str | None, key: str | None) -> int | str:
+    in_section = section is None
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        header = re.match(r"^\[+\s*([^\]]+?)\s*\]+", stripped)
+        if header:
+            name = header.group(1)
+            in_section = section is not None and (name == section or name.startswith(section + "."))
+            if in_section and key is None:
+                return number
+            continue
+        if in_section and key is not None and re.match(rf"^{re.escape(key)}\s*=", stripped):
+            return number
+    return "?"
+
+
+def _explain(exc: ValidationError, file: Path | None, text: str) -> str:
+    problems = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        where = ""
+        if file is not None:
+            key = str(err["loc"][-1]) if err["loc"] else None
+            line = _find_line(text, None, key) if key else "?"
+            where = f"line {line}: " if line != "?" else ""
+        problems.append(f"{where}{loc}: {err['msg']}")
+    origin = f"config file {file}" if file is not None else "settings"
+    return f"{origin}: " + "; ".join(problems)

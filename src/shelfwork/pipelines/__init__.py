@@ -1,0 +1,1 @@
+"""One package per system built on the engine; `builtin` holds the smoke-test pipelines."""

@@ -1,0 +1,336 @@
+"""Runs one job: resumes at the first unfinished step, retries by policy, forks and joins branches,
+compensates on critical failure, and commits every step's outcome before the next one starts."""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from .context import BranchOutcome, RunState, StepContext
+from .errors import Cancelled, LeaseLost, ShelfworkError, StepFailed, UnknownPipeline, describe
+from .jobs import StepView
+from .pipeline import Branch, Parallel, Pipeline, Step
+from .store.models import CANCELLED, FAILED, SUCCEEDED
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from .engine import Engine
+
+log = logging.getLogger("shelfwork.runner")
+
+
+class _CriticalBranchFailed(ShelfworkError):
+    def __init__(self, branch: str, error: str) -> None:
+        self.branch = branch
+        super().__init__(f"critical branch {branch!r} failed: {error}")
+
+
+class Run:
+    """One run of one job on this process."""
+
+    def __init__(
+        self, engine: Engine, state: RunState, pipeline: Pipeline, params: BaseModel
+    ) -> None:
+        self.engine = engine
+        self.state = state
+        self.pipeline = pipeline
+        self.params = params
+        self.jobs = engine.jobs
+        self.results: dict[str, Any] = {}
+        self.branches: dict[str, BranchOutcome] = {}
+        self.done: dict[str, StepView] = {}
+        self.last_result: Any = None
+
+    def execute(self) -> None:
+        job_id = self.state.job_id
+        self.done = self.jobs.steps(job_id)
+        for name, view in self.done.items():
+            if view.state == SUCCEEDED:
+                self.results[name] = view.result
+        plan = list(self.pipeline.steps)
+        try:
+            for index, node in enumerate(plan):
+                last = index == len(plan) - 1
+                if isinstance(node, Step):
+                    self._serial(node, last=last)
+                else:
+                    self._parallel(node, last=last)
+        except LeaseLost:
+            log.warning("job %s: lease lost, another worker took over; stopping here", job_id)
+        except Cancelled as exc:
+            self._end(CANCELLED, exc)
+        except (StepFailed, _CriticalBranchFailed) as exc:
+            self._end(FAILED, exc)
+        except Exception as exc:  # a bug in shelfwork itself: still end the job, keep the reason
+            log.exception("job %s: unexpected error", job_id)
+            self._end(FAILED, exc)
+
+    # --- serial steps ----------------------------------------------------------------------
+
+    def _serial(self, node: Step, *, last: bool) -> None:
+        view = self.done.get(node.name)
+        if view is not None and view.state == SUCCEEDED:
+            self.last_result = view.result
+            if last:
+                self.jobs.finish(self.state.job_id, self.state.owner, SUCCEEDED, view.result)
+            return
+        self._check()
+        result = self._attempts(node, branch=None, finish_job=last)
+        self.results[node.name] = result
+        self.last_result = result
+
+    def _attempts(self, node: Step, *, branch: str | None, finish_job: bool) -> Any:
+        """Run a step until it succeeds or its retry policy gives up."""
+        job_id, owner = self.state.job_id, self.state.owner
+        prior = self.done.get(node.name)
+        checkpoint = prior.checkpoint if prior else None
+        while True:
+            attempt = self.jobs.step_started(job_id, owner, node.name, branch)
+            ctx = StepContext(
+                self.engine,
+                self.state,
+                self.pipeline.name,
+                self.params,
+                self.results,
+                self.branches,
+                node.name,
+                attempt,
+                checkpoint,
+            )
+            started = time.perf_counter()
+            try:
+                result = node.fn(ctx)
+            except (Cancelled, LeaseLost):
+                raise
+            except Exception as exc:
+                self.engine.metrics.step_duration(
+                    self.pipeline.name, node.name, time.perf_counter() - started
+                )
+                checkpoint = ctx.checkpoint
+                if attempt < node.retry.attempts and node.retry.retries(exc):
+                    wait = node.retry.wait(attempt)
+                    self.jobs.step_finished(
+                        job_id,
+                        owner,
+                        node.name,
+                        state="retrying",
+                        error=describe(exc),
+                        event_kind="step_retry",
+                        message=(
+                            f"attempt {attempt} of {node.retry.attempts} failed: {describe(exc)}; "
+                            f"next in {wait:.1f}s"
+                        ),
+                    )
+                    self._pause(wait)
+                    continue
+                failure = StepFailed(node.name, exc, attempt)
+                self.jobs.step_finished(
+                    job_id,
+                    owner,
+                    node.name,
+                    state=FAILED,
+                    error=describe(exc),
+                    event_kind="step_failed",
+                    message=str(failure),
+                )
+                raise failure from exc
+            self.engine.metrics.step_duration(
+                self.pipeline.name, node.name, time.perf_counter() - started
+            )
+            result = _jsonable(result, node.name)
+            self.jobs.step_finished(
+                job_id,
+                owner,
+                node.name,
+                state=SUCCEEDED,
+                result=result,
+                event_kind="step_succeeded",
+                finish_job=(SUCCEEDED, result, None) if finish_job else None,
+            )
+            return result
+
+    def _pause(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self._check()
+            self.state.cancel.wait(min(left, 0.25))
+        self._check()
+
+    def _check(self) -> None:
+        if self.state.lost.is_set():
+            raise LeaseLost(self.state.job_id)
+        if self.state.cancel.is_set() or self.jobs.cancel_requested(self.state.job_id):
+            self.state.cancel.set()
+            raise Cancelled(f"job {self.state.job_id} cancelled")
+
+    # --- parallel blocks ------------------------------------------------------------------
+
+    def _parallel(self, node: Parallel, *, last: bool) -> None:
+        pending = [b for b in node.branches if not self._branch_done(b)]
+        if pending:
+            self._check()
+            with ThreadPoolExecutor(
+                len(pending), thread_name_prefix=f"job{self.state.job_id}"
+            ) as pool:
+                futures = {b.name: pool.submit(self._branch, b) for b in pending}
+                errors = {name: f.exception() for name, f in futures.items()}
+            for exc in errors.values():  # cancel and lease loss win over ordinary failures
+                if isinstance(exc, (LeaseLost, Cancelled)):
+                    raise exc
+        critical = [
+            b for b in node.branches if b.critical and self.branches[b.name].state == FAILED
+        ]
+        if critical:
+            b = critical[0]
+            raise _CriticalBranchFailed(b.name, self.branches[b.name].error or "failed")
+        if last:
+            summary = {name: o.result for name, o in self.branches.items()}
+            self.jobs.finish(self.state.job_id, self.state.owner, SUCCEEDED, summary)
+
+    def _branch_done(self, b: Branch) -> bool:
+        view = self.done.get(b.name)
+        if view is None or view.state not in (SUCCEEDED, FAILED):
+            return False
+        warnings = [view.error] if view.state == FAILED and view.error else []
+        self.branches[b.name] = BranchOutcome(
+            b.name, b.critical, view.state, view.result, view.error, warnings
+        )
+        self.results[b.name] = view.result
+        return True
+
+    def _branch(self, b: Branch) -> None:
+        job_id, owner = self.state.job_id, self.state.owner
+        result: Any = None
+        try:
+            for s in b.steps:
+                view = self.done.get(s.name)
+                if view is not None and view.state == SUCCEEDED:
+                    result = view.result
+                    continue
+                self._check()
+                result = self._attempts(s, branch=b.name, finish_job=False)
+                self.results[s.name] = result
+        except (Cancelled, LeaseLost):
+            raise
+        except StepFailed as exc:
+            error = str(exc)
+            self.branches[b.name] = BranchOutcome(b.name, b.critical, FAILED, None, error)
+            self.jobs.step_finished(
+                job_id,
+                owner,
+                b.name,
+                state=FAILED,
+                error=error,
+                branch=b.name,
+                event_kind="branch_failed",
+                message=error,
+            )
+            if not b.critical:
+                self.jobs.add_warning(
+                    job_id, f"optional branch {b.name!r} failed: {exc}", step=b.name
+                )
+                self.branches[b.name].warnings.append(error)
+            return
+        self.branches[b.name] = BranchOutcome(b.name, b.critical, SUCCEEDED, result)
+        self.results[b.name] = result
+        self.jobs.step_finished(
+            job_id,
+            owner,
+            b.name,
+            state=SUCCEEDED,
+            result=result,
+            branch=b.name,
+            event_kind="branch_succeeded",
+        )
+
+    # --- ending -------------------------------------------------------------------------
+
+    def _end(self, state: str, exc: BaseException) -> None:
+        reason = str(exc)
+        if self.pipeline.compensate is not None:
+            ctx = StepContext(
+                self.engine,
+                self.state,
+                self.pipeline.name,
+                self.params,
+                self.results,
+                self.branches,
+                "compensate",
+                1,
+            )
+            try:
+                self.pipeline.compensate(ctx, exc)
+                self.jobs.record(
+                    self.state.job_id, "compensated", f"compensation ran after: {reason}"
+                )
+            except Exception as comp:
+                log.exception("job %s: compensation failed", self.state.job_id)
+                reason = f"{reason}; compensation also failed: {describe(comp)}"
+                self.jobs.record(
+                    self.state.job_id, "compensation_failed", describe(comp), level="error"
+                )
+        try:
+            self.jobs.finish(self.state.job_id, self.state.owner, state, None, reason)
+        except LeaseLost:
+            log.warning("job %s: lease lost before it could be marked %s", self.state.job_id, state)
+
+
+def run_job(engine: Engine, job_id: int) -> str:
+    """Run or resume a job on this process if its lease can be taken. Returns what happened."""
+    owner = engine.node_id
+    if not engine.jobs.take_lease(job_id, owner, engine.settings.lease_ttl):
+        return "skipped"
+    job = engine.jobs.get(job_id, steps=False)
+    state = RunState(job_id, owner)
+    if job.cancel_requested:
+        state.cancel.set()
+    engine.heartbeat.track(state)
+    try:
+        try:
+            pipeline = engine.registry.get(job.pipeline)
+        except UnknownPipeline as exc:
+            engine.jobs.hold(job_id, owner, f"pipeline code is not loaded on {owner}: {exc}")
+            return "held"
+        started_any = job.runs > 1 or bool(engine.jobs.steps(job_id))
+        if job.pipeline_version != pipeline.version:
+            if started_any and not pipeline.resumable_from(job.pipeline_version):
+                engine.jobs.hold(
+                    job_id,
+                    owner,
+                    f"pipeline {pipeline.name!r} changed from version {job.pipeline_version} to "
+                    f"{pipeline.version} while this job was in flight; release it to resume on the "
+                    "new code, or cancel it",
+                )
+                return "held"
+            engine.jobs.record(
+                job_id,
+                "version_changed",
+                f"running on pipeline version {pipeline.version} (submitted on {job.pipeline_version})",
+            )
+        try:
+            params = pipeline.validate(job.params)
+        except ShelfworkError as exc:
+            engine.jobs.finish(job_id, owner, FAILED, None, f"stored params no longer valid: {exc}")
+            return FAILED
+        started = time.perf_counter()
+        Run(engine, state, pipeline, params).execute()
+        engine.metrics.job_duration(pipeline.name, time.perf_counter() - started)
+        return "ran"
+    except LeaseLost:
+        return "lost"
+    finally:
+        engine.heartbeat.untrack(state)
+
+
+def _jsonable(value: Any, step: str) -> Any:
+    """Step results are stored as JSON; anything else is a programming error worth naming."""
+    import json
+
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise ShelfworkError(f"step {step!r} returned a value that is not JSON: {exc}") from None
+    return value

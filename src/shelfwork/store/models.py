@@ -1,0 +1,314 @@
+"""Tables of the metadata database.
+
+Partial unique indexes make the admission rules hold even against buggy callers: the database itself
+refuses a second running job in one context or lane, and a second live job with one dedup key.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# Job states, as shown everywhere.
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+)
+JOB_STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on both SQLite (stored naive) and PostgreSQL (timestamptz)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON}
+
+
+_live = text("state IN ('queued', 'running')")
+_running = text("state = 'running'")
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    pipeline: Mapped[str] = mapped_column(String(200))
+    pipeline_version: Mapped[str] = mapped_column(String(50))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), default=QUEUED)
+    context: Mapped[str | None] = mapped_column(String(300))
+    lane: Mapped[str | None] = mapped_column(String(100))
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    dedup_key: Mapped[str | None] = mapped_column(String(300))
+    schedule_id: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None]
+    runs: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    attention: Mapped[str | None] = mapped_column(Text)
+    progress_done: Mapped[float | None] = mapped_column(Float)
+    progress_total: Mapped[float | None] = mapped_column(Float)
+    progress_message: Mapped[str | None] = mapped_column(Text)
+    warnings: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    result: Mapped[Any | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_jobs_state_priority", "state", "priority", "id"),
+        Index("ix_jobs_pipeline_created", "pipeline", "created_at"),
+        Index("ix_jobs_context", "context"),
+        Index(
+            "uq_jobs_running_context",
+            "context",
+            unique=True,
+            sqlite_where=_running,
+            postgresql_where=_running,
+        ),
+        Index(
+            "uq_jobs_running_lane",
+            "lane",
+            unique=True,
+            sqlite_where=_running,
+            postgresql_where=_running,
+        ),
+        Index(
+            "uq_jobs_live_dedup",
+            "dedup_key",
+            unique=True,
+            sqlite_where=_live,
+            postgresql_where=_live,
+        ),
+    )
+
+
+class JobStep(Base):
+    """A step checkpoint: committed before the next step starts, so a resumed job skips it."""
+
+    __tablename__ = "job_steps"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    branch: Mapped[str | None] = mapped_column(String(200))
+    state: Mapped[str] = mapped_column(String(16))  # running, succeeded, failed, skipped
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    result: Mapped[Any | None] = mapped_column(JSON)
+    checkpoint: Mapped[Any | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    __table_args__ = (UniqueConstraint("job_id", "name"),)
+
+
+class JobEvent(Base):
+    """The append-only audit trail of a job."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime]
+    kind: Mapped[str] = mapped_column(String(40))
+    level: Mapped[str] = mapped_column(String(10), default="info")
+    step: Mapped[str | None] = mapped_column(String(200))
+    message: Mapped[str] = mapped_column(Text, default="")
+    data: Mapped[Any | None] = mapped_column(JSON)
+
+
+class Lock(Base):
+    __tablename__ = "locks"
+
+    name: Mapped[str] = mapped_column(String(300), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    job_id: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+    acquired_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+
+    __table_args__ = (Index("ix_locks_job", "job_id"),)
+
+
+class EntityValue(Base):
+    """Per-entity fields for compare-and-set when the caller has no table of its own."""
+
+    __tablename__ = "entity_values"
+
+    entity: Mapped[str] = mapped_column(String(300), primary_key=True)
+    field: Mapped[str] = mapped_column(String(200), primary_key=True)
+    value: Mapped[Any | None] = mapped_column(JSON)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    updated_at: Mapped[datetime]
+
+
+class Effect(Base):
+    """External effects already done, by idempotency key, so a resumed step does not repeat them."""
+
+    __tablename__ = "effects"
+
+    key: Mapped[str] = mapped_column(String(400), primary_key=True)
+    job_id: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+    step: Mapped[str | None] = mapped_column(String(200))
+    result: Mapped[Any | None] = mapped_column(JSON)
+    created_at: Mapped[datetime]
+
+
+class Schedule(Base):
+    __tablename__ = "schedules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    pipeline: Mapped[str] = mapped_column(String(200))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    cron: Mapped[str] = mapped_column(String(200))
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    context: Mapped[str | None] = mapped_column(String(300))
+    lane: Mapped[str | None] = mapped_column(String(100))
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    misfire: Mapped[str] = mapped_column(String(16), default="run_once")
+    when_busy: Mapped[str] = mapped_column(String(16), default="skip")
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    source: Mapped[str] = mapped_column(String(16), default="api")
+    next_run_at: Mapped[datetime | None]
+    last_run_at: Mapped[datetime | None]
+    last_outcome: Mapped[str | None] = mapped_column(String(40))
+    last_job_id: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+    created_at: Mapped[datetime]
+
+
+class ScheduleRun(Base):
+    """What a schedule did at each firing: submitted, queued behind a busy context, skipped, refused."""
+
+    __tablename__ = "schedule_runs"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    schedule_id: Mapped[int] = mapped_column(ForeignKey("schedules.id", ondelete="CASCADE"))
+    at: Mapped[datetime]
+    planned_for: Mapped[datetime]
+    outcome: Mapped[str] = mapped_column(String(40))
+    job_id: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+    detail: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_schedule_runs_schedule", "schedule_id", "at"),)
+
+
+class TrackedEntity(Base):
+    __tablename__ = "tracked_entities"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    tracker: Mapped[str] = mapped_column(String(100))
+    key: Mapped[str] = mapped_column(String(300))
+    state: Mapped[str] = mapped_column(String(100))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    entered_state_at: Mapped[datetime]
+    last_polled_at: Mapped[datetime | None]
+    next_poll_at: Mapped[datetime | None]
+    interval: Mapped[float | None] = mapped_column(Float)
+    unchanged_polls: Mapped[int] = mapped_column(Integer, default=0)
+    too_long: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    claimed_until: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+
+    __table_args__ = (
+        UniqueConstraint("tracker", "key"),
+        Index("ix_tracked_due", "next_poll_at"),
+    )
+
+
+class TrackerTransition(Base):
+    __tablename__ = "tracker_transitions"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    entity_id: Mapped[int] = mapped_column(
+        ForeignKey("tracked_entities.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime]
+    from_state: Mapped[str | None] = mapped_column(String(100))
+    to_state: Mapped[str] = mapped_column(String(100))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    data: Mapped[Any | None] = mapped_column(JSON)
+
+
+class DeadLetter(Base):
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    job_id: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+    pipeline: Mapped[str | None] = mapped_column(String(200))
+    step: Mapped[str | None] = mapped_column(String(200))
+    item_key: Mapped[str] = mapped_column(String(500))
+    reason: Mapped[str] = mapped_column(Text)
+    payload: Mapped[Any | None] = mapped_column(JSON)
+    created_at: Mapped[datetime]
+
+    __table_args__ = (Index("ix_dead_letters_job", "job_id"),)
+
+
+class Node(Base):
+    """A live shelfwork process (server, worker): seen_at is its heartbeat."""
+
+    __tablename__ = "nodes"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    hostname: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    executor: Mapped[str] = mapped_column(String(40))
+    started_at: Mapped[datetime]
+    seen_at: Mapped[datetime]
+    scheduler: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
