@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 11:03:26.364291
+Create Date: 2026-11-23 11:09:03.279630
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 import shelfwork.store.models
+
 
 revision = "0001"
 down_revision = None

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Regenerate the initial Alembic revision from the models (only while nothing has been released).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+db=$(mktemp -u /tmp/regen-XXXXXX.db)
+rm -f src/shelfwork/store/migrations/versions/0001_initial_schema.py
+.venv/bin/python - "$db" <<'PY'
+import sys
+from alembic import command
+from shelfwork.store.database import alembic_config
+command.revision(alembic_config(f"sqlite:///{sys.argv[1]}"), message="initial schema", autogenerate=True, rev_id="0001")
+PY
+rm -f "$db"
+.venv/bin/ruff format -q src/shelfwork/store/migrations
