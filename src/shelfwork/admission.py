@@ -93,8 +93,8 @@ class Admission:
         schedule_id: int | None,
         note: str,
     ) -> Submitted:
-        now = utcnow()
         with self.store.write(serialize=ADMISSION_LOCK) as conn:
+            now = utcnow()  # taken under the write lock, so timelines agree
             if dedup_key is not None:
                 row = conn.execute(
                     select(jobs_t.c.id, jobs_t.c.state).where(
@@ -139,8 +139,8 @@ class Admission:
 
     def claim(self, owner: str, ttl: float, *, limit: int | None = None) -> list[Claimed]:
         """Move as many eligible queued jobs to running as the limits allow, leased to `owner`."""
-        now = utcnow()
         with self.store.write(serialize=ADMISSION_LOCK) as conn:
+            now = utcnow()  # taken under the write lock, so timelines agree
             running = conn.execute(
                 select(jobs_t.c.context, jobs_t.c.lane).where(jobs_t.c.state == RUNNING)
             ).all()
@@ -220,9 +220,9 @@ class Admission:
 
     def reclaim_expired(self, owner: str, ttl: float) -> list[int]:
         """Running jobs whose lease expired (their worker died) are taken over for a new run."""
-        now = utcnow()
         reclaimed: list[int] = []
         with self.store.write(serialize=ADMISSION_LOCK) as conn:
+            now = utcnow()  # taken under the write lock, so timelines agree
             rows = conn.execute(
                 select(jobs_t.c.id, jobs_t.c.lease_owner).where(
                     jobs_t.c.state == RUNNING, jobs_t.c.lease_expires_at < now

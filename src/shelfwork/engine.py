@@ -205,7 +205,8 @@ class Engine:
         return self.jobs.get(job_id)
 
     def release(self, job_id: int, *, by: str = "operator") -> JobView:
-        view = self.jobs.release(job_id, by=by)
+        job = self.jobs.get(job_id, steps=False)
+        view = self.jobs.release(job_id, self.registry.get(job.pipeline).version, by=by)
         self.wake()
         return view
 

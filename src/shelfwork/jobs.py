@@ -213,8 +213,8 @@ class Jobs:
 
     def take_lease(self, job_id: int, owner: str, ttl: float) -> bool:
         """Own a running job's lease: it is ours, a dispatcher's hand-off, or it has expired."""
-        now = utcnow()
         with self.store.write() as conn:
+            now = utcnow()  # taken under the write lock, so timelines agree
             res = conn.execute(
                 update(jobs_t)
                 .where(
@@ -240,8 +240,8 @@ class Jobs:
 
     def step_started(self, job_id: int, owner: str, name: str, branch: str | None) -> int:
         """Record an attempt before running it, so a crash mid-step still counts the attempt."""
-        now = utcnow()
         with self.store.write() as conn:
+            now = utcnow()  # taken under the write lock, so timelines agree
             self._check_lease(conn, job_id, owner)
             res = conn.execute(
                 update(steps_t)
@@ -284,8 +284,8 @@ class Jobs:
         finish_job: tuple[str, Any, str | None] | None = None,
     ) -> None:
         """Commit a step's outcome (and, for the last step, the job's) in one transaction."""
-        now = utcnow()
         with self.store.write() as conn:
+            now = utcnow()  # taken under the write lock, so timelines agree
             self._check_lease(conn, job_id, owner)
             res = conn.execute(
                 update(steps_t)
@@ -320,6 +320,28 @@ class Jobs:
                 .where(steps_t.c.job_id == job_id, steps_t.c.name == name)
                 .values(checkpoint=checkpoint)
             )
+
+    @staticmethod
+    def save_checkpoint_in(
+        conn: Connection, job_id: int, owner: str, name: str, checkpoint: Any
+    ) -> None:
+        """Save a checkpoint inside the caller's transaction, so it commits with the work it covers.
+
+        The job row is locked, so a reclaim cannot take the lease between this check and the
+        commit: the next owner then reads either the old checkpoint with none of the work, or both.
+        """
+        row = conn.execute(
+            select(jobs_t.c.lease_owner, jobs_t.c.state)
+            .where(jobs_t.c.id == job_id)
+            .with_for_update()
+        ).first()
+        if row is None or row.lease_owner != owner or row.state != RUNNING:
+            raise LeaseLost(job_id)
+        conn.execute(
+            update(steps_t)
+            .where(steps_t.c.job_id == job_id, steps_t.c.name == name)
+            .values(checkpoint=checkpoint)
+        )
 
     def record(self, job_id: int, kind: str, message: str = "", **kw: Any) -> None:
         with self.store.write() as conn:
@@ -405,8 +427,8 @@ class Jobs:
 
     def cancel(self, job_id: int, *, by: str = "operator") -> JobView:
         """A queued job is cancelled at once; a running one is asked to stop at its next check."""
-        now = utcnow()
         with self.store.write() as conn:
+            now = utcnow()  # taken under the write lock, so timelines agree
             row = conn.execute(select(jobs_t.c.state).where(jobs_t.c.id == job_id)).first()
             if row is None:
                 raise JobNotFound(job_id)
@@ -434,17 +456,17 @@ class Jobs:
                 ).scalar()
             )
 
-    def release(self, job_id: int, *, by: str = "operator") -> JobView:
-        """Let a job held for attention resume on the current pipeline code."""
+    def release(self, job_id: int, version: str, *, by: str = "operator") -> JobView:
+        """Let a job held for attention resume on the current pipeline code (`version`)."""
         with self.store.write() as conn:
             res = conn.execute(
                 update(jobs_t)
                 .where(jobs_t.c.id == job_id, jobs_t.c.attention.is_not(None))
-                .values(attention=None)
+                .values(attention=None, pipeline_version=version)
             )
             if res.rowcount != 1:
                 raise InvalidTransition(f"job {job_id} is not held for attention")
-            event(conn, job_id, "released", f"released by {by} to resume on current code")
+            event(conn, job_id, "released", f"released by {by} to resume on version {version}")
         return self.get(job_id)
 
 

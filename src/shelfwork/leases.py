@@ -29,12 +29,31 @@ class Heartbeat:
         self.engine = engine
         self.kind = kind
         self._runs: dict[int, RunState] = {}
+        self._here: set[int] = set()  # jobs starting or running on this node (see `begin`)
         self._mutex = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def begin(self, job_id: int) -> bool:
+        """Reserve `job_id` for one run on this node; False if it is already starting or running
+        here. A redelivered message (Celery restores unacked messages after its visibility
+        timeout) or a reclaim of our own lease would otherwise start a second run under the same
+        lease owner, and every lease check would let both through."""
+        with self._mutex:
+            if job_id in self._here:
+                return False
+            self._here.add(job_id)
+            return True
+
+    def end(self, job_id: int) -> None:
+        with self._mutex:
+            self._here.discard(job_id)
+
     def track(self, state: RunState) -> None:
         with self._mutex:
+            old = self._runs.get(state.job_id)
+            if old is not None and old is not state:
+                old.lost.set()  # a newer run of this job on this node supersedes the old one
             self._runs[state.job_id] = state
 
     def untrack(self, state: RunState) -> None:

@@ -12,7 +12,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
-from celery import Celery
+from celery import Celery, Task
 
 from .base import Executor
 
@@ -39,10 +39,20 @@ def make_celery(settings: Settings) -> Celery:
         broker_transport_options={"visibility_timeout": max(int(settings.dispatch_ttl), 1)},
         worker_hijack_root_logger=False,
     )
+    app.conf.shelfwork_settings = settings
+    app.register_task(RunJob())
+    return app
 
-    @app.task(name=TASK, acks_late=True, ignore_result=True)
-    def run_job(job_id: int) -> str:
-        engine = worker_engine(settings)
+
+class RunJob(Task):  # type: ignore[misc]
+    """The only Celery task: run (or resume) one job by id, then dispatch what its end allows."""
+
+    name = TASK
+    acks_late = True
+    ignore_result = True
+
+    def run(self, job_id: int) -> str:
+        engine = worker_engine(self.app.conf.shelfwork_settings)
         outcome = engine.run_job(int(job_id))
         try:
             engine.dispatch()  # start what this finish made room for, without waiting for a poll
@@ -51,8 +61,6 @@ def make_celery(settings: Settings) -> Celery:
                 "dispatch after job %s failed; the scheduler will retry", job_id, exc_info=True
             )
         return outcome
-
-    return app
 
 
 def bind_engine(engine: Engine | None) -> None:
