@@ -14,14 +14,48 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from .errors import InvalidTransition, JobNotFound, PreconditionFailed, QueueFull
-from .jobs import event, jobs_t, locks_t, steps_t
+from .jobs import INSERT_EVENT, event, jobs_t, locks_t, steps_t
 from .pipeline import Pipeline
 from .store.database import ADMISSION_LOCK, Store, utcnow
-from .store.models import CANCELLED, FAILED, QUEUED, RUNNING
+from .store.models import CANCELLED, FAILED, QUEUED, RUNNING, UTCDateTime
+
+_b = bindparam
+_queued = (jobs_t.c.state == QUEUED, jobs_t.c.attention.is_(None))
+FIND_DEDUP = select(jobs_t.c.id, jobs_t.c.state).where(
+    jobs_t.c.dedup_key == _b("b_key"), jobs_t.c.state.in_((QUEUED, RUNNING))
+)
+# Counting stops at the bound: a long queue costs no more to check than a full one.
+COUNT_WAITING = select(func.count()).select_from(
+    select(jobs_t.c.id).where(*_queued).limit(_b("b_limit")).subquery()
+)
+INSERT_JOB = insert(jobs_t).returning(jobs_t.c.id)
+RUNNING_SLOTS = select(jobs_t.c.context, jobs_t.c.lane).where(jobs_t.c.state == RUNNING)
+_page = (
+    select(jobs_t.c.id, jobs_t.c.context, jobs_t.c.lane, jobs_t.c.priority, jobs_t.c.runs)
+    .where(*_queued)
+    .order_by(jobs_t.c.priority.desc(), jobs_t.c.id)
+    .limit(_b("b_page"))
+)
+FIRST_PAGE = _page
+NEXT_PAGE = _page.where(
+    (jobs_t.c.priority < _b("b_prio"))
+    | ((jobs_t.c.priority == _b("b_prio")) & (jobs_t.c.id > _b("b_after")))
+)
+START_JOBS = (
+    update(jobs_t)
+    .where(jobs_t.c.id.in_(_b("b_ids", expanding=True)))
+    .values(
+        state=RUNNING,
+        lease_owner=_b("b_owner"),
+        lease_expires_at=_b("b_expires", type_=UTCDateTime()),
+        started_at=func.coalesce(jobs_t.c.started_at, _b("b_now", type_=UTCDateTime())),
+        runs=jobs_t.c.runs + 1,
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -96,11 +130,7 @@ class Admission:
         with self.store.write(serialize=ADMISSION_LOCK) as conn:
             now = utcnow()  # taken under the write lock, so timelines agree
             if dedup_key is not None:
-                row = conn.execute(
-                    select(jobs_t.c.id, jobs_t.c.state).where(
-                        jobs_t.c.dedup_key == dedup_key, jobs_t.c.state.in_((QUEUED, RUNNING))
-                    )
-                ).first()
+                row = conn.execute(FIND_DEDUP, {"b_key": dedup_key}).first()
                 if row is not None:
                     return Submitted(row.id, False, row.state)
             waiting = self._waiting(conn)
@@ -108,114 +138,100 @@ class Admission:
                 self.rejections += 1
                 raise QueueFull(self.limits.max_queue, waiting)
             job_id = conn.execute(
-                insert(jobs_t)
-                .values(
-                    pipeline=pipeline.name,
-                    pipeline_version=pipeline.version,
-                    params=params,
-                    state=QUEUED,
-                    context=context,
-                    lane=lane,
-                    priority=priority,
-                    dedup_key=dedup_key,
-                    schedule_id=schedule_id,
-                    created_at=now,
-                    runs=0,
-                    cancel_requested=False,
-                    warnings=[],
-                )
-                .returning(jobs_t.c.id)
+                INSERT_JOB,
+                {
+                    "pipeline": pipeline.name,
+                    "pipeline_version": pipeline.version,
+                    "params": params,
+                    "state": QUEUED,
+                    "context": context,
+                    "lane": lane,
+                    "priority": priority,
+                    "dedup_key": dedup_key,
+                    "schedule_id": schedule_id,
+                    "created_at": now,
+                    "runs": 0,
+                    "cancel_requested": False,
+                    "warnings": [],
+                },
             ).scalar_one()
             event(conn, job_id, "submitted", note, at=now)
             return Submitted(job_id, True, QUEUED)
 
-    @staticmethod
-    def _waiting(conn: Connection) -> int:
-        return conn.execute(
-            select(func.count())
-            .select_from(jobs_t)
-            .where(jobs_t.c.state == QUEUED, jobs_t.c.attention.is_(None))
-        ).scalar_one()
+    def _waiting(self, conn: Connection) -> int:
+        """Jobs waiting to run, counted up to the queue bound."""
+        return int(conn.execute(COUNT_WAITING, {"b_limit": self.limits.max_queue}).scalar_one())
 
     def claim(self, owner: str, ttl: float, *, limit: int | None = None) -> list[Claimed]:
         """Move as many eligible queued jobs to running as the limits allow, leased to `owner`."""
-        with self.store.write(serialize=ADMISSION_LOCK) as conn:
-            now = utcnow()  # taken under the write lock, so timelines agree
-            running = conn.execute(
-                select(jobs_t.c.context, jobs_t.c.lane).where(jobs_t.c.state == RUNNING)
-            ).all()
-            free = self.limits.max_running - len(running)
-            if limit is not None:
-                free = min(free, limit)
-            if free <= 0:
-                return []
-            busy_contexts = {r.context for r in running if r.context is not None}
-            busy_lanes = {r.lane for r in running if r.lane is not None}
-            chosen: list[tuple[int, int]] = []
-            after: tuple[int, int] | None = None
-            page = max(64, free * 8)
-            while len(chosen) < free:
-                q = (
-                    select(
-                        jobs_t.c.id,
-                        jobs_t.c.context,
-                        jobs_t.c.lane,
-                        jobs_t.c.priority,
-                        jobs_t.c.runs,
-                    )
-                    .where(jobs_t.c.state == QUEUED, jobs_t.c.attention.is_(None))
-                    .order_by(jobs_t.c.priority.desc(), jobs_t.c.id)
-                    .limit(page)
-                )
-                if after is not None:
-                    prio, last_id = after
-                    q = q.where(
-                        (jobs_t.c.priority < prio)
-                        | ((jobs_t.c.priority == prio) & (jobs_t.c.id > last_id))
-                    )
-                rows = conn.execute(q).all()
-                for r in rows:
-                    if r.context is not None and r.context in busy_contexts:
-                        continue
-                    if r.lane is not None and r.lane in busy_lanes:
-                        continue
-                    chosen.append((r.id, r.runs))
-                    if r.context is not None:
-                        busy_contexts.add(r.context)
-                    if r.lane is not None:
-                        busy_lanes.add(r.lane)
-                    if len(chosen) == free:
-                        break
-                if len(rows) < page:
+        with self.store.write() as conn:
+            return self.claim_in(conn, owner, ttl, limit=limit)
+
+    def claim_in(
+        self, conn: Connection, owner: str, ttl: float, *, limit: int | None = None
+    ) -> list[Claimed]:
+        """`claim` inside the caller's write transaction (e.g. the one that finishes a job)."""
+        if self.store.dialect == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADMISSION_LOCK})
+        now = utcnow()
+        running = conn.execute(RUNNING_SLOTS).all()
+        free = self.limits.max_running - len(running)
+        if limit is not None:
+            free = min(free, limit)
+        if free <= 0:
+            return []
+        busy_contexts = {r.context for r in running if r.context is not None}
+        busy_lanes = {r.lane for r in running if r.lane is not None}
+        chosen: list[tuple[int, int]] = []
+        after: tuple[int, int] | None = None
+        page = max(64, free * 8)
+        while len(chosen) < free:
+            if after is None:
+                rows = conn.execute(FIRST_PAGE, {"b_page": page}).all()
+            else:
+                rows = conn.execute(
+                    NEXT_PAGE, {"b_page": page, "b_prio": after[0], "b_after": after[1]}
+                ).all()
+            for r in rows:
+                if r.context is not None and r.context in busy_contexts:
+                    continue
+                if r.lane is not None and r.lane in busy_lanes:
+                    continue
+                chosen.append((r.id, r.runs))
+                if r.context is not None:
+                    busy_contexts.add(r.context)
+                if r.lane is not None:
+                    busy_lanes.add(r.lane)
+                if len(chosen) == free:
                     break
-                after = (rows[-1].priority, rows[-1].id)
-            if not chosen:
-                return []
-            ids = [job_id for job_id, _ in chosen]
-            conn.execute(
-                update(jobs_t)
-                .where(jobs_t.c.id.in_(ids))
-                .values(
-                    state=RUNNING,
-                    lease_owner=owner,
-                    lease_expires_at=now + timedelta(seconds=ttl),
-                    started_at=func.coalesce(jobs_t.c.started_at, now),
-                    runs=jobs_t.c.runs + 1,
-                )
-            )
-            conn.execute(
-                insert(jobs_t.metadata.tables["job_events"]),
-                [
-                    {
-                        "job_id": job_id,
-                        "at": now,
-                        "kind": "resumed" if runs else "started",
-                        "level": "info",
-                        "message": f"run {runs + 1} on {owner}",
-                    }
-                    for job_id, runs in chosen
-                ],
-            )
+            if len(rows) < page:
+                break
+            after = (rows[-1].priority, rows[-1].id)
+        if not chosen:
+            return []
+        ids = [job_id for job_id, _ in chosen]
+        conn.execute(
+            START_JOBS,
+            {
+                "b_ids": ids,
+                "b_owner": owner,
+                "b_expires": now + timedelta(seconds=ttl),
+                "b_now": now,
+            },
+        )
+        conn.execute(
+            INSERT_EVENT,
+            [
+                {
+                    "job_id": job_id,
+                    "at": now,
+                    "kind": "resumed" if runs else "started",
+                    "level": "info",
+                    "message": f"run {runs + 1} on {owner}",
+                }
+                for job_id, runs in chosen
+            ],
+        )
         return [Claimed(job_id, runs > 0) for job_id, runs in chosen]
 
     def reclaim_expired(self, owner: str, ttl: float) -> list[int]:

@@ -1,16 +1,18 @@
-"""Every DB-facing operation on a job that is not an admission decision: reading, events, checkpoints,
-finishing, cancelling and retrying. Writes that a stale worker must not make check the lease."""
+"""Every DB-facing operation on a job that is not an admission decision: reading, events,
+checkpoints, finishing, cancelling and retrying. Writes a stale worker must not make check the lease.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
+from sqlalchemy import JSON, Connection, and_, bindparam, delete, func, insert, or_, select, update
 
 from .errors import InvalidTransition, JobNotFound, LeaseLost
-from .store.database import Store, utcnow
+from .store.database import ADMISSION_LOCK, Store, utcnow
 from .store.models import (
     CANCELLED,
     FAILED,
@@ -21,12 +23,65 @@ from .store.models import (
     JobEvent,
     JobStep,
     Lock,
+    UTCDateTime,
 )
 
 jobs_t = Job.__table__
 steps_t = JobStep.__table__
 events_t = JobEvent.__table__
 locks_t = Lock.__table__
+
+# Hot-path statements are built once: SQLAlchemy then skips construction and cache-key work,
+# which otherwise costs more than SQLite itself on every job.
+_b = bindparam
+SELECT_JOB = select(jobs_t).where(jobs_t.c.id == _b("b_job"))
+SELECT_STEPS = select(steps_t).where(steps_t.c.job_id == _b("b_job")).order_by(steps_t.c.id)
+INSERT_EVENT = insert(events_t)
+SELECT_LEASE = select(jobs_t.c.lease_owner, jobs_t.c.state, jobs_t.c.cancel_requested).where(
+    jobs_t.c.id == _b("b_job")
+)
+SELECT_CANCEL = select(jobs_t.c.cancel_requested).where(jobs_t.c.id == _b("b_job"))
+_this_step = (steps_t.c.job_id == _b("b_job"), steps_t.c.name == _b("b_name"))
+RESTART_STEP = (
+    update(steps_t)
+    .where(*_this_step)
+    .values(
+        state=RUNNING,
+        attempts=steps_t.c.attempts + 1,
+        started_at=func.coalesce(steps_t.c.started_at, _b("b_now", type_=UTCDateTime())),
+        finished_at=None,
+        error=None,
+    )
+    .returning(steps_t.c.attempts)
+)
+INSERT_STEP = insert(steps_t)
+END_STEP = (
+    update(steps_t)
+    .where(*_this_step)
+    .values(
+        state=_b("b_state"),
+        result=_b("b_result", type_=JSON()),
+        error=_b("b_error"),
+        finished_at=_b("b_now", type_=UTCDateTime()),
+    )
+)
+END_JOB = (
+    update(jobs_t)
+    .where(
+        jobs_t.c.id == _b("b_job"),
+        jobs_t.c.lease_owner == _b("b_owner"),
+        jobs_t.c.state == RUNNING,
+    )
+    .values(
+        state=_b("b_state"),
+        result=_b("b_result", type_=JSON()),
+        error=_b("b_error"),
+        finished_at=_b("b_now", type_=UTCDateTime()),
+        lease_owner=None,
+        lease_expires_at=None,
+    )
+)
+DROP_JOB_LOCKS = delete(locks_t).where(locks_t.c.job_id == _b("b_job"))
 
 
 @dataclass
@@ -117,15 +172,16 @@ def event(
     at: datetime | None = None,
 ) -> None:
     conn.execute(
-        insert(events_t).values(
-            job_id=job_id,
-            at=at or utcnow(),
-            kind=kind,
-            level=level,
-            step=step,
-            message=message,
-            data=data,
-        )
+        INSERT_EVENT,
+        {
+            "job_id": job_id,
+            "at": at or utcnow(),
+            "kind": kind,
+            "level": level,
+            "step": step,
+            "message": message,
+            "data": data,
+        },
     )
 
 
@@ -139,7 +195,7 @@ class Jobs:
 
     def get(self, job_id: int, *, steps: bool = True) -> JobView:
         with self.store.read() as conn:
-            row = conn.execute(select(jobs_t).where(jobs_t.c.id == job_id)).first()
+            row = conn.execute(SELECT_JOB, {"b_job": job_id}).first()
             if row is None:
                 raise JobNotFound(job_id)
             view = _job_view(row)
@@ -148,9 +204,7 @@ class Jobs:
         return view
 
     def _steps(self, conn: Connection, job_id: int) -> list[StepView]:
-        rows = conn.execute(
-            select(steps_t).where(steps_t.c.job_id == job_id).order_by(steps_t.c.id)
-        ).all()
+        rows = conn.execute(SELECT_STEPS, {"b_job": job_id}).all()
         return [
             StepView(
                 name=r.name,
@@ -231,41 +285,39 @@ class Jobs:
             return res.rowcount == 1
 
     @staticmethod
-    def _check_lease(conn: Connection, job_id: int, owner: str) -> None:
-        row = conn.execute(
-            select(jobs_t.c.lease_owner, jobs_t.c.state).where(jobs_t.c.id == job_id)
-        ).first()
+    def _check_lease(conn: Connection, job_id: int, owner: str) -> bool:
+        """Raise LeaseLost unless `owner` still holds the running job; returns cancel_requested."""
+        row = conn.execute(SELECT_LEASE, {"b_job": job_id}).first()
         if row is None or row.lease_owner != owner or row.state != RUNNING:
             raise LeaseLost(job_id)
+        return bool(row.cancel_requested)
 
-    def step_started(self, job_id: int, owner: str, name: str, branch: str | None) -> int:
-        """Record an attempt before running it, so a crash mid-step still counts the attempt."""
+    def step_started(
+        self, job_id: int, owner: str, name: str, branch: str | None, *, exists: bool = True
+    ) -> int | None:
+        """Record an attempt before running it, so a crash mid-step still counts the attempt.
+        Returns the attempt number, or None (nothing written) if the job was asked to cancel.
+        `exists=False` says the step has no row yet (its first attempt ever)."""
         with self.store.write() as conn:
             now = utcnow()  # taken under the write lock, so timelines agree
-            self._check_lease(conn, job_id, owner)
-            res = conn.execute(
-                update(steps_t)
-                .where(steps_t.c.job_id == job_id, steps_t.c.name == name)
-                .values(
-                    state=RUNNING,
-                    attempts=steps_t.c.attempts + 1,
-                    started_at=func.coalesce(steps_t.c.started_at, now),
-                    finished_at=None,
-                    error=None,
-                )
-                .returning(steps_t.c.attempts)
-            ).first()
-            if res is not None:
-                return int(res[0])
+            if self._check_lease(conn, job_id, owner):
+                return None
+            if exists:
+                res = conn.execute(
+                    RESTART_STEP, {"b_job": job_id, "b_name": name, "b_now": now}
+                ).first()
+                if res is not None:
+                    return int(res[0])
             conn.execute(
-                insert(steps_t).values(
-                    job_id=job_id,
-                    name=name,
-                    branch=branch,
-                    state=RUNNING,
-                    attempts=1,
-                    started_at=now,
-                )
+                INSERT_STEP,
+                {
+                    "job_id": job_id,
+                    "name": name,
+                    "branch": branch,
+                    "state": RUNNING,
+                    "attempts": 1,
+                    "started_at": now,
+                },
             )
             return 1
 
@@ -282,35 +334,43 @@ class Jobs:
         event_kind: str | None = None,
         message: str = "",
         finish_job: tuple[str, Any, str | None] | None = None,
+        then: Callable[[Connection], None] | None = None,
     ) -> None:
         """Commit a step's outcome (and, for the last step, the job's) in one transaction."""
-        with self.store.write() as conn:
+        with self.store.write(serialize=ADMISSION_LOCK if then else None) as conn:
             now = utcnow()  # taken under the write lock, so timelines agree
             self._check_lease(conn, job_id, owner)
             res = conn.execute(
-                update(steps_t)
-                .where(steps_t.c.job_id == job_id, steps_t.c.name == name)
-                .values(state=state, result=result, error=error, finished_at=now)
+                END_STEP,
+                {
+                    "b_job": job_id,
+                    "b_name": name,
+                    "b_state": state,
+                    "b_result": result,
+                    "b_error": error,
+                    "b_now": now,
+                },
             )
             if res.rowcount == 0:  # branch summaries have no "started" row
                 conn.execute(
-                    insert(steps_t).values(
-                        job_id=job_id,
-                        name=name,
-                        branch=branch,
-                        state=state,
-                        attempts=1,
-                        result=result,
-                        error=error,
-                        started_at=now,
-                        finished_at=now,
-                    )
+                    INSERT_STEP,
+                    {
+                        "job_id": job_id,
+                        "name": name,
+                        "branch": branch,
+                        "state": state,
+                        "attempts": 1,
+                        "result": result,
+                        "error": error,
+                        "started_at": now,
+                        "finished_at": now,
+                    },
                 )
             if event_kind:
                 level = "error" if state == FAILED else "info"
                 event(conn, job_id, event_kind, message, step=name, level=level, at=now)
             if finish_job is not None:
-                self._finish(conn, job_id, owner, *finish_job, now=now)
+                self._finish(conn, job_id, owner, *finish_job, now=now, then=then)
 
     def save_checkpoint(self, job_id: int, owner: str, name: str, checkpoint: Any) -> None:
         with self.store.write() as conn:
@@ -375,11 +435,17 @@ class Jobs:
             event(conn, job_id, "warning", warning, level="warning", step=step)
 
     def finish(
-        self, job_id: int, owner: str, state: str, result: Any = None, error: str | None = None
+        self,
+        job_id: int,
+        owner: str,
+        state: str,
+        result: Any = None,
+        error: str | None = None,
+        *,
+        then: Callable[[Connection], None] | None = None,
     ) -> None:
-        with self.store.write() as conn:
-            self._check_lease(conn, job_id, owner)
-            self._finish(conn, job_id, owner, state, result, error, now=utcnow())
+        with self.store.write(serialize=ADMISSION_LOCK if then else None) as conn:
+            self._finish(conn, job_id, owner, state, result, error, now=utcnow(), then=then)
 
     @staticmethod
     def _finish(
@@ -391,24 +457,26 @@ class Jobs:
         error: str | None,
         *,
         now: datetime,
+        then: Callable[[Connection], None] | None = None,
     ) -> None:
         res = conn.execute(
-            update(jobs_t)
-            .where(jobs_t.c.id == job_id, jobs_t.c.lease_owner == owner, jobs_t.c.state == RUNNING)
-            .values(
-                state=state,
-                result=result,
-                error=error,
-                finished_at=now,
-                lease_owner=None,
-                lease_expires_at=None,
-            )
+            END_JOB,
+            {
+                "b_job": job_id,
+                "b_owner": owner,
+                "b_state": state,
+                "b_result": result,
+                "b_error": error,
+                "b_now": now,
+            },
         )
         if res.rowcount != 1:
             raise LeaseLost(job_id)
-        conn.execute(delete(locks_t).where(locks_t.c.job_id == job_id))
+        conn.execute(DROP_JOB_LOCKS, {"b_job": job_id})
         level = {"succeeded": "info", "cancelled": "warning"}.get(state, "error")
         event(conn, job_id, state, error or "", level=level, at=now)
+        if then is not None:
+            then(conn)
 
     def hold(self, job_id: int, owner: str, reason: str) -> None:
         """Put an in-flight job back in the queue, held for a person (e.g. its code changed)."""
@@ -450,11 +518,7 @@ class Jobs:
 
     def cancel_requested(self, job_id: int) -> bool:
         with self.store.read() as conn:
-            return bool(
-                conn.execute(
-                    select(jobs_t.c.cancel_requested).where(jobs_t.c.id == job_id)
-                ).scalar()
-            )
+            return bool(conn.execute(SELECT_CANCEL, {"b_job": job_id}).scalar())
 
     def release(self, job_id: int, version: str, *, by: str = "operator") -> JobView:
         """Let a job held for attention resume on the current pipeline code (`version`)."""

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection
 
 from .context import BranchOutcome, RunState, StepContext
 from .errors import Cancelled, LeaseLost, ShelfworkError, StepFailed, UnknownPipeline, describe
@@ -43,10 +46,10 @@ class Run:
         self.branches: dict[str, BranchOutcome] = {}
         self.done: dict[str, StepView] = {}
         self.last_result: Any = None
+        self.after_finish: Callable[[Connection], None] | None = None
 
     def execute(self) -> None:
         job_id = self.state.job_id
-        self.done = self.jobs.steps(job_id)
         for name, view in self.done.items():
             if view.state == SUCCEEDED:
                 self.results[name] = view.result
@@ -75,9 +78,15 @@ class Run:
         if view is not None and view.state == SUCCEEDED:
             self.last_result = view.result
             if last:
-                self.jobs.finish(self.state.job_id, self.state.owner, SUCCEEDED, view.result)
+                self.jobs.finish(
+                    self.state.job_id,
+                    self.state.owner,
+                    SUCCEEDED,
+                    view.result,
+                    then=self.after_finish,
+                )
             return
-        self._check()
+        self._check(db=False)
         result = self._attempts(node, branch=None, finish_job=last)
         self.results[node.name] = result
         self.last_result = result
@@ -87,8 +96,13 @@ class Run:
         job_id, owner = self.state.job_id, self.state.owner
         prior = self.done.get(node.name)
         checkpoint = prior.checkpoint if prior else None
+        exists = prior is not None
         while True:
-            attempt = self.jobs.step_started(job_id, owner, node.name, branch)
+            attempt = self.jobs.step_started(job_id, owner, node.name, branch, exists=exists)
+            exists = True
+            if attempt is None:
+                self.state.cancel.set()
+                raise Cancelled(f"job {job_id} cancelled before step {node.name!r}")
             ctx = StepContext(
                 self.engine,
                 self.state,
@@ -149,6 +163,7 @@ class Run:
                 result=result,
                 event_kind="step_succeeded",
                 finish_job=(SUCCEEDED, result, None) if finish_job else None,
+                then=self.after_finish if finish_job else None,
             )
             return result
 
@@ -159,10 +174,11 @@ class Run:
             self.state.cancel.wait(min(left, 0.25))
         self._check()
 
-    def _check(self) -> None:
+    def _check(self, *, db: bool = True) -> None:
+        """Stop if the lease is lost or a cancel was asked (`db`: also ask the database)."""
         if self.state.lost.is_set():
             raise LeaseLost(self.state.job_id)
-        if self.state.cancel.is_set() or self.jobs.cancel_requested(self.state.job_id):
+        if self.state.cancel.is_set() or (db and self.jobs.cancel_requested(self.state.job_id)):
             self.state.cancel.set()
             raise Cancelled(f"job {self.state.job_id} cancelled")
 
@@ -188,7 +204,9 @@ class Run:
             raise _CriticalBranchFailed(b.name, self.branches[b.name].error or "failed")
         if last:
             summary = {name: o.result for name, o in self.branches.items()}
-            self.jobs.finish(self.state.job_id, self.state.owner, SUCCEEDED, summary)
+            self.jobs.finish(
+                self.state.job_id, self.state.owner, SUCCEEDED, summary, then=self.after_finish
+            )
 
     def _branch_done(self, b: Branch) -> bool:
         view = self.done.get(b.name)
@@ -210,7 +228,7 @@ class Run:
                 if view is not None and view.state == SUCCEEDED:
                     result = view.result
                     continue
-                self._check()
+                self._check(db=False)
                 result = self._attempts(s, branch=b.name, finish_job=False)
                 self.results[s.name] = result
         except (Cancelled, LeaseLost):
@@ -273,17 +291,45 @@ class Run:
                     self.state.job_id, "compensation_failed", describe(comp), level="error"
                 )
         try:
-            self.jobs.finish(self.state.job_id, self.state.owner, state, None, reason)
+            self.jobs.finish(
+                self.state.job_id, self.state.owner, state, None, reason, then=self.after_finish
+            )
         except LeaseLost:
             log.warning("job %s: lease lost before it could be marked %s", self.state.job_id, state)
 
 
-def run_job(engine: Engine, job_id: int) -> str:
-    """Run or resume a job on this process if its lease can be taken. Returns what happened."""
+def run_job(
+    engine: Engine,
+    job_id: int,
+    *,
+    leased: bool = False,
+    after_finish: Callable[[Connection], None] | None = None,
+) -> str:
+    """Run or resume a job on this process if its lease can be taken. Returns what happened.
+
+    `leased`: this node's dispatcher already holds the lease (claimed for us), so skip taking it;
+    every later write still checks the lease. `after_finish` runs inside the job's final
+    transaction (the local executor claims the next job there, handing the slot over at once)."""
+    if not engine.heartbeat.begin(job_id):
+        return "skipped"  # already running here: a duplicate delivery, not a second run
+    try:
+        return _run_leased(engine, job_id, leased, after_finish)
+    finally:
+        engine.heartbeat.end(job_id)
+
+
+def _run_leased(
+    engine: Engine,
+    job_id: int,
+    leased: bool,
+    after_finish: Callable[[Connection], None] | None,
+) -> str:
     owner = engine.node_id
-    if not engine.jobs.take_lease(job_id, owner, engine.settings.lease_ttl):
+    if not leased and not engine.jobs.take_lease(job_id, owner, engine.settings.lease_ttl):
         return "skipped"
-    job = engine.jobs.get(job_id, steps=False)
+    job = engine.jobs.get(job_id)
+    if job.lease_owner != owner or job.state != "running":
+        return "skipped"
     state = RunState(job_id, owner)
     if job.cancel_requested:
         state.cancel.set()
@@ -294,7 +340,7 @@ def run_job(engine: Engine, job_id: int) -> str:
         except UnknownPipeline as exc:
             engine.jobs.hold(job_id, owner, f"pipeline code is not loaded on {owner}: {exc}")
             return "held"
-        started_any = job.runs > 1 or bool(engine.jobs.steps(job_id))
+        started_any = job.runs > 1 or bool(job.steps)
         if job.pipeline_version != pipeline.version:
             if started_any and not pipeline.resumable_from(job.pipeline_version):
                 engine.jobs.hold(
@@ -308,7 +354,8 @@ def run_job(engine: Engine, job_id: int) -> str:
             engine.jobs.record(
                 job_id,
                 "version_changed",
-                f"running on pipeline version {pipeline.version} (submitted on {job.pipeline_version})",
+                f"running on pipeline version {pipeline.version} "
+                f"(submitted on {job.pipeline_version})",
             )
         try:
             params = pipeline.validate(job.params)
@@ -316,7 +363,10 @@ def run_job(engine: Engine, job_id: int) -> str:
             engine.jobs.finish(job_id, owner, FAILED, None, f"stored params no longer valid: {exc}")
             return FAILED
         started = time.perf_counter()
-        Run(engine, state, pipeline, params).execute()
+        run = Run(engine, state, pipeline, params)
+        run.done = {s.name: s for s in job.steps}
+        run.after_finish = after_finish
+        run.execute()
         engine.metrics.job_duration(pipeline.name, time.perf_counter() - started)
         return "ran"
     except LeaseLost:

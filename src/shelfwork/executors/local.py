@@ -7,6 +7,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import Connection
+
 from .base import Executor
 
 if TYPE_CHECKING:
@@ -40,14 +42,28 @@ class LocalExecutor(Executor):
     def _run(self, job_id: int) -> None:
         from ..runner import run_job
 
+        engine = self.engine
+        handoff: list[int] = []
+
+        def claim_next(conn: Connection) -> None:
+            # In the job's final transaction: this thread's slot passes straight to the next job.
+            limit = self.capacity() + 1
+            claimed = engine.admission.claim_in(
+                conn, engine.node_id, engine.settings.lease_ttl, limit=limit
+            )
+            handoff.extend(c.job_id for c in claimed)
+
         try:
-            run_job(self.engine, job_id)
+            run_job(engine, job_id, leased=True, after_finish=claim_next)
         except Exception:
             log.exception("job %s crashed the runner", job_id)
         finally:
             with self._mutex:
                 self._busy -= 1
-            self.engine.wake()
+            for next_id in handoff:
+                self.submit(next_id)
+            if not handoff:
+                engine.wake()
 
     def capacity(self) -> int:
         with self._mutex:

@@ -2,8 +2,8 @@
 
 SQLite is the embedded default: WAL, a long busy timeout and `BEGIN IMMEDIATE` for every write
 transaction, so writers queue for the lock instead of failing with "database is locked" when a read
-transaction tries to upgrade. PostgreSQL serialises the few decisions that need it (admission) with a
-transaction-scoped advisory lock.
+transaction tries to upgrade. PostgreSQL serialises the few decisions that need it (admission) with
+a transaction-scoped advisory lock.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def utcnow() -> datetime:
 
 
 class Store:
-    """Two engines over one database: `read()` for plain reads, `write()` for short write transactions."""
+    """Two engines over one database: `read()` for plain reads, `write()` for short writes."""
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         try:
@@ -60,6 +60,10 @@ class Store:
             self._reader = self._writer
         self._schema_ready = False
         self._schema_lock = threading.Lock()
+        # SQLite has one writer at a time. Threads of this process queue on a mutex rather than on
+        # SQLite's busy handler, which sleeps in coarse steps and would cap throughput; other
+        # processes still wait through busy_timeout.
+        self._write_mutex: threading.Lock | None = threading.Lock() if self.is_sqlite else None
 
     @staticmethod
     def _sqlite_engine(url: str, *, immediate: bool, echo: bool) -> Engine:
@@ -91,6 +95,15 @@ class Store:
     @contextmanager
     def write(self, serialize: int | None = None) -> Iterator[Connection]:
         """A short write transaction. `serialize` names an advisory lock to hold (PostgreSQL)."""
+        if self._write_mutex is not None:
+            with self._write_mutex, self._write(serialize) as conn:
+                yield conn
+        else:
+            with self._write(serialize) as conn:
+                yield conn
+
+    @contextmanager
+    def _write(self, serialize: int | None) -> Iterator[Connection]:
         try:
             with self._writer.begin() as conn:
                 if serialize is not None and self.dialect == "postgresql":
