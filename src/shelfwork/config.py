@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
 
@@ -66,7 +66,31 @@ class Settings(BaseModel):
     schedules: list[ScheduleConfig] = Field(default_factory=list)
     # profile -> tracker kind -> state -> polling rule
     tracker_profiles: dict[str, dict[str, dict[str, StatePolling]]] = Field(default_factory=dict)
+    # HTTP API (shelfwork.api): browser origins allowed to call it (e.g. the Koha staff client),
+    # and dashboard logins: session lifetime, failed logins allowed per window (per user name and
+    # per client address), and the cookie's Secure flag (None: set when the request came by https).
+    cors_origins: list[str] = Field(default_factory=list)
+    session_ttl: float = Field(default=8 * 3600, gt=0)
+    login_max_failures: int = Field(default=5, ge=1)
+    login_max_failures_per_ip: int = Field(default=20, ge=1)
+    login_window: float = Field(default=900, gt=0)
+    cookie_secure: bool | None = None
     source: str | None = None  # the file these settings came from, for messages
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> Any:
+        """Accept a comma-separated string (environment) and check each origin's shape."""
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            for origin in value:
+                if not isinstance(origin, str) or not _ORIGIN.match(origin):
+                    raise ValueError(
+                        f"CORS origin {origin!r} must be scheme://host[:port] with no path or "
+                        "trailing slash, e.g. 'https://staff.library.example'; '*' is not allowed"
+                    )
+        return value
 
     @property
     def heartbeat_interval(self) -> float:
@@ -76,6 +100,10 @@ class Settings(BaseModel):
     def threads(self) -> int:
         return self.local_threads or self.max_running
 
+
+_ORIGIN = re.compile(
+    r"^https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$"
+)
 
 _ENV = {
     "SHELFWORK_DATABASE_URL": "database_url",
@@ -87,6 +115,7 @@ _ENV = {
     "SHELFWORK_LEASE_TTL": "lease_ttl",
     "SHELFWORK_POLL_INTERVAL": "poll_interval",
     "SHELFWORK_TRACKER_PROFILE": "tracker_profile",
+    "SHELFWORK_CORS_ORIGINS": "cors_origins",
 }
 
 
@@ -139,11 +168,19 @@ def _from_toml(raw: dict[str, Any], file: Path) -> dict[str, Any]:
         "leases": {"ttl": "lease_ttl", "heartbeat": "heartbeat"},
         "scheduler": {"poll_interval": "poll_interval"},
         "pipelines": {"modules": "pipeline_modules"},
+        "api": {
+            "cors_origins": "cors_origins",
+            "session_ttl": "session_ttl",
+            "login_max_failures": "login_max_failures",
+            "login_max_failures_per_ip": "login_max_failures_per_ip",
+            "login_window": "login_window",
+            "cookie_secure": "cookie_secure",
+        },
     }
     for section, body in raw.items():
+        if section in (*sections, "schedules", "trackers") and not isinstance(body, dict):
+            raise ConfigError(f"config file {file}: [{section}] must be a table")
         if section in sections:
-            if not isinstance(body, dict):
-                raise ConfigError(f"config file {file}: [{section}] must be a table")
             for key, value in body.items():
                 if key not in sections[section]:
                     allowed = ", ".join(sections[section])
@@ -187,7 +224,7 @@ def _find_line(text: str, section: str | None, key: str | None) -> int | str:
         header = re.match(r"^\[+\s*([^\]]+?)\s*\]+", stripped)
         if header:
             name = header.group(1)
-            in_section = section is not None and (name == section or name.startswith(section + "."))
+            in_section = section is None or name == section or name.startswith(section + ".")
             if in_section and key is None:
                 return number
             continue

@@ -156,7 +156,8 @@ class StepContext:
 
     @property
     def owner(self) -> str:
-        return f"job:{self.job_id}"
+        """Locks belong to the job *and* step, so parallel branches of one job exclude each other."""
+        return f"job:{self.job_id}:{self.step}"
 
     @contextmanager
     def lock(self, name: str, *, wait: float = 0.0) -> Iterator[None]:

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Column, Table, delete, insert, select, update
+from sqlalchemy import Column, Connection, Table, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from .errors import LockHeld
+from .errors import LockHeld, ShelfworkError
 from .store.database import Store, utcnow
 from .store.models import EntityValue, Lock
 
@@ -56,14 +56,17 @@ class Locks:
         self, name: str, owner: str, *, ttl: float = 30.0, job_id: int | None = None
     ) -> bool:
         """Take the lock if it is free, expired, or already ours (then the lease is extended)."""
-        now = utcnow()
-        expires = now + timedelta(seconds=ttl)
         with self.store.write() as conn:
             row = conn.execute(
                 select(locks_t.c.owner, locks_t.c.expires_at)
                 .where(locks_t.c.name == name)
                 .with_for_update()
             ).first()
+            # Read the clock only now that the database (SQLite) or the row (PostgreSQL) is ours:
+            # a time taken before waiting for them would judge expiry late and grant a lease
+            # that may already have run out when it is granted.
+            now = utcnow()
+            expires = now + timedelta(seconds=ttl)
             if row is None:
                 try:
                     with conn.begin_nested():
@@ -181,8 +184,8 @@ class EntityValues:
 
     def compare_and_set(self, entity: str, field: str, expected: Any, new: Any) -> bool:
         """Set `field` to `new` only if it is still `expected` (UNSET: never set). True if it did."""
-        now = utcnow()
         with self.store.write() as conn:
+            now = utcnow()  # taken under the write lock, so timelines agree
             row = conn.execute(
                 select(values_t.c.value, values_t.c.version)
                 .where(values_t.c.entity == entity, values_t.c.field == field)
@@ -216,16 +219,34 @@ class EntityValues:
 
 
 def compare_and_set(
-    store: Store, column: Column[Any], where: dict[str, Any], expected: Any, new: Any
+    target: Store | Connection,
+    column: Column[Any],
+    where: dict[str, Any],
+    expected: Any,
+    new: Any,
 ) -> bool:
     """Compare-and-set on a column of the caller's own table: one conditional UPDATE.
 
-    `expected=None` means "still unset (NULL)". True if this call changed the row.
+    `expected=None` means "still unset (NULL)". True if this call changed the row. `where` must
+    name one row (its key). `target` is the Store (a short transaction of its own) or an open
+    Connection, to decide inside the caller's transaction (e.g. a batch page's `tx`).
     """
     table = column.table
     assert isinstance(table, Table)
     cond = [table.c[k] == v for k, v in where.items()]
     cond.append(column.is_(None) if expected is None else column == expected)
-    with store.write() as conn:
-        res = conn.execute(update(table).where(*cond).values({column.name: new}))
-        return res.rowcount == 1
+    stmt = update(table).where(*cond).values({column.name: new})
+    if isinstance(target, Connection):
+        return _one_row(target.execute(stmt).rowcount, table, where)
+    with target.write() as conn:
+        return _one_row(conn.execute(stmt).rowcount, table, where)
+
+
+def _one_row(rowcount: int, table: Table, where: dict[str, Any]) -> bool:
+    """More than one row changed means `where` was not a key: refuse, so the change rolls back."""
+    if rowcount > 1:
+        raise ShelfworkError(
+            f"compare_and_set on {table.name} where {where!r} matched {rowcount} rows; "
+            "`where` must name exactly one row"
+        )
+    return rowcount == 1

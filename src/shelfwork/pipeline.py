@@ -44,9 +44,11 @@ class Retry:
             raise ValueError("Retry delays must be >= 0 and factor >= 1")
 
     def retries(self, exc: BaseException) -> bool:
-        from .errors import Cancelled, LeaseLost
+        from .errors import Cancelled, ErrorRateExceeded, LeaseLost
 
-        if isinstance(exc, (Cancelled, LeaseLost, *self.never)):
+        # An error-rate verdict is about the data, not a passing fault: retrying would only
+        # spend a fresh error budget on the same bad input.
+        if isinstance(exc, (Cancelled, LeaseLost, ErrorRateExceeded, *self.never)):
             return False
         return isinstance(exc, self.on)
 

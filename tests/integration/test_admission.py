@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import pytest
@@ -126,7 +127,7 @@ def test_engine_never_runs_two_in_one_context(make_engine, backend) -> None:
     views = [engine.wait(i, 30) for i in ids]
     assert all(v.state == "succeeded" for v in views)
     same = sorted((v.started_at, v.finished_at) for v in views[:6])
-    for (_, end), (start, _) in zip(same, same[1:], strict=False):
+    for (_, end), (start, _) in itertools.pairwise(same):
         assert end <= start  # strictly one after another
     # the other contexts were not held up behind biblio:1
     assert min(v.finished_at for v in views[6:]) < max(v.finished_at for v in views[:6])

@@ -92,7 +92,7 @@ def test_bad_params_name_each_field(make_engine) -> None:
         engine.submit("sleep", {"seconds": -1, "bogus": 1})
     assert set(err.value.errors) == {"seconds", "bogus"}
     assert "seconds" in str(err.value) and "bogus" in str(err.value)
-    with pytest.raises(UnknownPipeline, match="known pipelines: .*sleep"):
+    with pytest.raises(UnknownPipeline, match=r"known pipelines: .*sleep"):
         engine.submit("nope")
     assert engine.jobs.list() == []
 

@@ -22,7 +22,7 @@ from sqlalchemy.engine.url import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.pool import NullPool
 
-from ..errors import ConfigError, DatabaseUnavailable
+from ..errors import ConfigError, DatabaseUnavailable, ShelfworkError
 from .models import Base
 
 # Keys for pg_advisory_xact_lock: one per decision that must be serialised cluster-wide.
@@ -64,6 +64,7 @@ class Store:
         # SQLite's busy handler, which sleeps in coarse steps and would cap throughput; other
         # processes still wait through busy_timeout.
         self._write_mutex: threading.Lock | None = threading.Lock() if self.is_sqlite else None
+        self._local = threading.local()
 
     @staticmethod
     def _sqlite_engine(url: str, *, immediate: bool, echo: bool) -> Engine:
@@ -96,11 +97,24 @@ class Store:
     def write(self, serialize: int | None = None) -> Iterator[Connection]:
         """A short write transaction. `serialize` names an advisory lock to hold (PostgreSQL)."""
         if self._write_mutex is not None:
-            with self._write_mutex, self._write(serialize) as conn:
+            if getattr(self._local, "writing", False):
+                raise ShelfworkError(
+                    "a write transaction was opened inside another on the same thread; on SQLite "
+                    "that would wait for itself forever. Write through the open connection instead."
+                )
+            with self._write_mutex, self._marked(), self._write(serialize) as conn:
                 yield conn
         else:
             with self._write(serialize) as conn:
                 yield conn
+
+    @contextmanager
+    def _marked(self) -> Iterator[None]:
+        self._local.writing = True
+        try:
+            yield
+        finally:
+            self._local.writing = False
 
     @contextmanager
     def _write(self, serialize: int | None) -> Iterator[Connection]:

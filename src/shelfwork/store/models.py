@@ -105,7 +105,7 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
-        Index("ix_jobs_state_priority", "state", "priority", "id"),
+        Index("ix_jobs_queue", "state", "attention", "priority", "id"),
         Index("ix_jobs_pipeline_created", "pipeline", "created_at"),
         Index("ix_jobs_context", "context"),
         Index(
@@ -204,6 +204,9 @@ class Effect(Base):
 
 
 class Schedule(Base):
+    """A cron schedule. `next_run_at` (UTC) is the firing to claim next; claiming it is a
+    conditional UPDATE on its old value, so two servers on one database never both fire one slot."""
+
     __tablename__ = "schedules"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -218,16 +221,20 @@ class Schedule(Base):
     misfire: Mapped[str] = mapped_column(String(16), default="run_once")
     when_busy: Mapped[str] = mapped_column(String(16), default="skip")
     paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    paused_by: Mapped[str | None] = mapped_column(String(200))  # "config" or who paused it
     source: Mapped[str] = mapped_column(String(16), default="api")
     next_run_at: Mapped[datetime | None]
     last_run_at: Mapped[datetime | None]
     last_outcome: Mapped[str | None] = mapped_column(String(40))
     last_job_id: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
     created_at: Mapped[datetime]
+    updated_at: Mapped[datetime | None]
+
+    __table_args__ = (Index("ix_schedules_due", "paused", "next_run_at"),)
 
 
 class ScheduleRun(Base):
-    """What a schedule did at each firing: submitted, queued behind a busy context, skipped, refused."""
+    """What a schedule did at each firing: submitted, skipped (busy, misfire), refused, failed."""
 
     __tablename__ = "schedule_runs"
 
@@ -237,12 +244,18 @@ class ScheduleRun(Base):
     planned_for: Mapped[datetime]
     outcome: Mapped[str] = mapped_column(String(40))
     job_id: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+    missed: Mapped[int] = mapped_column(Integer, default=0)  # earlier firings folded into this one
     detail: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_schedule_runs_schedule", "schedule_id", "at"),)
 
 
 class TrackedEntity(Base):
+    """A long-lived outside thing (a consortial loan, a repository item in review) being polled.
+
+    `version` grows on every write: a poll result is applied only if nothing changed the entity
+    since the poll was claimed. `claimed_until` keeps two servers from polling it at once."""
+
     __tablename__ = "tracked_entities"
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
@@ -251,22 +264,30 @@ class TrackedEntity(Base):
     state: Mapped[str] = mapped_column(String(100))
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     entered_state_at: Mapped[datetime]
+    acknowledged_at: Mapped[datetime | None]  # restarts the too-long clock in this state
     last_polled_at: Mapped[datetime | None]
     next_poll_at: Mapped[datetime | None]
     interval: Mapped[float | None] = mapped_column(Float)
     unchanged_polls: Mapped[int] = mapped_column(Integer, default=0)
+    polls: Mapped[int] = mapped_column(Integer, default=0)
     too_long: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text)
     claimed_until: Mapped[datetime | None]
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
+    version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime]
 
     __table_args__ = (
         UniqueConstraint("tracker", "key"),
         Index("ix_tracked_due", "next_poll_at"),
+        Index("ix_tracked_state", "tracker", "state"),
     )
 
 
 class TrackerTransition(Base):
+    """The audit trail of a tracked entity: state changes, and also too-long flags, poll errors,
+    acknowledgements and forced polls (`kind`), with who did it (`by`)."""
+
     __tablename__ = "tracker_transitions"
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
@@ -274,13 +295,21 @@ class TrackerTransition(Base):
         ForeignKey("tracked_entities.id", ondelete="CASCADE"), index=True
     )
     at: Mapped[datetime]
+    kind: Mapped[str] = mapped_column(String(20), default="transition")
     from_state: Mapped[str | None] = mapped_column(String(100))
     to_state: Mapped[str] = mapped_column(String(100))
     reason: Mapped[str] = mapped_column(Text, default="")
+    by: Mapped[str] = mapped_column(String(200), default="poll")
     data: Mapped[Any | None] = mapped_column(JSON)
 
 
 class DeadLetter(Base):
+    """An item a batch step could not process, kept for a person to inspect and replay.
+
+    Written in the same transaction as the rest of its page (see shelfwork.batch), so a dead letter
+    exists exactly when its page committed. `payload` is a summary of the item, not all of it.
+    """
+
     __tablename__ = "dead_letters"
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
@@ -308,6 +337,69 @@ class Node(Base):
     started_at: Mapped[datetime]
     seen_at: Mapped[datetime]
     scheduler: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ApiToken(Base):
+    """An API token. Only its SHA-256 is kept; `prefix` (shown in listings) finds the row."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(32), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(200), default="")
+    expires_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class User(Base):
+    """A dashboard user; `password_hash` is scrypt with a per-user salt."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String(300))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime]
+    password_changed_at: Mapped[datetime | None]
+    last_login_at: Mapped[datetime | None]
+
+
+class UserSession(Base):
+    """A dashboard login. The cookie holds a random token; only its SHA-256 (`id`) is kept, so
+    logging out (deleting the row) ends the session on every server sharing the database."""
+
+    __tablename__ = "user_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime | None]
+
+
+class LoginAttempt(Base):
+    """Recent logins by user name and client address, for rate limiting failed ones."""
+
+    __tablename__ = "login_attempts"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at: Mapped[datetime]
+    username: Mapped[str] = mapped_column(String(200))
+    ip: Mapped[str] = mapped_column(String(64))
+    ok: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    __table_args__ = (
+        Index("ix_login_attempts_user", "username", "at"),
+        Index("ix_login_attempts_ip", "ip", "at"),
+    )
 
 
 def now() -> datetime:
