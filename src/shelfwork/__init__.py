@@ -1,5 +1,6 @@
 """shelfwork: durable integration jobs for libraries, repositories and catalogs."""
 
+from .batch import BatchSummary, Page, run_batches
 from .config import Settings, load_settings
 from .context import StepContext
 from .engine import Engine
@@ -15,15 +16,19 @@ from .errors import (
     UnknownPipeline,
 )
 from .pipeline import Pipeline, Registry, Retry, branch, parallel, step
+from .trackers import Poll, Tracker
 
 __all__ = [
     "BadParams",
+    "BatchSummary",
     "Cancelled",
     "ConfigError",
     "Engine",
     "JobNotFound",
     "LockHeld",
+    "Page",
     "Pipeline",
+    "Poll",
     "PreconditionFailed",
     "QueueFull",
     "Registry",
@@ -31,9 +36,11 @@ __all__ = [
     "Settings",
     "ShelfworkError",
     "StepContext",
+    "Tracker",
     "UnknownPipeline",
     "branch",
     "load_settings",
     "parallel",
+    "run_batches",
     "step",
 ]

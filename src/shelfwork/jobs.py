@@ -266,9 +266,13 @@ class Jobs:
     # --- writes by the worker that holds the lease ------------------------------------------
 
     def take_lease(self, job_id: int, owner: str, ttl: float) -> bool:
-        """Own a running job's lease: it is ours, a dispatcher's hand-off, or it has expired."""
+        """Own a running job's lease: it is ours, a dispatcher's hand-off, or it has expired.
+        Taking over an expired lease also frees the locks the previous run held."""
         with self.store.write() as conn:
             now = utcnow()  # taken under the write lock, so timelines agree
+            before = conn.execute(
+                select(jobs_t.c.lease_owner, jobs_t.c.lease_expires_at).where(jobs_t.c.id == job_id)
+            ).first()
             res = conn.execute(
                 update(jobs_t)
                 .where(
@@ -282,7 +286,12 @@ class Jobs:
                 )
                 .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=ttl))
             )
-            return res.rowcount == 1
+            if res.rowcount != 1:
+                return False
+            previous = before.lease_owner if before is not None else None
+            if previous not in (owner, None) and not previous.startswith("dispatch:"):
+                conn.execute(DROP_JOB_LOCKS, {"b_job": job_id})
+            return True
 
     @staticmethod
     def _check_lease(conn: Connection, job_id: int, owner: str) -> bool:

@@ -126,7 +126,15 @@ class Heartbeat:
                 .values(lease_expires_at=expires)
             )
             conn.execute(
-                update(locks_t).where(locks_t.c.job_id.in_(ids)).values(expires_at=expires)
+                update(locks_t)
+                .where(
+                    locks_t.c.job_id.in_(
+                        select(jobs_t.c.id).where(
+                            jobs_t.c.id.in_(ids), jobs_t.c.lease_owner == owner
+                        )
+                    )
+                )
+                .values(expires_at=expires)
             )
             rows = conn.execute(
                 select(

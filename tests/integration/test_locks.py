@@ -453,14 +453,15 @@ def test_job_locks_are_released_however_the_job_ends(make_engine, backend) -> No
 
     assert _held("entity:stop").wait(20)
     info = engine.locks.get("entity:stop")
-    assert info is not None and (info.owner, info.job_id) == (f"job:{stop.job_id}", stop.job_id)
+    owner = f"job:{stop.job_id}:hold_lock"  # the job and the step that holds it
+    assert info is not None and (info.owner, info.job_id) == (owner, stop.job_id)
     with pytest.raises(LockHeld, match=f"job:{stop.job_id}"):
         engine.locks.acquire("entity:stop", "request:1")
     engine.cancel(stop.job_id)
 
     views = {j.job_id: engine.wait(j.job_id, 30) for j in (ok, bad, stop)}
     assert [views[j.job_id].state for j in (ok, bad, stop)] == ["succeeded", "failed", "cancelled"]
-    assert views[ok.job_id].result == {"owner": f"job:{ok.job_id}", "job_id": ok.job_id}
+    assert views[ok.job_id].result == {"owner": f"job:{ok.job_id}:hold_lock", "job_id": ok.job_id}
     for name in ("entity:ok", "entity:bad", "entity:stop"):
         assert engine.locks.get(name) is None, f"{name} outlived its job"
         assert engine.locks.try_acquire(name, "request:2", ttl=5)
@@ -479,7 +480,7 @@ def test_job_lock_is_renewed_while_the_job_outlives_the_ttl(make_engine, backend
         time.sleep(0.2)
         assert not engine.locks.try_acquire("entity:long", "intruder", ttl=5)
         info = engine.locks.get("entity:long")
-        assert info is not None and info.owner == f"job:{job.job_id}"
+        assert info is not None and info.owner == f"job:{job.job_id}:hold_lock"
         latest = max(latest, info.expires_at)
     assert latest - first.expires_at >= timedelta(seconds=ttl)  # the heartbeat moved it on
     assert engine.wait(job.job_id, 30).state == "succeeded"
