@@ -234,6 +234,27 @@ class Admission:
         )
         return [Claimed(job_id, runs > 0) for job_id, runs in chosen]
 
+    def unclaim(self, job_ids: list[int], owner: str, reason: str) -> None:
+        """Put claimed jobs that never reached an executor back in the queue, as if unclaimed."""
+        with self.store.write() as conn:
+            for job_id in job_ids:
+                res = conn.execute(
+                    update(jobs_t)
+                    .where(
+                        jobs_t.c.id == job_id,
+                        jobs_t.c.state == RUNNING,
+                        jobs_t.c.lease_owner == owner,
+                    )
+                    .values(
+                        state=QUEUED,
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        runs=jobs_t.c.runs - 1,
+                    )
+                )
+                if res.rowcount:
+                    event(conn, job_id, "dispatch_failed", reason, level="warning")
+
     def reclaim_expired(self, owner: str, ttl: float) -> list[int]:
         """Running jobs whose lease expired (their worker died) are taken over for a new run."""
         reclaimed: list[int] = []

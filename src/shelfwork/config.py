@@ -190,6 +190,12 @@ def _from_toml(raw: dict[str, Any], file: Path) -> dict[str, Any]:
                     )
                 data[sections[section][key]] = value
         elif section == "schedules":
+            for name, spec in body.items():
+                if not isinstance(spec, dict):
+                    raise ConfigError(
+                        f"config file {file}: line {_line_of_key(file, 'schedules', name)}: "
+                        f"schedules.{name} must be a table ([schedules.{name}])"
+                    )
             data["schedules"] = [{"name": name, **spec} for name, spec in body.items()]
         elif section == "trackers":
             body = dict(body)

@@ -147,7 +147,10 @@ class Engine:
             if self._scheduler is not None:
                 self.wake()
             elif self.settings.executor == "celery":
-                self.dispatch()
+                try:
+                    self.dispatch()
+                except Exception:  # the job is safely queued; a server dispatches it later
+                    log.warning("job %s queued; dispatch failed", result.job_id, exc_info=True)
         return result
 
     def dispatch(self) -> int:
@@ -157,15 +160,19 @@ class Engine:
                 capacity = self.executor.capacity()
                 if capacity == 0:
                     return 0
-                claimed = self.admission.claim(
-                    self.node_id, self.settings.lease_ttl, limit=capacity
-                )
+                owner, ttl = self.node_id, self.settings.lease_ttl
+                claimed = self.admission.claim(owner, ttl, limit=capacity)
             else:
-                claimed = self.admission.claim(
-                    f"dispatch:{self.node_id}", self.settings.dispatch_ttl
-                )
-            for c in claimed:
-                self.executor.submit(c.job_id)
+                owner, ttl = f"dispatch:{self.node_id}", self.settings.dispatch_ttl
+                claimed = self.admission.claim(owner, ttl)
+            for i, c in enumerate(claimed):
+                try:
+                    self.executor.submit(c.job_id)
+                except Exception as exc:
+                    # e.g. the broker is down: give the claims back; nothing waits on a lost message
+                    rest = [x.job_id for x in claimed[i:]]
+                    self.admission.unclaim(rest, owner, f"could not hand the job over: {exc}")
+                    raise
             return len(claimed)
 
     def reclaim(self) -> list[int]:

@@ -47,6 +47,8 @@ class LocalExecutor(Executor):
 
         def claim_next(conn: Connection) -> None:
             # In the job's final transaction: this thread's slot passes straight to the next job.
+            if engine.stopping:  # the pool takes no more jobs; leave them to the nodes that stay
+                return
             limit = self.capacity() + 1
             claimed = engine.admission.claim_in(
                 conn, engine.node_id, engine.settings.lease_ttl, limit=limit
