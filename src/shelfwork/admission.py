@@ -255,16 +255,18 @@ class Admission:
                 if res.rowcount:
                     event(conn, job_id, "dispatch_failed", reason, level="warning")
 
-    def reclaim_expired(self, owner: str, ttl: float) -> list[int]:
-        """Running jobs whose lease expired (their worker died) are taken over for a new run."""
+    def reclaim_expired(self, owner: str, ttl: float, *, limit: int | None = None) -> list[int]:
+        """Running jobs whose lease expired (their worker died) are taken over for a new run;
+        at most `limit`, so a node takes no more than it can start at once."""
         reclaimed: list[int] = []
         with self.store.write(serialize=ADMISSION_LOCK) as conn:
             now = utcnow()  # taken under the write lock, so timelines agree
-            rows = conn.execute(
-                select(jobs_t.c.id, jobs_t.c.lease_owner).where(
-                    jobs_t.c.state == RUNNING, jobs_t.c.lease_expires_at < now
-                )
-            ).all()
+            q = (
+                select(jobs_t.c.id, jobs_t.c.lease_owner)
+                .where(jobs_t.c.state == RUNNING, jobs_t.c.lease_expires_at < now)
+                .order_by(jobs_t.c.lease_expires_at)
+            )
+            rows = conn.execute(q if limit is None else q.limit(limit)).all()
             for r in rows:
                 res = conn.execute(
                     update(jobs_t)

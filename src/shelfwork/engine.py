@@ -181,7 +181,9 @@ class Engine:
             capacity = self.executor.capacity()
             if capacity == 0:
                 return []
-            ids = self.admission.reclaim_expired(self.node_id, self.settings.lease_ttl)
+            ids = self.admission.reclaim_expired(
+                self.node_id, self.settings.lease_ttl, limit=capacity
+            )
         else:
             ids = self.admission.reclaim_expired(
                 f"dispatch:{self.node_id}", self.settings.dispatch_ttl

@@ -290,7 +290,19 @@ class Jobs:
                 return False
             previous = before.lease_owner if before is not None else None
             if previous not in (owner, None) and not previous.startswith("dispatch:"):
+                # a takeover of a dead run's lease: free its locks, count and record the new run
                 conn.execute(DROP_JOB_LOCKS, {"b_job": job_id})
+                conn.execute(
+                    update(jobs_t).where(jobs_t.c.id == job_id).values(runs=jobs_t.c.runs + 1)
+                )
+                event(
+                    conn,
+                    job_id,
+                    "reclaimed",
+                    f"lease of {previous} expired; resuming on {owner}",
+                    level="warning",
+                    at=now,
+                )
             return True
 
     @staticmethod

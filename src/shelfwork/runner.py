@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
@@ -15,6 +16,7 @@ from .context import BranchOutcome, RunState, StepContext
 from .errors import Cancelled, LeaseLost, ShelfworkError, StepFailed, UnknownPipeline, describe
 from .jobs import StepView
 from .pipeline import Branch, Parallel, Pipeline, Step
+from .store.database import utcnow
 from .store.models import CANCELLED, FAILED, SUCCEEDED
 
 if TYPE_CHECKING:
@@ -330,6 +332,14 @@ def _run_leased(
     job = engine.jobs.get(job_id)
     if job.lease_owner != owner or job.state != "running":
         return "skipped"
+    # A job that waited (in the local pool) until its lease (nearly) ran out must renew it before
+    # it runs: the heartbeat renews only what runs, and another node may reclaim it mid-step.
+    if (
+        leased
+        and not _lease_lasts(job.lease_expires_at, engine.settings.heartbeat_interval)
+        and not engine.jobs.take_lease(job_id, owner, engine.settings.lease_ttl)
+    ):
+        return "skipped"
     state = RunState(job_id, owner)
     if job.cancel_requested:
         state.cancel.set()
@@ -373,6 +383,11 @@ def _run_leased(
         return "lost"
     finally:
         engine.heartbeat.untrack(state)
+
+
+def _lease_lasts(expires: datetime | None, heartbeat: float) -> bool:
+    """Whether a lease outlives the next two heartbeats, which will renew it from now on."""
+    return expires is not None and expires - utcnow() > timedelta(seconds=2 * heartbeat)
 
 
 def _jsonable(value: Any, step: str) -> Any:
