@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench services venv
+.PHONY: demo test lint bench services browser venv
 
 $(BIN)/shelfwork: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,10 +17,13 @@ venv: $(BIN)/shelfwork
 services:
 	bash scripts/services.sh
 
+browser:
+	bash scripts/browser.sh
+
 demo: venv
 	$(BIN)/shelfwork demo
 
-test: venv services
+test: venv services browser
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/python -m pytest -q tests

@@ -11,4 +11,5 @@ from shelfwork.store.database import alembic_config
 command.revision(alembic_config(f"sqlite:///{sys.argv[1]}"), message="initial schema", autogenerate=True, rev_id="0001")
 PY
 rm -f "$db"
+.venv/bin/ruff check --fix -q src/shelfwork/store/migrations || true
 .venv/bin/ruff format -q src/shelfwork/store/migrations

@@ -15,9 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -116,6 +114,15 @@ class CliOptions:
 options = CliOptions()
 
 
+def _register_api_commands() -> None:
+    from .api.commands import register
+
+    register(app, options.settings)  # `shelfwork token ...` and `shelfwork user ...`
+
+
+_register_api_commands()
+
+
 def open_engine(
     settings: Settings, *, kind: str = "cli", registry: Registry | None = None
 ) -> Engine:
@@ -194,7 +201,9 @@ def exit_code_for(exc: BaseException) -> int:
         JobNotFound,
         InvalidTransition,
     )
-    if isinstance(exc, bad_input):
+    from .api.errors import AccessError
+
+    if isinstance(exc, (*bad_input, AccessError)):
         return EXIT_BAD_INPUT
     return EXIT_JOB_FAILED
 
@@ -367,63 +376,23 @@ def hint_if_nothing_runs_jobs(engine: Engine) -> None:
 
 @app.command()
 def serve(
-    host: Annotated[
-        str, typer.Option(help="Reserved for the HTTP API (coming); not used yet.")
-    ] = "127.0.0.1",
-    port: Annotated[
-        int, typer.Option(help="Reserved for the HTTP API (coming); not used yet.")
-    ] = 8000,
+    host: Annotated[str, typer.Option(help="Address the HTTP API listens on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the HTTP API.")] = 8000,
     log_level: Annotated[str, typer.Option(help="Python logging level.")] = "INFO",
 ) -> None:
-    """Run the engine: scheduler (dispatch, lease reclaim, schedules, trackers) and, with the local
-    executor, the jobs themselves. Stops gracefully on Ctrl-C or SIGTERM."""
+    """Run the HTTP API (/api/v1, docs at /api/v1/docs) and the engine: scheduler (dispatch,
+    lease reclaim, schedules, trackers) and, with the local executor, the jobs themselves.
+    Stops gracefully on Ctrl-C or SIGTERM; a second signal leaves running jobs for another node."""
+    from .api.server import serve as serve_http
+
     settings = options.settings()
     engine = options.engine(kind="server")
     _configure_logging(log_level)
-    stop = threading.Event()
-    first_signal: float | None = None
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        nonlocal first_signal
-        now = time.monotonic()
-        if first_signal is None:
-            first_signal = now
-            stop.set()
-        elif now - first_signal > 1.0:  # not the same signal delivered twice (process group)
-            # A second request: leave the running jobs. Their leases expire and another node (or
-            # the next `shelfwork serve`) resumes them from their last committed step.
-            err.print("stopping now; running jobs resume elsewhere when their leases expire")
-            os._exit(EXIT_INTERRUPTED)
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        try:
-            engine.start()
-        except BaseException:
-            engine.stop(wait=False)  # deregister, so nobody waits on a server that is not there
-            raise
-        err.print(f"shelfwork serve: node {engine.node_id}", markup=False, highlight=False)
-        for line in _describe_setup(settings):
-            err.print(f"  {line}", markup=False, highlight=False)
-        err.print("  scheduler: running (dispatch, lease reclaim, schedules, trackers)")
-        err.print(
-            f"  HTTP API: not available yet (--host {host} --port {port} are reserved for it)"
-        )
-        err.print("Press Ctrl-C to stop.")
-        while not stop.wait(0.5):
-            pass
-        running = engine.heartbeat.running()
-        if running:
-            err.print(
-                f"stopping: waiting for {len(running)} running job(s) to finish "
-                "(Ctrl-C again to leave them for another node)"
-            )
-        else:
-            err.print("stopping")
-        engine.stop(wait=True)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    err.print(f"shelfwork serve: node {engine.node_id}", markup=False, highlight=False)
+    for line in _describe_setup(settings):
+        err.print(f"  {line}", markup=False, highlight=False)
+    err.print(f"  HTTP API: http://{host}:{port}/api/v1 (docs: /api/v1/docs)", markup=False)
+    serve_http(settings, host, port, log_level=log_level, engine=engine)
 
 
 def _describe_setup(settings: Settings) -> list[str]:

@@ -108,6 +108,7 @@ class Job(Base):
         Index("ix_jobs_queue", "state", "attention", "priority", "id"),
         Index("ix_jobs_pipeline_created", "pipeline", "created_at"),
         Index("ix_jobs_context", "context"),
+        Index("ix_jobs_finished", "finished_at"),
         Index(
             "uq_jobs_running_context",
             "context",

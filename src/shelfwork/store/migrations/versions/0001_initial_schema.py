@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 11:36:56.208533
+Create Date: 2026-11-23 12:13:46.136522
 """
 
 from __future__ import annotations
@@ -100,6 +100,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.create_index("ix_jobs_context", ["context"], unique=False)
+        batch_op.create_index("ix_jobs_finished", ["finished_at"], unique=False)
         batch_op.create_index("ix_jobs_pipeline_created", ["pipeline", "created_at"], unique=False)
         batch_op.create_index(
             "ix_jobs_queue", ["state", "attention", "priority", "id"], unique=False
@@ -408,6 +409,7 @@ def downgrade() -> None:
         )
         batch_op.drop_index("ix_jobs_queue")
         batch_op.drop_index("ix_jobs_pipeline_created")
+        batch_op.drop_index("ix_jobs_finished")
         batch_op.drop_index("ix_jobs_context")
 
     op.drop_table("jobs")

@@ -1,0 +1,119 @@
+"""The FastAPI application: `create_app(engine)`.
+
+/api/v1/...            the JSON API (OpenAPI at /api/v1/openapi.json, interactive docs at
+                       /api/v1/docs); a bearer token or a dashboard session
+/healthz, /metrics     for load balancers and Prometheus, no token
+/login, /logout        dashboard sessions (see login.py); the dashboard mounts its pages on this
+                       app and uses `auth.session_principal` and `auth.require(...)`
+
+The app does not start or stop the engine: `server.serve` does (so tests can hand in one of theirs).
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import TYPE_CHECKING
+
+from fastapi import APIRouter, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import dead_letters, health, jobs, locks, login, pipelines, schedules, tokens, trackers
+from .auth import CSRF_HEADER, Auth
+from .errors import install
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+
+API_PREFIX = "/api/v1"
+DESCRIPTION = """\
+Durable integration jobs: submit and follow jobs, read pipelines, manage schedules, trackers,
+locks and dead letters.
+
+**Auth.** Send `Authorization: Bearer <token>` (make one with
+`shelfwork token create --role viewer|operator|admin`). Reading needs `viewer`, anything that changes
+something needs `operator`, tokens and locks need `admin`.
+
+**Errors** are JSON `{error, detail}`; a 422 adds `fields`, naming each bad input
+(`params.<name>` for a pipeline's params). A full queue is a 429 with `Retry-After`.
+"""
+
+
+def create_app(engine: Engine, *, stream_poll: float = 0.5) -> FastAPI:
+    """The API over a (started or not) engine. `stream_poll`: how often event streams look for
+    new events, in seconds."""
+    app = FastAPI(
+        title="shelfwork",
+        version=_version(),
+        description=DESCRIPTION,
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url=f"{API_PREFIX}/docs",
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
+    )
+    app.state.engine = engine
+    app.state.auth = Auth(engine.store, engine.settings)
+    app.state.stream_poll = stream_poll
+    app.state.closing = False
+    app.state.login_page = login.render_login_page
+    install(app)
+
+    api = APIRouter(prefix=API_PREFIX)
+    for module in (jobs, pipelines, schedules, trackers, dead_letters, locks, tokens):
+        api.include_router(module.router)
+    app.include_router(api)
+    app.include_router(health.router)
+    app.include_router(login.router)
+    from ..dashboard import mount as mount_dashboard  # here: the dashboard imports this package
+
+    mount_dashboard(app)
+
+    if engine.settings.cors_origins:
+        # Cross-origin callers (the Koha staff client) send tokens, never cookies: with
+        # credentials off, no foreign page can act with a dashboard session.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(engine.settings.cors_origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", CSRF_HEADER],
+            expose_headers=["Retry-After", "Location"],
+            allow_credentials=False,
+            max_age=600,
+        )
+    app.add_middleware(SecurityHeaders)
+    return app
+
+
+def _version() -> str:
+    try:
+        return metadata.version("shelfwork")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0"
+
+
+class SecurityHeaders:
+    """Headers every response carries: no MIME sniffing, no framing (clickjacking), no referrer
+    leaking paths to other sites."""
+
+    HEADERS = (
+        (b"x-content-type-options", b"nosniff"),
+        (b"x-frame-options", b"DENY"),
+        (b"referrer-policy", b"same-origin"),
+    )
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(n, v) for n, v in self.HEADERS if n not in present]
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

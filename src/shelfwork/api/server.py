@@ -1,0 +1,126 @@
+"""`serve`: run an engine (scheduler, and with the local executor the jobs) and the HTTP API in one
+process, and stop both cleanly.
+
+Stopping (SIGINT or SIGTERM): the HTTP server stops taking requests and closes open event streams,
+then the engine stops, letting running jobs finish. A second signal during that wait leaves the
+running jobs: their leases expire and another node (or the next `shelfwork serve`) resumes them from
+their last committed step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from .app import API_PREFIX, create_app
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..engine import Engine
+
+log = logging.getLogger("shelfwork.api")
+EXIT_INTERRUPTED = 130
+#: seconds open requests (event streams) get to finish once the server is asked to stop
+GRACEFUL_HTTP = 5
+
+
+def serve(
+    settings: Settings,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    log_level: str = "info",
+    engine: Engine | None = None,
+) -> None:
+    """Serve the API on host:port until asked to stop; returns once the engine has stopped.
+    `engine` (not started) may be given, e.g. one opened with a database check first."""
+    from ..engine import Engine
+
+    if engine is None:
+        engine = Engine(settings, kind="server")
+    app = create_app(engine)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        proxy_headers=True,  # client addresses (login rate limits) from a local reverse proxy
+        server_header=False,
+        timeout_graceful_shutdown=GRACEFUL_HTTP,
+        lifespan="off",
+    )
+    server = _Server(config, app)
+    second = _SecondSignal()
+    previous = second.install()
+    try:
+        engine.start()
+        log.info(
+            "shelfwork API on http://%s:%s%s (docs at %s/docs), node %s",
+            host,
+            port,
+            API_PREFIX,
+            API_PREFIX,
+            engine.node_id,
+        )
+        server.run()
+    finally:
+        second.armed_at = time.monotonic()
+        running = len(engine.heartbeat.running()) if engine.started else 0
+        if running:
+            log.warning(
+                "stopping: waiting for %d running job(s) to finish (signal again to leave them "
+                "for another node)",
+                running,
+            )
+        engine.stop(wait=True)
+        second.restore(previous)
+    if not server.started:
+        raise OSError(f"the HTTP server could not start on {host}:{port} (see the log above)")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling the app when it is stopping so event streams end at once."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.app.state.closing = True
+        super().handle_exit(sig, frame)
+
+
+class _SecondSignal:
+    """Our handlers stay installed under uvicorn's (which restores and re-raises them): a signal
+    after `armed_at` (the engine is stopping) ends the process without waiting for jobs."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.armed_at: float | None = None
+
+    def install(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        return {s: signal.signal(s, self.handle) for s in self.SIGNALS}
+
+    def handle(self, signum: int, _frame: FrameType | None) -> None:
+        # The first signal was uvicorn's (re-raised after the HTTP server stopped) or arrives
+        # before the engine stops; one delivered twice to the process group within a second is
+        # the same request.
+        if self.armed_at is not None and time.monotonic() - self.armed_at > 1.0:
+            log.warning("stopping now; running jobs resume elsewhere when their leases expire")
+            os._exit(EXIT_INTERRUPTED)
+
+    @staticmethod
+    def restore(previous: dict[int, Any]) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
