@@ -13,14 +13,19 @@ What it does:
    is due at start + i/rate whatever happened to earlier ones, so a slow server does not lower the
    offered load. Each request is `POST /api/v1/jobs {"pipeline": "noop"}` with probability
    `--submit-share`, else `GET /api/v1/jobs/{id}` of one of the last `--recent` submitted ids.
-   httpx.AsyncClient, HTTP/1.1 keep-alive pool. The first `--warmup` seconds are not counted.
+   The first `--warmup` seconds are not counted.
 4. Two latencies per request: *latency* from the time it was due to the end of the response
-   (includes any wait in the client, so no coordinated omission) and *service time* from when the
-   client actually sent it. The issue's targets (p99 < 10 ms POST, < 5 ms GET) are judged on
-   latency; service time and client lag (send minus due) show how much of it is the client's.
-5. Queue depth and jobs by state from /metrics when the load ends; CPU seconds of server and
-   client from /proc. A table on stdout, and (unless --no-save) a dated section appended to
-   bench/RESULTS.md in one write.
+   (includes any wait for a free connection, so no coordinated omission) and *service time* from
+   when the client actually sent it. The issue's targets (p99 < 10 ms POST, < 5 ms GET) are judged
+   on latency; service time and client lag (sent minus due) show how much of it is queueing.
+5. Queue depth and jobs by state from /metrics when the load ends; CPU of server and client from
+   /proc; the load average before and after. A table on stdout, and (unless --no-save) a dated
+   section appended to bench/RESULTS.md in one write (`--notes FILE` adds text to it).
+
+The client: by default `--connections` keep-alive connections spoken by hand (a few tens of
+microseconds of client CPU per request). `--client httpx` (httpx.AsyncClient, one task per request)
+is there for comparison: on a 2-CPU machine its pool costs more CPU than the server once requests
+queue for a connection, and the client, not the server, becomes what is measured.
 
 The client runs on the same machine as the server and competes with it for CPU; the report says
 how many CPUs there are and how much of them each side used.
@@ -53,6 +58,10 @@ REPO_DIR = BENCH_DIR.parent
 RESULTS = BENCH_DIR / "RESULTS.md"
 HOST = "127.0.0.1"
 POST, GET = "POST /jobs", "GET /jobs/{id}"
+CLIENTS = {
+    "raw": "hand-written HTTP/1.1 on asyncio streams",
+    "httpx": "httpx.AsyncClient, one task per request",
+}
 #: the issue's targets: p99 latency in ms
 TARGETS_MS = {POST: 10.0, GET: 5.0}
 START_TIMEOUT = 60.0
@@ -359,6 +368,19 @@ def make_token(env: dict[str, str], cwd: Path) -> str:
     return done.stdout.strip()
 
 
+def http_stack(env: dict[str, str]) -> str:
+    """What uvicorn will use in the server: httptools and uvloop when installed (uvicorn[standard]),
+    else h11 and asyncio."""
+    probe = "import importlib.util as u; print(*(bool(u.find_spec(m)) for m in MODULES))"
+    probe = f"MODULES = ('httptools', 'uvloop'); {probe}"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60
+    ).stdout.split()
+    http = "httptools" if out[:1] == ["True"] else "h11"
+    loop = "uvloop" if out[1:2] == ["True"] else "asyncio"
+    return f"{http} + {loop}"
+
+
 def wait_healthy(base_url: str, server: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
@@ -465,6 +487,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         )
         config_path = workdir / "client.json"
         config_path.write_text(json.dumps(asdict(cfg)))
+        load0 = os.getloadavg()[0]
         server_cpu0 = process_cpu(server.pid)
         wall0 = time.monotonic()
         client = subprocess.Popen(
@@ -490,6 +513,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         result["server_cpu"] = server_cpu
         result["server_wall"] = wall
         result["server_log"] = _tail(server_log, 10)
+        result["http_stack"] = http_stack(env)
+        result["load"] = (load0, os.getloadavg()[0])
         return result
     finally:
         stop(client)
@@ -541,10 +566,14 @@ def summarize(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
         "client_cpu": result["cpu"] / result["wall"],
         "server_cpu": result["server_cpu"] / result["server_wall"],
         "queue": result["queue"],
+        "http_stack": result["http_stack"],
+        "load": result["load"],
     }
 
 
 def report(summary: dict[str, Any], args: argparse.Namespace) -> str:
+    from shelfwork.api.auth import TOKEN_CACHE_TTL  # here: the client process needs none of it
+
     def ms(value: float) -> str:
         return f"{value:.2f}"
 
@@ -570,19 +599,29 @@ def report(summary: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         f"- Load: {args.rate:g} requests/s offered for {args.seconds:g} s after a "
         f"{args.warmup:g} s warm-up (not counted), {args.submit_share:.0%} submits of `noop`, the "
-        f"rest polls of the last {args.recent} submitted ids; {args.connections} keep-alive "
-        "connections at most (httpx, HTTP/1.1), open loop.",
+        f"rest polls of the last {args.recent} submitted ids; open loop over {args.connections} "
+        f"keep-alive HTTP/1.1 connections ({CLIENTS[args.client]}).",
         f"- Offered {summary['offered']:.1f} req/s, achieved {summary['achieved']:.1f} req/s "
         f"({summary['completed']} requests counted, {summary['unfinished']} unfinished at the "
-        f"end, transport errors {summary['transport_errors'] or 'none'}).",
+        f"end, transport errors {summary['transport_errors'] or 'none'})"
+        + (
+            ": the server did not keep up, so latencies grew for as long as the load lasted."
+            if summary["achieved"] < 0.95 * summary["offered"]
+            else "."
+        ),
         f"- Latency counts from when a request was due; service time from when the client sent "
         f"it. Client lag (sent minus due) p50 {ms(lag[50])}, p99 {ms(lag[99])}, max "
         f"{ms(lag[100])} ms.",
         f"- CPU: server {summary['server_cpu']:.0%} and client {summary['client_cpu']:.0%} of one "
-        f"core, on {os.cpu_count()} CPUs shared by both (the client competes with the server).",
+        f"core, on {os.cpu_count()} CPUs shared by both (the client competes with the server); "
+        f"load average {summary['load'][0]:.2f} before, {summary['load'][1]:.2f} after "
+        "(more than the two processes means other work on the machine).",
         f"- When the load ended: {queue.get('queued', 0):.0f} jobs queued; jobs by state: "
-        f"{states}. Server: SQLite (WAL), local executor, max_running {args.max_running}, "
-        f"log level {args.log_level}.",
+        f"{states}.",
+        f"- Server: `shelfwork serve`, SQLite (WAL), local executor, max_running "
+        f"{args.max_running}, max_queue {args.max_queue}, log level {args.log_level}; uvicorn "
+        f"with {summary['http_stack']}; API tokens trusted for {TOKEN_CACHE_TTL:g} s once "
+        "verified (auth.TOKEN_CACHE_TTL).",
     ]
     return "\n".join(lines)
 
@@ -643,6 +682,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default="WARNING", help="server log level (WARNING)")
     parser.add_argument("--workdir", type=Path, help="keep the database and logs here")
     parser.add_argument("--no-save", action="store_true", help="do not append to RESULTS.md")
+    parser.add_argument(
+        "--notes", type=Path, help="a Markdown file added to the end of the RESULTS.md section"
+    )
     parser.add_argument("--client-config", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.client_config is not None:
@@ -661,6 +703,8 @@ def main(argv: list[str] | None = None) -> None:
             result = run(args, Path(tmp))
     summary = summarize(result, args)
     text = f"{machine()}\n\n{report(summary, args)}\n"
+    if args.notes is not None:
+        text += f"\n{args.notes.read_text(encoding='utf-8').strip()}\n"
     print(text)
     if not args.no_save:
         with RESULTS.open("a", encoding="utf-8") as fh:

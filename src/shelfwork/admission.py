@@ -10,6 +10,7 @@ advisory lock), so they hold across threads, processes and hosts:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -94,7 +95,10 @@ class Admission:
         dedup_key: str | None = None,
         schedule_id: int | None = None,
         note: str = "",
+        then: Callable[[Connection], None] | None = None,
     ) -> Submitted:
+        """Validate, admit and queue a job. `then` runs inside the same transaction after the insert
+        (the local executor claims there, so a job that can start does not wait for a dispatch)."""
         model = pipeline.validate(params)
         if pipeline.precondition is not None:
             reason = pipeline.precondition(model)
@@ -110,7 +114,7 @@ class Admission:
         for _ in range(3):
             try:
                 return self._insert(
-                    pipeline, stored, context, lane, priority, dedup_key, schedule_id, note
+                    pipeline, stored, context, lane, priority, dedup_key, schedule_id, note, then
                 )
             except IntegrityError:
                 continue  # a concurrent submit took the dedup key first: return that job
@@ -126,6 +130,7 @@ class Admission:
         dedup_key: str | None,
         schedule_id: int | None,
         note: str,
+        then: Callable[[Connection], None] | None,
     ) -> Submitted:
         with self.store.write(serialize=ADMISSION_LOCK) as conn:
             now = utcnow()  # taken under the write lock, so timelines agree
@@ -156,6 +161,8 @@ class Admission:
                 },
             ).scalar_one()
             event(conn, job_id, "submitted", note, at=now)
+            if then is not None:
+                then(conn)
             return Submitted(job_id, True, QUEUED)
 
     def _waiting(self, conn: Connection) -> int:

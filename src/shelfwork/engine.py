@@ -14,7 +14,10 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
+
+from sqlalchemy import Connection
 
 from .admission import Admission, Limits, Submitted
 from .config import Settings, load_settings
@@ -27,6 +30,42 @@ from .pipeline import Registry
 from .store import Store
 
 log = logging.getLogger("shelfwork.engine")
+
+
+class Handoff:
+    """Claims made inside someone else's write transaction, handed to the executor after commit.
+
+    A finishing job claims its successor in its own final transaction and a submit claims its own
+    job, so no extra transaction or scheduler wake-up stands between "may run" and "runs"."""
+
+    def __init__(self, engine: Engine, limit: int | None) -> None:
+        self.engine = engine
+        self.limit = limit
+        self.claimed: list[int] = []
+        if engine.executor.runs_here:
+            self.owner, self.ttl = engine.node_id, engine.settings.lease_ttl
+        else:
+            self.owner = f"dispatch:{engine.node_id}"
+            self.ttl = engine.settings.dispatch_ttl
+
+    def claim(self, conn: Connection) -> None:
+        if self.engine.stopping:  # an executor that is shutting down takes no new jobs
+            return
+        found = self.engine.admission.claim_in(conn, self.owner, self.ttl, limit=self.limit)
+        self.claimed.extend(c.job_id for c in found)
+
+    def hand_over(self) -> None:
+        """After the commit: start what was claimed (a failed hand-over gives the claims back)."""
+        for i, job_id in enumerate(self.claimed):
+            try:
+                self.engine.executor.submit(job_id)
+            except Exception as exc:
+                rest = self.claimed[i:]
+                self.engine.admission.unclaim(rest, self.owner, f"could not hand over: {exc}")
+                log.warning(
+                    "hand-over of jobs %s failed; returned to the queue", rest, exc_info=True
+                )
+                return
 
 
 class Engine:
@@ -133,6 +172,10 @@ class Engine:
     ) -> Submitted:
         """Validate, admit and queue a job. Raises UnknownPipeline, BadParams, PreconditionFailed,
         QueueFull; a live job with the same dedup key is returned instead of a new one."""
+        # With the scheduler running here, a job that may start now is claimed in its own submit
+        # transaction and started at once, without a wake-up and a dispatch transaction.
+        ready = self._scheduler is not None and self.executor.runs_here
+        handoff = self._handoff() if ready else None
         result = self.admission.submit(
             self.registry.get(pipeline),
             params,
@@ -142,8 +185,11 @@ class Engine:
             dedup_key=dedup_key,
             schedule_id=schedule_id,
             note=note,
+            then=handoff.claim if handoff else None,
         )
-        if result.created:
+        if handoff is not None and handoff.claimed:
+            handoff.hand_over()
+        elif result.created:
             if self._scheduler is not None:
                 self.wake()
             elif self.settings.executor == "celery":
@@ -152,6 +198,16 @@ class Engine:
                 except Exception:  # the job is safely queued; a server dispatches it later
                     log.warning("job %s queued; dispatch failed", result.job_id, exc_info=True)
         return result
+
+    def _handoff(self, extra: int = 0) -> Handoff | None:
+        """A claim to make inside another transaction (a submit, a job's end), if there is room.
+        `extra`: slots the caller is about to free (a finishing job's own)."""
+        capacity = self.executor.capacity()
+        if capacity is not None:
+            capacity += extra
+            if capacity <= 0:
+                return None
+        return Handoff(self, capacity)
 
     def dispatch(self) -> int:
         """Claim what admission allows and hand it to the executor. Safe from any process."""
@@ -193,10 +249,12 @@ class Engine:
             self.executor.submit(job_id)
         return ids
 
-    def run_job(self, job_id: int) -> str:
+    def run_job(
+        self, job_id: int, *, after_finish: Callable[[Connection], None] | None = None
+    ) -> str:
         from .runner import run_job
 
-        return run_job(self, job_id)
+        return run_job(self, job_id, after_finish=after_finish)
 
     def get(self, job_id: int) -> JobView:
         return self.jobs.get(job_id)

@@ -626,7 +626,7 @@ def test_job_that_waited_past_its_lease_renews_it_before_running(make_engine: An
     gated = Pipeline("crash-gate", steps=[step(hold)])
     a = make_engine([gated], scheduler=False)
     b = make_engine([gated], scheduler=False)
-    job_id = a.submit("crash-gate").job_id
+    job_id = a.admission.submit(gated).job_id  # queued only: the engine's submit would start it
     assert [c.job_id for c in a.admission.claim(a.node_id, 0.01)] == [job_id]
     time.sleep(0.05)  # the lease runs out while the job waits for a thread
     a.executor.submit(job_id)

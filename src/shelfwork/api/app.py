@@ -39,9 +39,12 @@ something needs `operator`, tokens and locks need `admin`.
 """
 
 
-def create_app(engine: Engine, *, stream_poll: float = 0.5) -> FastAPI:
+def create_app(
+    engine: Engine, *, stream_poll: float = 0.5, token_cache_ttl: float = 0.0
+) -> FastAPI:
     """The API over a (started or not) engine. `stream_poll`: how often event streams look for
-    new events, in seconds."""
+    new events, in seconds. `token_cache_ttl`: seconds a verified API token is trusted without
+    reading its row again (0: every request reads it; see auth.py)."""
     app = FastAPI(
         title="shelfwork",
         version=_version(),
@@ -52,7 +55,7 @@ def create_app(engine: Engine, *, stream_poll: float = 0.5) -> FastAPI:
         swagger_ui_oauth2_redirect_url=None,
     )
     app.state.engine = engine
-    app.state.auth = Auth(engine.store, engine.settings)
+    app.state.auth = Auth(engine.store, engine.settings, token_cache_ttl=token_cache_ttl)
     app.state.stream_poll = stream_poll
     app.state.closing = False
     app.state.login_page = login.render_login_page

@@ -4,7 +4,11 @@ Roles are ordered viewer < operator < admin: reading needs viewer, changing anyt
 managing tokens and locks needs admin.
 
 - API tokens (`Authorization: Bearer swk_<prefix>_<secret>`) are random, shown once, and kept only
-  as a SHA-256 hash; the prefix finds the row and is what listings show.
+  as a SHA-256 hash; the prefix finds the row and is what listings show. `shelfwork serve` trusts
+  a verified token for TOKEN_CACHE_TTL seconds without reading its row again (one database read
+  and one thread hand-off less per request): a revocation made through that server ends the token
+  at once, one made elsewhere (the CLI, another server, an expiry edited in the database) within
+  that time. `create_app` alone does not cache.
 - Dashboard users log in with a password (scrypt, per-user salt) and get a session cookie
   (HttpOnly, SameSite=Lax, Secure over https). The cookie holds a random token whose hash is a row in
   `user_sessions`, so logging out ends the session on every server, and disabling a user or changing
@@ -28,6 +32,7 @@ import hmac
 import logging
 import re
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -64,6 +69,10 @@ _PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f]*$")
 _USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,199}$")
 #: writes of last_used_at / last_seen_at are skipped when the stored value is this recent
 TOUCH_EVERY = timedelta(seconds=60)
+#: seconds `shelfwork serve` trusts a verified token before reading its row again
+TOKEN_CACHE_TTL = 2.0
+#: most verified tokens remembered at once (the oldest is forgotten first)
+TOKEN_CACHE_SIZE = 1024
 MIN_PASSWORD = 10
 MAX_PASSWORD = 1024
 
@@ -126,10 +135,45 @@ def _token_info(row: Any) -> TokenInfo:
 
 
 class Tokens:
-    """API tokens over one Store."""
+    """API tokens over one Store. With `cache_ttl` > 0, a token verified against the database is
+    trusted for that many seconds (never past its expiry), keyed by its SHA-256 hash."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, cache_ttl: float = 0.0) -> None:
         self.store = store
+        self.cache_ttl = cache_ttl
+        self._verified: dict[str, tuple[Principal, float]] = {}  # hash -> (who, monotonic until)
+
+    def cached(self, presented: str) -> Principal | None:
+        """The principal of a token verified less than `cache_ttl` seconds ago, else None (then
+        `authenticate` decides). Cheap enough for the event loop: one hash, no database."""
+        if not self._verified:
+            return None
+        key = _sha256(presented)
+        hit = self._verified.get(key)
+        if hit is None:
+            return None
+        if time.monotonic() >= hit[1]:
+            self._verified.pop(key, None)
+            return None
+        return hit[0]
+
+    def _remember(self, key: str, principal: Principal, expires_at: datetime | None) -> None:
+        ttl = self.cache_ttl
+        if expires_at is not None:
+            ttl = min(ttl, (expires_at - utcnow()).total_seconds())
+        if ttl <= 0:
+            return
+        while len(self._verified) >= TOKEN_CACHE_SIZE:
+            try:
+                self._verified.pop(next(iter(self._verified)))
+            except (StopIteration, KeyError, RuntimeError):  # emptied or changed by another thread
+                break
+        self._verified[key] = (principal, time.monotonic() + ttl)
+
+    def _forget(self, token_id: int) -> None:
+        for key, (principal, _) in list(self._verified.items()):
+            if principal.id == token_id:
+                self._verified.pop(key, None)
 
     def create(
         self,
@@ -206,6 +250,7 @@ class Tokens:
                 .where(tokens_t.c.id == token_id, tokens_t.c.revoked_at.is_(None))
                 .values(revoked_at=utcnow())
             )
+        self._forget(token_id)
         info = self.get(token_id)
         if res.rowcount == 1:
             log.info("API token %s (%s) revoked by %s", info.prefix, info.name, by)
@@ -229,7 +274,8 @@ class Tokens:
                     tokens_t.c.revoked_at,
                 ).where(tokens_t.c.prefix == match.group(1))
             ).first()
-        if row is None or not hmac.compare_digest(row.token_hash, _sha256(presented)):
+        digest = _sha256(presented)
+        if row is None or not hmac.compare_digest(row.token_hash, digest):
             return None
         now = utcnow()
         if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
@@ -239,7 +285,10 @@ class Tokens:
                 conn.execute(
                     update(tokens_t).where(tokens_t.c.id == row.id).values(last_used_at=now)
                 )
-        return Principal("token", row.id, row.name, row.role)
+        principal = Principal("token", row.id, row.name, row.role)
+        if self.cache_ttl > 0:
+            self._remember(digest, principal, row.expires_at)
+        return principal
 
 
 # --- passwords ----------------------------------------------------------------------------------
@@ -523,9 +572,9 @@ def _aware(value: Any) -> datetime:
 class Auth:
     """Everything the API and the dashboard need to know who is calling."""
 
-    def __init__(self, store: Store, settings: Settings) -> None:
+    def __init__(self, store: Store, settings: Settings, *, token_cache_ttl: float = 0.0) -> None:
         self.settings = settings
-        self.tokens = Tokens(store)
+        self.tokens = Tokens(store, cache_ttl=token_cache_ttl)
         self.users = Users(store)
         self.sessions = Sessions(store, settings.session_ttl)
         self.limiter = LoginLimiter(
@@ -584,7 +633,9 @@ async def identify(request: Request, credentials: HTTPAuthorizationCredentials |
         return cached
     auth = auth_of(request)
     if credentials is not None:
-        principal = await run_in_threadpool(auth.tokens.authenticate, credentials.credentials)
+        principal = auth.tokens.cached(credentials.credentials) or await run_in_threadpool(
+            auth.tokens.authenticate, credentials.credentials
+        )
         if principal is None:
             raise ApiError(
                 401,

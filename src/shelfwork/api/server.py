@@ -21,6 +21,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from .app import API_PREFIX, create_app
+from .auth import TOKEN_CACHE_TTL
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -46,7 +47,7 @@ def serve(
 
     if engine is None:
         engine = Engine(settings, kind="server")
-    app = create_app(engine)
+    app = create_app(engine, token_cache_ttl=TOKEN_CACHE_TTL)
     config = uvicorn.Config(
         app,
         host=host,

@@ -53,9 +53,13 @@ class RunJob(Task):  # type: ignore[misc]
 
     def run(self, job_id: int) -> str:
         engine = worker_engine(self.app.conf.shelfwork_settings)
-        outcome = engine.run_job(int(job_id))
+        handoff = engine._handoff()  # claim the next job in this job's final transaction
+        outcome = engine.run_job(int(job_id), after_finish=handoff.claim if handoff else None)
         try:
-            engine.dispatch()  # start what this finish made room for, without waiting for a poll
+            if handoff is not None and handoff.claimed:
+                handoff.hand_over()
+            elif outcome != "ran":
+                engine.dispatch()  # nothing was handed over: make sure the queue still moves
         except Exception:
             log.warning(
                 "dispatch after job %s failed; the scheduler will retry", job_id, exc_info=True

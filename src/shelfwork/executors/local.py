@@ -7,8 +7,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection
-
 from .base import Executor
 
 if TYPE_CHECKING:
@@ -43,28 +41,17 @@ class LocalExecutor(Executor):
         from ..runner import run_job
 
         engine = self.engine
-        handoff: list[int] = []
-
-        def claim_next(conn: Connection) -> None:
-            # In the job's final transaction: this thread's slot passes straight to the next job.
-            if engine.stopping:  # the pool takes no more jobs; leave them to the nodes that stay
-                return
-            limit = self.capacity() + 1
-            claimed = engine.admission.claim_in(
-                conn, engine.node_id, engine.settings.lease_ttl, limit=limit
-            )
-            handoff.extend(c.job_id for c in claimed)
-
+        handoff = engine._handoff(extra=1)  # this thread's slot passes straight to the next job
         try:
-            run_job(engine, job_id, leased=True, after_finish=claim_next)
+            run_job(engine, job_id, leased=True, after_finish=handoff.claim if handoff else None)
         except Exception:
             log.exception("job %s crashed the runner", job_id)
         finally:
             with self._mutex:
                 self._busy -= 1
-            for next_id in handoff:
-                self.submit(next_id)
-            if not handoff:
+            if handoff is not None and handoff.claimed:
+                handoff.hand_over()
+            else:
                 engine.wake()
 
     def capacity(self) -> int:
