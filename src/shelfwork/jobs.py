@@ -82,6 +82,20 @@ END_JOB = (
     )
 )
 DROP_JOB_LOCKS = delete(locks_t).where(locks_t.c.job_id == _b("b_job"))
+SELECT_OWNER = select(jobs_t.c.lease_owner).where(jobs_t.c.id == _b("b_job"))
+TAKE_LEASE = (
+    update(jobs_t)
+    .where(
+        jobs_t.c.id == _b("b_job"),
+        jobs_t.c.state == RUNNING,
+        or_(
+            jobs_t.c.lease_owner == _b("b_owner"),
+            jobs_t.c.lease_owner.like("dispatch:%"),
+            jobs_t.c.lease_expires_at < _b("b_now", type_=UTCDateTime()),
+        ),
+    )
+    .values(lease_owner=_b("b_owner"), lease_expires_at=_b("b_expires", type_=UTCDateTime()))
+)
 
 
 @dataclass
@@ -266,29 +280,26 @@ class Jobs:
     # --- writes by the worker that holds the lease ------------------------------------------
 
     def take_lease(self, job_id: int, owner: str, ttl: float) -> bool:
+        return self.acquire(job_id, owner, ttl) is not None
+
+    def acquire(self, job_id: int, owner: str, ttl: float) -> JobView | None:
         """Own a running job's lease: it is ours, a dispatcher's hand-off, or it has expired.
-        Taking over an expired lease also frees the locks the previous run held."""
+        Taking over an expired lease also frees the locks the previous run held. Returns the job
+        with its steps, read in the same transaction, or None if someone else holds it."""
         with self.store.write() as conn:
             now = utcnow()  # taken under the write lock, so timelines agree
-            before = conn.execute(
-                select(jobs_t.c.lease_owner, jobs_t.c.lease_expires_at).where(jobs_t.c.id == job_id)
-            ).first()
+            previous = conn.execute(SELECT_OWNER, {"b_job": job_id}).scalar()
             res = conn.execute(
-                update(jobs_t)
-                .where(
-                    jobs_t.c.id == job_id,
-                    jobs_t.c.state == RUNNING,
-                    or_(
-                        jobs_t.c.lease_owner == owner,
-                        jobs_t.c.lease_owner.like("dispatch:%"),
-                        jobs_t.c.lease_expires_at < now,
-                    ),
-                )
-                .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=ttl))
+                TAKE_LEASE,
+                {
+                    "b_job": job_id,
+                    "b_owner": owner,
+                    "b_now": now,
+                    "b_expires": now + timedelta(seconds=ttl),
+                },
             )
             if res.rowcount != 1:
-                return False
-            previous = before.lease_owner if before is not None else None
+                return None
             if previous not in (owner, None) and not previous.startswith("dispatch:"):
                 # a takeover of a dead run's lease: free its locks, count and record the new run
                 conn.execute(DROP_JOB_LOCKS, {"b_job": job_id})
@@ -303,7 +314,10 @@ class Jobs:
                     level="warning",
                     at=now,
                 )
-            return True
+            row = conn.execute(SELECT_JOB, {"b_job": job_id}).first()
+            view = _job_view(row)
+            view.steps = self._steps(conn, job_id)
+            return view
 
     @staticmethod
     def _check_lease(conn: Connection, job_id: int, owner: str) -> bool:

@@ -327,11 +327,15 @@ def _run_leased(
     after_finish: Callable[[Connection], None] | None,
 ) -> str:
     owner = engine.node_id
-    if not leased and not engine.jobs.take_lease(job_id, owner, engine.settings.lease_ttl):
-        return "skipped"
-    job = engine.jobs.get(job_id)
-    if job.lease_owner != owner or job.state != "running":
-        return "skipped"
+    if leased:
+        job = engine.jobs.get(job_id)
+        if job.lease_owner != owner or job.state != "running":
+            return "skipped"
+    else:
+        taken = engine.jobs.acquire(job_id, owner, engine.settings.lease_ttl)
+        if taken is None:
+            return "skipped"
+        job = taken
     # A job that waited (in the local pool) until its lease (nearly) ran out must renew it before
     # it runs: the heartbeat renews only what runs, and another node may reclaim it mid-step.
     if (

@@ -136,5 +136,7 @@ def run_worker(settings: Settings, *, concurrency: int = 2, loglevel: str = "INF
             f"--loglevel={loglevel}",
             "--without-gossip",
             "--without-mingle",
+            "--without-heartbeat",  # liveness is the DB lease's business, not the broker's
+            "--optimization=fair",
         ]
     )
