@@ -144,7 +144,8 @@ class RawConnection:
 
 class Samples:
     """One sample per request: [kind, due, sent, done, status, counted], times in seconds from
-    the start of the timetable, status 0 for a transport error (its kind is counted in `errors`)."""
+    the start of the timetable; status 0 for a transport error (its kind is counted in `errors`),
+    UNFINISHED (done None, sent None if never sent) for one still open when the client gave up."""
 
     def __init__(self, recent: int) -> None:
         self.rows: list[list[Any]] = []
@@ -155,8 +156,12 @@ class Samples:
         name = type(exc).__name__
         self.errors[name] = self.errors.get(name, 0) + 1
 
+    def unfinished(self, kind: str, due: float, sent: float | None, counted: bool) -> None:
+        self.rows.append([kind, due, sent, None, UNFINISHED, counted])
+
 
 SUBMIT_BODY = b'{"pipeline":"noop"}'
+UNFINISHED = -1
 
 
 async def drive(cfg: ClientConfig) -> dict[str, Any]:
@@ -246,15 +251,27 @@ class RawSender:
             except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
                 self.samples.error(exc)
                 conn.close()
+            except asyncio.CancelledError:
+                self.samples.unfinished(kind, due, sent, counted)
+                raise
             self.samples.rows.append([kind, due, sent, loop.time() - self.start, status, counted])
 
     async def finish(self, timeout: float) -> int:
+        """Wait for the queue to empty and the answers to come; what is left is unfinished."""
         for _ in self.workers:
             self.queue.put_nowait(None)
         _, pending = await asyncio.wait(self.workers, timeout=timeout)
         for task in pending:
             task.cancel()
-        return self.queue.qsize() + len(pending)
+        await asyncio.gather(*pending, return_exceptions=True)
+        left = len(pending)
+        while not self.queue.empty():
+            item = self.queue.get_nowait()
+            if item is not None:
+                kind, _, due, counted = item
+                self.samples.unfinished(kind, due, None, counted)
+                left += 1
+        return left
 
     async def close(self) -> None:
         for conn in self.connections:
@@ -308,15 +325,19 @@ class HttpxSender:
             status = r.status_code
         except httpx.HTTPError as exc:
             self.samples.error(exc)
+        except asyncio.CancelledError:
+            self.samples.unfinished(kind, due, sent, counted)
+            raise
         self.samples.rows.append([kind, due, sent, loop.time() - self.start, status, counted])
 
     async def finish(self, timeout: float) -> int:
         if self.pending:
             await asyncio.wait(self.pending, timeout=timeout)
-        left = len(self.pending)
-        for task in list(self.pending):
+        left = list(self.pending)
+        for task in left:
             task.cancel()
-        return left
+        await asyncio.gather(*left, return_exceptions=True)
+        return len(left)
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -531,37 +552,37 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 def summarize(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     counted = [s for s in result["samples"] if s[5]]
+    answered = [s for s in counted if s[3] is not None]
     rows: dict[str, dict[str, Any]] = {}
     for kind in (POST, GET):
         mine = [s for s in counted if s[0] == kind]
         ok = [s for s in mine if 200 <= s[4] < 300]
         latency = sorted((s[3] - s[1]) * 1000 for s in ok)
         service = sorted((s[3] - s[2]) * 1000 for s in ok)
-        statuses: dict[str, int] = {}
+        failures: dict[str, int] = {}
         for s in mine:
             if not 200 <= s[4] < 300:
-                key = str(s[4]) if s[4] else "transport"
-                statuses[key] = statuses.get(key, 0) + 1
+                key = {0: "transport", UNFINISHED: "unfinished"}.get(s[4], str(s[4]))
+                failures[key] = failures.get(key, 0) + 1
         rows[kind] = {
             "count": len(mine),
-            "errors": statuses,
+            "errors": failures,
             "latency": {q: percentile(latency, q) for q in (50, 90, 99, 100)},
             "service": {q: percentile(service, q) for q in (50, 90, 99, 100)},
             "target": TARGETS_MS[kind],
         }
         rows[kind]["pass"] = (
-            bool(latency) and not statuses and (rows[kind]["latency"][99] < TARGETS_MS[kind])
+            bool(latency) and not failures and rows[kind]["latency"][99] < TARGETS_MS[kind]
         )
-    lag = sorted((s[2] - s[1]) * 1000 for s in counted)
-    done = [s[3] for s in counted]
-    window = (max(done) - args.warmup) if done else float("nan")
+    lag = sorted((s[2] - s[1]) * 1000 for s in counted if s[2] is not None)
+    window = max((s[3] for s in answered), default=0.0) - args.warmup
     return {
         "rows": rows,
         "offered": len(counted) / args.seconds,
-        "achieved": len(counted) / window if window > 0 else float("nan"),
-        "completed": len(counted),
+        "achieved": len(answered) / window if window > 0 else float("nan"),
+        "completed": len(answered),
         "lag": {q: percentile(lag, q) for q in (50, 99, 100)},
-        "unfinished": result["unfinished"],
+        "unfinished": len(counted) - len(answered),
         "transport_errors": result["errors"],
         "client_cpu": result["cpu"] / result["wall"],
         "server_cpu": result["server_cpu"] / result["server_wall"],
@@ -578,7 +599,7 @@ def report(summary: dict[str, Any], args: argparse.Namespace) -> str:
         return f"{value:.2f}"
 
     lines = [
-        "| endpoint | requests | non-2xx | latency p50 / p90 / p99 / max ms "
+        "| endpoint | requests | failed (non-2xx, unanswered) | latency p50 / p90 / p99 / max ms "
         "| service p50 / p90 / p99 / max ms | target p99 | verdict |",
         "|---|---:|---:|---|---|---|---|",
     ]
@@ -602,8 +623,9 @@ def report(summary: dict[str, Any], args: argparse.Namespace) -> str:
         f"rest polls of the last {args.recent} submitted ids; open loop over {args.connections} "
         f"keep-alive HTTP/1.1 connections ({CLIENTS[args.client]}).",
         f"- Offered {summary['offered']:.1f} req/s, achieved {summary['achieved']:.1f} req/s "
-        f"({summary['completed']} requests counted, {summary['unfinished']} unfinished at the "
-        f"end, transport errors {summary['transport_errors'] or 'none'})"
+        f"({summary['completed']} answers; {summary['unfinished']} requests still unanswered "
+        f"{args.timeout + 5:g} s after the last was due, counted as failures; transport errors "
+        f"{summary['transport_errors'] or 'none'})"
         + (
             ": the server did not keep up, so latencies grew for as long as the load lasted."
             if summary["achieved"] < 0.95 * summary["offered"]
@@ -615,7 +637,7 @@ def report(summary: dict[str, Any], args: argparse.Namespace) -> str:
         f"- CPU: server {summary['server_cpu']:.0%} and client {summary['client_cpu']:.0%} of one "
         f"core, on {os.cpu_count()} CPUs shared by both (the client competes with the server); "
         f"load average {summary['load'][0]:.2f} before, {summary['load'][1]:.2f} after "
-        "(more than the two processes means other work on the machine).",
+        "(it counts runnable threads, the server's own among them).",
         f"- When the load ended: {queue.get('queued', 0):.0f} jobs queued; jobs by state: "
         f"{states}.",
         f"- Server: `shelfwork serve`, SQLite (WAL), local executor, max_running "
