@@ -47,7 +47,6 @@ class Run:
         self.results: dict[str, Any] = {}
         self.branches: dict[str, BranchOutcome] = {}
         self.done: dict[str, StepView] = {}
-        self.last_result: Any = None
         self.after_finish: Callable[[Connection], None] | None = None
 
     def execute(self) -> None:
@@ -73,12 +72,24 @@ class Run:
             log.exception("job %s: unexpected error", job_id)
             self._end(FAILED, exc)
 
+    def _context(self, step: str, attempt: int, checkpoint: Any = None) -> StepContext:
+        return StepContext(
+            self.engine,
+            self.state,
+            self.pipeline.name,
+            self.params,
+            self.results,
+            self.branches,
+            step,
+            attempt,
+            checkpoint,
+        )
+
     # --- serial steps ----------------------------------------------------------------------
 
     def _serial(self, node: Step, *, last: bool) -> None:
         view = self.done.get(node.name)
         if view is not None and view.state == SUCCEEDED:
-            self.last_result = view.result
             if last:
                 self.jobs.finish(
                     self.state.job_id,
@@ -91,7 +102,6 @@ class Run:
         self._check(db=False)
         result = self._attempts(node, branch=None, finish_job=last)
         self.results[node.name] = result
-        self.last_result = result
 
     def _attempts(self, node: Step, *, branch: str | None, finish_job: bool) -> Any:
         """Run a step until it succeeds or its retry policy gives up."""
@@ -105,17 +115,7 @@ class Run:
             if attempt is None:
                 self.state.cancel.set()
                 raise Cancelled(f"job {job_id} cancelled before step {node.name!r}")
-            ctx = StepContext(
-                self.engine,
-                self.state,
-                self.pipeline.name,
-                self.params,
-                self.results,
-                self.branches,
-                node.name,
-                attempt,
-                checkpoint,
-            )
+            ctx = self._context(node.name, attempt, checkpoint)
             started = time.perf_counter()
             try:
                 result = node.fn(ctx)
@@ -271,16 +271,7 @@ class Run:
     def _end(self, state: str, exc: BaseException) -> None:
         reason = str(exc)
         if self.pipeline.compensate is not None:
-            ctx = StepContext(
-                self.engine,
-                self.state,
-                self.pipeline.name,
-                self.params,
-                self.results,
-                self.branches,
-                "compensate",
-                1,
-            )
+            ctx = self._context("compensate", 1)
             try:
                 self.pipeline.compensate(ctx, exc)
                 self.jobs.record(
