@@ -1,5 +1,6 @@
 """The `shelfwork` command line: run the engine (`serve`, `worker`), submit and follow jobs,
-inspect and operate on them, and show what the engine does (`demo`).
+inspect and operate on them, and show what shelfwork does (`demo`: the Koha -> DSpace integrator
+on emulated peers, `sandbox`: those peers alone, `engine-demo`: the engine's own behaviour).
 
 Output rules, so scripts can rely on them: a command's result goes to stdout (`submit` prints only
 the job id; `--json` prints JSON), everything said to a person goes to stderr. Every error shelfwork
@@ -943,7 +944,102 @@ DEMO_TIMEOUT = 90.0
 
 
 @app.command()
-def demo() -> None:
+def demo(
+    folder: Annotated[
+        Path, typer.Option("--dir", help="Folder for the demo's database and files (made afresh).")
+    ] = Path("shelfwork-demo"),
+    keep: Annotated[
+        bool | None,
+        typer.Option(
+            "--keep/--no-keep",
+            help="Keep the servers up afterwards (default: when run from a terminal).",
+        ),
+    ] = None,
+) -> None:
+    """The Koha -> DSpace integrator end to end on emulated Koha and DSpace: start them and a
+    shelfwork server (SQLite), catalogue books with generated PDFs, integrate them through
+    /integrate, and print the dashboard URL and a summary table."""
+    from .pipelines.koha_dspace.demo import run_demo
+
+    raise typer.Exit(run_demo(folder.resolve(), keep=keep, console=out))
+
+
+@app.command()
+def sandbox(
+    koha_port: Annotated[int, typer.Option(help="Port of the emulated Koha (0: any free).")] = 8081,
+    dspace_port: Annotated[int, typer.Option(help="Port of the emulated DSpace.")] = 8082,
+    generation: Annotated[
+        str, typer.Option(help="Koha generation: 24.05 (CSRF login) or 22.11.")
+    ] = "24.05",
+    folder: Annotated[
+        Path, typer.Option("--dir", help="Where the printed config puts inbox/processed/error.")
+    ] = Path("sandbox-files"),
+) -> None:
+    """Run the emulated Koha and DSpace on 127.0.0.1 until Ctrl-C, and print a
+    [systems.koha-dspace] table that points shelfwork at them."""
+    import threading
+
+    from .sandbox.peers import KOHA_USER, start_peers
+
+    if generation not in ("24.05", "22.11"):
+        fail(f"--generation must be 24.05 or 22.11, not {generation!r}", EXIT_BAD_INPUT)
+    peers = start_peers(generation=generation, koha_port=koha_port, dspace_port=dspace_port)  # type: ignore[arg-type]
+    try:
+        err.print(f"emulated Koha {generation} on {peers.koha_url} (staff user {KOHA_USER})")
+        err.print(f"emulated DSpace 7 on {peers.dspace_url}")
+        err.print("control API (no auth, loopback only): /_sandbox/ on each; Ctrl-C stops both")
+        out.print(_systems_table(peers.integrator_config(folder.resolve())))
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        peers.stop()
+
+
+def _systems_table(table: dict[str, Any]) -> str:
+    """A [systems.koha-dspace] TOML table (the sandbox's secrets are throwaway)."""
+
+    def value(v: Any) -> str:
+        return json.dumps(v, ensure_ascii=False)
+
+    lines = ["[systems.koha-dspace]"]
+    lines += [f"{k} = {value(v)}" for k, v in table.items() if not isinstance(v, dict)]
+    for name, sub in table.items():
+        if isinstance(sub, dict):
+            lines += ["", f"[systems.koha-dspace.{name}]"]
+            lines += [f"{k} = {value(v)}" for k, v in sub.items()]
+    return "\n".join(lines)
+
+
+@app.command("koha-button")
+def koha_button(
+    url: Annotated[str, typer.Option(help="Where Koha's staff browsers reach shelfwork.")],
+    token_file: Annotated[
+        Path | None,
+        typer.Option(help="File holding an operator token (else $SHELFWORK_BUTTON_TOKEN)."),
+    ] = None,
+) -> None:
+    """Print the "Integrate to repository" button for Koha's IntranetUserJS, filled in."""
+    from .pipelines.koha_dspace.button import button_script
+
+    if token_file is not None:
+        try:
+            token = token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            fail(f"token file {token_file}: {exc.strerror or exc}", EXIT_BAD_INPUT)
+    else:
+        token = os.environ.get("SHELFWORK_BUTTON_TOKEN", "")
+    if not token:
+        fail(
+            "no token: make one with `shelfwork token create --role operator --name koha-staff` "
+            "and pass --token-file or set SHELFWORK_BUTTON_TOKEN",
+            EXIT_BAD_INPUT,
+        )
+    out.print(button_script(url, token), markup=False, highlight=False)
+
+
+@app.command("engine-demo")
+def engine_demo() -> None:
     """Show the engine at work on the embedded default (SQLite + local threads): progress, limits,
     context serialisation, retries, an optional branch's warning, compensation, cancel, dedup,
     and a full queue rejecting a job. Takes about 10 seconds."""
@@ -971,7 +1067,7 @@ def demo() -> None:
         engine.store.dispose()
         raise
     out.print(
-        f"[bold]shelfwork demo[/] on {escape(safe_url(settings.database_url))}: local executor, "
+        f"[bold]shelfwork engine-demo[/] on {escape(safe_url(settings.database_url))}: local executor, "
         f"at most {settings.max_running} running and {settings.max_queue} waiting"
     )
 

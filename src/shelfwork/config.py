@@ -75,6 +75,9 @@ class Settings(BaseModel):
     login_max_failures_per_ip: int = Field(default=20, ge=1)
     login_window: float = Field(default=900, gt=0)
     cookie_secure: bool | None = None
+    # Per-system settings, one table each (`[systems.koha-dspace]`), checked by the system's own
+    # pipeline package when it first needs them, so an engine without that system never cares.
+    systems: dict[str, dict[str, Any]] = Field(default_factory=dict)
     source: str | None = None  # the file these settings came from, for messages
 
     @field_validator("cors_origins", mode="before")
@@ -178,7 +181,9 @@ def _from_toml(raw: dict[str, Any], file: Path) -> dict[str, Any]:
         },
     }
     for section, body in raw.items():
-        if section in (*sections, "schedules", "trackers") and not isinstance(body, dict):
+        if section in (*sections, "schedules", "trackers", "systems") and not isinstance(
+            body, dict
+        ):
             raise ConfigError(f"config file {file}: [{section}] must be a table")
         if section in sections:
             for key, value in body.items():
@@ -197,6 +202,14 @@ def _from_toml(raw: dict[str, Any], file: Path) -> dict[str, Any]:
                         f"schedules.{name} must be a table ([schedules.{name}])"
                     )
             data["schedules"] = [{"name": name, **spec} for name, spec in body.items()]
+        elif section == "systems":
+            for name, spec in body.items():
+                if not isinstance(spec, dict):
+                    raise ConfigError(
+                        f"config file {file}: line {_line_of_key(file, 'systems', name)}: "
+                        f"systems.{name} must be a table ([systems.{name}])"
+                    )
+            data["systems"] = body
         elif section == "trackers":
             body = dict(body)
             if "profile" in body:
@@ -210,7 +223,7 @@ def _from_toml(raw: dict[str, Any], file: Path) -> dict[str, Any]:
                     f"config file {file}: unknown key(s) in [trackers]: {', '.join(body)}"
                 )
         else:
-            known = ", ".join([*sections, "schedules", "trackers"])
+            known = ", ".join([*sections, "schedules", "trackers", "systems"])
             raise ConfigError(
                 f"config file {file}: line {_line_of_key(file, section, None)}: "
                 f"unknown section [{section}] (known: {known})"

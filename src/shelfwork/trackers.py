@@ -351,7 +351,8 @@ class Trackers:
                     f"pipeline module {module_name!r} cannot be imported: {exc}"
                 ) from None
             for tracker in getattr(module, "TRACKERS", []):
-                self.register(tracker)
+                # A factory gets the engine, for handlers that need settings (a remote's URL).
+                self.register(tracker if isinstance(tracker, Tracker) else tracker(engine))
 
     # --- definitions -------------------------------------------------------------------------
 

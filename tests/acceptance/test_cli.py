@@ -373,9 +373,9 @@ def test_unknown_job_and_state(workdir: Path, here: Cli) -> None:
 # --- demo and example configuration ---------------------------------------------------------------
 
 
-def test_demo_runs_to_completion(tmp_path: Path, here: Cli) -> None:
+def test_engine_demo_runs_to_completion(tmp_path: Path, here: Cli) -> None:
     url = f"sqlite:///{tmp_path / 'demo.db'}"
-    run = cli("--database-url", url, "demo", cwd=tmp_path, timeout=120)
+    run = cli("--database-url", url, "engine-demo", cwd=tmp_path, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "Every job ended as expected" in run.stdout
     assert "rejected (queue full" in run.stdout
@@ -383,7 +383,7 @@ def test_demo_runs_to_completion(tmp_path: Path, here: Cli) -> None:
     assert {j["state"] for j in listed} == {"succeeded", "failed", "cancelled"}
     # A second demo on a database with another user's queued job refuses instead of muddling on.
     assert here("--database-url", url, "submit", "noop", cwd=tmp_path).returncode == 0
-    clean_error(here("--database-url", url, "demo", cwd=tmp_path), 2, "1 live job")
+    clean_error(here("--database-url", url, "engine-demo", cwd=tmp_path), 2, "1 live job")
 
 
 def test_example_config_is_valid() -> None:

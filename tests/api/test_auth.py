@@ -63,6 +63,8 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/tokens"): "admin",
     ("POST", "/api/v1/tokens"): "admin",
     ("DELETE", "/api/v1/tokens/{token_id}"): "admin",
+    ("POST", "/integrate"): "operator",
+    ("GET", "/status/{task_id}"): "viewer",
 }
 PUBLIC = {("GET", "/healthz"), ("GET", "/metrics")}
 SAMPLE = {
@@ -73,6 +75,7 @@ SAMPLE = {
     "{name:path}": "no-lock",
     "{letter_id}": "987654",
     "{token_id}": "987654",
+    "{task_id}": "987654",
 }
 
 

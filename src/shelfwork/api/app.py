@@ -3,6 +3,7 @@
 /api/v1/...            the JSON API (OpenAPI at /api/v1/openapi.json, interactive docs at
                        /api/v1/docs); a bearer token or a dashboard session
 /healthz, /metrics     for load balancers and Prometheus, no token
+/integrate, /status    the Koha integrator's seed-compatible endpoints (same tokens as the API)
 /login, /logout        dashboard sessions (see login.py); the dashboard mounts its pages on this
                        app and uses `auth.session_principal` and `auth.require(...)`
 
@@ -18,7 +19,18 @@ from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import dead_letters, health, jobs, locks, login, pipelines, schedules, tokens, trackers
+from . import (
+    dead_letters,
+    health,
+    integrate,
+    jobs,
+    locks,
+    login,
+    pipelines,
+    schedules,
+    tokens,
+    trackers,
+)
 from .auth import CSRF_HEADER, Auth
 from .errors import install
 
@@ -66,6 +78,7 @@ def create_app(
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(health.router)
+    app.include_router(integrate.router)  # /integrate, /status: paths Koha scripts already call
     app.include_router(login.router)
     from ..dashboard import mount as mount_dashboard  # here: the dashboard imports this package
 

@@ -1,4 +1,3 @@
-# ruff: noqa: RUF001 - the Ukrainian strings are Cyrillic on purpose
 """The dashboard's words, in English and Ukrainian (the first users are Ukrainian university
 libraries). English is the default; `?lang=uk` switches and a cookie remembers the choice.
 

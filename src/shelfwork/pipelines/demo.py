@@ -1,4 +1,4 @@
-"""Small pipelines that show the engine's behaviour in `shelfwork demo` (and in the CLI tests).
+"""Small pipelines that show the engine's behaviour in `shelfwork engine-demo` (and in the CLI tests).
 
 `demo-deposit` is a fork-join integration in miniature: fetch a record, then in parallel render a
 cover (an optional branch: its failure becomes a warning) and deposit it in a repository (a critical

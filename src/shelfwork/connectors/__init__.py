@@ -1,0 +1,91 @@
+"""Clients for the outside systems shelfwork talks to, one module per system.
+
+Every client raises a `RemoteError` subclass that names the system, the request and what the remote
+answered, so a job record tells a person which system refused what and why. Whether a step should
+retry follows from the class: `RemoteUnavailable` (timeouts, refused connections, 5xx, 429) is
+worth another attempt; `RemoteRefused` (the other 4xx) is not, the same request would be refused
+again.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from ..errors import ShelfworkError
+
+#: how much of a remote answer an error message quotes
+EXCERPT = 300
+
+
+class RemoteError(ShelfworkError):
+    """A remote system failed or refused a request."""
+
+    def __init__(
+        self,
+        system: str,
+        message: str,
+        *,
+        method: str | None = None,
+        url: str | None = None,
+        status: int | None = None,
+        body: str | None = None,
+    ) -> None:
+        self.system = system
+        self.method = method
+        self.url = url
+        self.status = status
+        self.body = (body or "")[:EXCERPT]
+        where = f" ({method} {url}" if method and url else ""
+        if where:
+            where += f" -> HTTP {status})" if status is not None else ")"
+        answer = f": {self.body}" if self.body else ""
+        super().__init__(f"{system}: {message}{where}{answer}")
+
+
+class RemoteUnavailable(RemoteError):
+    """Timeout, refused connection, 5xx or 429: the same request may succeed later."""
+
+
+class RemoteRefused(RemoteError):
+    """A 4xx the remote will repeat for the same request (bad input, missing record...)."""
+
+
+class AuthFailed(RemoteRefused):
+    """Credentials were refused (401/403 at login, or a token that cannot be renewed)."""
+
+
+class NotFound(RemoteRefused):
+    """The remote has no such record or item (404)."""
+
+
+def error_for(system: str, response: httpx.Response, message: str) -> RemoteError:
+    """The RemoteError subclass that fits `response`'s status, quoting its body."""
+    status = response.status_code
+    request = response.request
+    cls: type[RemoteError]
+    if status >= 500 or status == 429:
+        cls = RemoteUnavailable
+    elif status in (401, 403):
+        cls = AuthFailed
+    elif status == 404:
+        cls = NotFound
+    else:
+        cls = RemoteRefused
+    try:
+        body = response.text
+    except Exception:  # a streamed or undecodable body
+        body = ""
+    return cls(
+        system, message, method=request.method, url=str(request.url), status=status, body=body
+    )
+
+
+def transport_error(system: str, exc: httpx.HTTPError, message: str) -> RemoteUnavailable:
+    """A RemoteUnavailable for a request that got no answer (timeout, refused, reset)."""
+    request = getattr(exc, "_request", None)
+    return RemoteUnavailable(
+        system,
+        f"{message}: {type(exc).__name__}: {exc}".rstrip(": "),
+        method=request.method if request is not None else None,
+        url=str(request.url) if request is not None else None,
+    )

@@ -1,0 +1,263 @@
+"""Is the scan a readable PDF, and its first page as a JPEG cover, with PDFium (pypdfium2).
+
+PDFium renders the first page of a 300-page scan without touching the other 299, in-process,
+where pdf2image starts a poppler process per call (see bench/cover.py for the numbers).
+
+Thread safety: PDFium is not thread-safe, not even for different documents, and pypdfium2 5.x
+adds no lock of its own (its documentation, "Incompatibility with Threading": calls must be
+serialised, e.g. by a mutex, or crash the process). The integrator renders covers in a thread
+pool next to other jobs, so every PDFium call here, including the closing of documents, pages
+and bitmaps, happens under `PDFIUM_LOCK`. Objects are closed explicitly inside the lock rather
+than left to garbage collection, which could run their finalizers on any thread at any time.
+Other code in the process that uses pypdfium2 must take the same lock. The JPEG encoding
+(Pillow, thread-safe) runs outside it.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pypdfium2 as pdfium
+import pypdfium2.raw as pdfium_c
+from PIL import Image
+
+from ...errors import ShelfworkError
+from .files import md5_of
+
+#: serialises every PDFium call in this process (see the module docstring)
+PDFIUM_LOCK = threading.RLock()
+
+#: a cover is cut at this height-to-width ratio: a scroll-like page must not become a huge bitmap
+MAX_COVER_RATIO = 4.0
+
+_ENCRYPT = re.compile(rb"/Encrypt\b")
+# a page tree dictionary (no nested dictionaries) whose /Count is 0
+_EMPTY_PAGE_TREE = re.compile(rb"<<(?=[^<>]*/Type\s*/Pages\b)(?=[^<>]*/Count\s+0\b)[^<>]*>>")
+_HEAD = 1024  # PDF readers accept the %PDF- header anywhere in the first 1024 bytes
+_TAIL = 1024  # and look for %%EOF near the end
+_MAGIC = (
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x89PNG", "a PNG image"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"PK\x03\x04", "a ZIP archive (.docx, .odt, .zip)"),
+    (b"\xd0\xcf\x11\xe0", "an old Microsoft Office file (.doc)"),
+    (b"AT&TFORM", "a DjVu document"),
+    (b"{\\rtf", "an RTF document"),
+)
+
+
+class BadPdf(ShelfworkError):
+    """The file is not a PDF that can be deposited; `reason` says what is wrong with it."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+@dataclass(frozen=True)
+class PdfInfo:
+    pages: int
+    size: int
+    md5: str
+
+
+class _Unreadable(Exception):
+    def __init__(self, reason: str, *, lasting: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.lasting = lasting  # trying again will not help (encrypted, missing)
+
+
+def check_pdf(
+    path: Path,
+    *,
+    tries: int = 3,
+    delay: float = 1.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> PdfInfo:
+    """Pages, size and MD5 of a readable PDF; BadPdf with the last reason otherwise.
+
+    A scan may still be being copied into place (a network share, a slow scanner), so an empty,
+    truncated or changing file is tried again `tries` times, `delay` seconds apart. An encrypted
+    or missing file is reported at once: waiting will not change it.
+    """
+    if tries < 1:
+        raise ValueError(f"tries must be at least 1, got {tries}")
+    last = "not checked"
+    for attempt in range(tries):
+        try:
+            return _inspect(path)
+        except _Unreadable as exc:
+            last = exc.reason
+            if exc.lasting:
+                break
+        if attempt < tries - 1:
+            sleep(delay)
+    raise BadPdf(path, last)
+
+
+def _inspect(path: Path) -> PdfInfo:
+    size = _size_and_header(path)
+    with open(path, "rb") as file:
+        file.seek(max(0, size - _TAIL))
+        tail = file.read(_TAIL)
+    if b"%%EOF" not in tail:
+        raise _Unreadable("corrupt PDF: truncated, no %%EOF at the end (still being copied?)")
+    with PDFIUM_LOCK:
+        document = _open(path)
+        try:
+            pages = len(document)
+            if pages == 0:
+                raise _Unreadable("no pages")
+            try:
+                document[0].close()
+            except pdfium.PdfiumError as exc:
+                raise _Unreadable(f"corrupt PDF: page 1 cannot be read ({exc})") from None
+        finally:
+            document.close()
+    md5 = md5_of(path)
+    after = path.stat().st_size
+    if after != size:
+        raise _Unreadable(f"still being written (size went from {size} to {after} bytes)")
+    return PdfInfo(pages=pages, size=size, md5=md5)
+
+
+def _size_and_header(path: Path) -> int:
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as file:
+            head = file.read(_HEAD)
+    except FileNotFoundError:
+        raise _Unreadable("file not found", lasting=True) from None
+    except IsADirectoryError:
+        raise _Unreadable("a directory, not a file", lasting=True) from None
+    except OSError as exc:
+        raise _Unreadable(f"cannot be read: {exc.strerror or exc}") from None
+    if size == 0 or not head:
+        raise _Unreadable("empty file (0 bytes)")
+    if b"%PDF-" not in head:
+        raise _Unreadable(f"not a PDF (starts with {_describe_start(head)})")
+    return size
+
+
+def _describe_start(head: bytes) -> str:
+    shown = repr(head[:8])
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return f"{shown}: {kind}"
+    if head.lstrip()[:1] == b"<":
+        return f"{shown}: HTML or XML, perhaps an error page saved as .pdf"
+    return shown
+
+
+def _open(path: Path) -> pdfium.PdfDocument:
+    """Call with PDFIUM_LOCK held."""
+    try:
+        return pdfium.PdfDocument(path)
+    except pdfium.PdfiumError as exc:
+        raise _load_failure(path, exc.err_code) from None
+
+
+def _load_failure(path: Path, code: int | None) -> _Unreadable:
+    """Why PDFium refused the file.
+
+    PDFium's error code is a process-wide "last error" that some failures do not set (a PDF
+    with an empty page tree fails with whatever the previous failure left, "Success" in a fresh
+    process), so the code alone could call such a file encrypted. An encryption verdict needs
+    the file's own /Encrypt entry as well; an empty page tree is recognised in the file.
+    """
+    if code in (pdfium_c.FPDF_ERR_PASSWORD, pdfium_c.FPDF_ERR_SECURITY) and _file_has(
+        path, _ENCRYPT
+    ):
+        if code == pdfium_c.FPDF_ERR_SECURITY:
+            return _Unreadable("encrypted PDF (unsupported security scheme)", lasting=True)
+        return _Unreadable("encrypted PDF (password required)", lasting=True)
+    if _file_has(path, _EMPTY_PAGE_TREE):
+        return _Unreadable("no pages")
+    if code == pdfium_c.FPDF_ERR_FORMAT:
+        return _Unreadable("corrupt PDF: PDFium cannot load it (data format error)")
+    if code == pdfium_c.FPDF_ERR_FILE:
+        return _Unreadable("corrupt PDF: PDFium cannot load it (file access error)")
+    return _Unreadable("corrupt PDF: PDFium cannot load it")
+
+
+def _file_has(path: Path, pattern: re.Pattern[bytes]) -> bool:
+    """Search the whole file in chunks (only on the failure path, so the cost does not matter)."""
+    overlap = 4096
+    previous = b""
+    try:
+        with open(path, "rb") as file:
+            while chunk := file.read(1024 * 1024):
+                if pattern.search(previous + chunk):
+                    return True
+                previous = chunk[-overlap:]
+    except OSError:
+        return False
+    return False
+
+
+def render_cover(path: Path, *, width: int = 600, quality: int = 85) -> bytes:
+    """Page 1 as an RGB JPEG exactly `width` pixels wide (a very tall page is cut at the top
+    MAX_COVER_RATIO × width pixels)."""
+    if not 16 <= width <= 10_000:
+        raise ValueError(f"width must be 16..10000 pixels, got {width}")
+    if not 1 <= quality <= 100:
+        raise ValueError(f"quality must be 1..100, got {quality}")
+    try:
+        _size_and_header(path)
+        image = _render_first_page(path, width)
+    except _Unreadable as exc:
+        raise BadPdf(path, exc.reason) from None
+    if image.width != width:  # the renderer rounds the page size up to whole pixels
+        height = max(1, round(image.height * width / image.width))
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=quality)
+    return out.getvalue()
+
+
+def _render_first_page(path: Path, width: int) -> Image.Image:
+    with PDFIUM_LOCK:
+        document = _open(path)
+        try:
+            if len(document) == 0:
+                raise _Unreadable("no pages")
+            return _render_page(document, width)
+        except pdfium.PdfiumError as exc:
+            raise _Unreadable(f"corrupt PDF: page 1 cannot be rendered ({exc})") from None
+        finally:
+            document.close()
+
+
+def _render_page(document: pdfium.PdfDocument, width: int) -> Image.Image:
+    """Call with PDFIUM_LOCK held."""
+    page = document[0]
+    try:
+        page_width, page_height = page.get_size()
+        if page_width <= 0 or page_height <= 0:
+            raise _Unreadable(f"page 1 has no size ({page_width} x {page_height} pt)")
+        scale = width / page_width
+        cut = max(0.0, page_height - MAX_COVER_RATIO * width / scale)
+        # RGBX: PIL wraps that buffer without a copy, and convert() makes the one RGB copy
+        # Pillow owns (the other formats cost a BGR->RGB conversion and a second copy).
+        bitmap = page.render(
+            scale=scale,
+            crop=(0, cut, 0, 0),
+            fill_color=(255, 255, 255, 255),
+            prefer_bgrx=True,
+            rev_byteorder=True,
+        )
+        try:
+            return bitmap.to_pil().convert("RGB")
+        finally:
+            bitmap.close()
+    finally:
+        page.close()

@@ -1,0 +1,469 @@
+"""The `koha-dspace` pipeline: a Koha record's scanned PDF (956$u) becomes a DSpace item, a Koha
+cover, and links written back to the record.
+
+    fetch_record -> take_file -> check_file -> ( cover [optional] | deposit [critical] ) -> finalize
+
+- Serial phase: read the record (MARCXML over Koha REST), resolve 956$u inside the inbox only,
+  move the file to Processed as <stem>_vNN.pdf (rename-first), check it is a readable PDF.
+- Parallel phase: the cover branch renders page 1 and uploads it through Koha's staff pages; its
+  failure is a warning. The deposit branch finds or creates the DSpace item; its failure fails the
+  job, and the compensation moves the file to the Error folder with a JSON sidecar and writes
+  956 $y error / $z reason to Koha when Koha answers.
+- Finalize: write 956 $y $z $3 $c and 856 $u, then read the record back and check they stuck.
+
+Re-running a record already integrated (956$y imported, 956$3 an item DSpace still has) changes
+nothing: no file is needed, the item is reused, and Koha is written only if a value differs.
+An item that lands in a review workflow has no handle yet: the job succeeds with a warning and the
+`dspace-review` tracker writes the handle to Koha once the item is archived.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ...connectors import RemoteUnavailable
+from ...connectors.dspace import DSpace, Item
+from ...connectors.koha import KohaRest, KohaStaff, opac_cover_url
+from ...context import StepContext
+from ...errors import ShelfworkError, describe
+from ...pipeline import Pipeline, Retry, branch, parallel, step
+from .config import SYSTEM, IntegratorConfig, integrator_config
+from .crosswalk import crosswalk, load_rules
+from .files import MissingFile, claim_into, md5_of, move_to_error, resolve_in_inbox
+from .marc import (
+    check_marked,
+    file_reference,
+    integration_state,
+    item_uuid,
+    mark_integration,
+    parse_marcxml,
+    title_of,
+    to_marcxml,
+)
+from .pdf import check_pdf, render_cover
+
+IMPORTED = "imported"
+ERROR = "error"
+#: the start of the 956$z note while an item waits in DSpace's review workflow
+REVIEW_NOTE = "awaiting review in DSpace"
+
+
+class IntegrationError(ShelfworkError):
+    """The record cannot be integrated as it is; the message says what a cataloguer should fix."""
+
+    def __init__(self, biblionumber: int, message: str) -> None:
+        self.biblionumber = biblionumber
+        super().__init__(f"biblio {biblionumber}: {message}")
+
+
+class NotStored(IntegrationError):
+    """Koha answered the PUT but did not keep the fields (a record overlay rule, or a framework
+    without these subfields)."""
+
+
+class Biblio(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    biblionumber: int = Field(ge=1, le=2**31 - 1, description="Koha biblionumber")
+
+
+# Only a passing fault is worth another try; a refusal would be repeated.
+REMOTE_RETRY = Retry(attempts=4, delay=1.0, factor=2.0, max_delay=15.0, on=(RemoteUnavailable,))
+COVER_RETRY = Retry(attempts=3, delay=1.0, factor=1.0)  # the seed's "3 tries 1 s apart"
+
+
+_STEP_PREFIX = re.compile(
+    r"^(?:(?:critical|optional) branch '(?P<branch>[^']+)' failed: )?"
+    r"step '(?P<step>[^']+)' failed after (?P<n>\d+) attempt\(s\): ",
+)
+_REQUEST = re.compile(r" \((?:GET|POST|PUT|PATCH|DELETE) \S+ -> (HTTP \d+)\)")
+
+
+def short_note(text: str) -> str:
+    """A job error or warning as a cataloguer reads it in 956$z (which holds about 250
+    characters): the step and the remote's answer first, without the engine's wording or URLs."""
+    match = _STEP_PREFIX.match(text)
+    if match:
+        tries = int(match["n"])
+        where = match["branch"] or match["step"]
+        text = f"{where}{f' ({tries} tries)' if tries > 1 else ''}: {text[match.end() :]}"
+    return _REQUEST.sub(r" (\1)", text)
+
+
+# --- remotes ------------------------------------------------------------------------------------
+
+
+def koha_rest(config: IntegratorConfig) -> KohaRest:
+    koha = config.koha
+    if koha.auth == "oauth2":
+        assert koha.client_id and koha.client_secret  # checked by the config model
+        return KohaRest(
+            koha.url,
+            client_credentials=(koha.client_id, koha.client_secret.get_secret_value()),
+            timeout=koha.timeout,
+        )
+    assert koha.user and koha.password
+    return KohaRest(
+        koha.url, basic=(koha.user, koha.password.get_secret_value()), timeout=koha.timeout
+    )
+
+
+def dspace_client(config: IntegratorConfig) -> DSpace:
+    ds = config.dspace
+    return DSpace(ds.url, ds.user, ds.password.get_secret_value(), timeout=ds.timeout)
+
+
+@contextmanager
+def _closing(client: Any) -> Iterator[Any]:
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def write_integration(
+    config: IntegratorConfig,
+    biblionumber: int,
+    *,
+    status: str,
+    message: str | None,
+    uuid: str | None = None,
+    cover_url: str | None = None,
+    handle_url: str | None = None,
+) -> bool:
+    """Read the record, set 956/856, PUT it if anything changed, and check Koha kept it.
+
+    A PUT replaces the whole record and nothing guards a concurrent edit, so the record is read
+    just before it is written. Returns whether a PUT was made.
+    """
+    with _closing(koha_rest(config)) as koha:
+        record = parse_marcxml(koha.get_marcxml(biblionumber), biblionumber=biblionumber)
+        before = integration_state(record)
+        mark_integration(
+            record,
+            status=status,
+            message=message,
+            uuid=uuid,
+            cover_url=cover_url,
+            handle_url=handle_url,
+        )
+        wanted = integration_state(record)
+        if wanted == before:
+            return False
+        koha.put_marcxml(biblionumber, to_marcxml(record))
+        stored = parse_marcxml(koha.get_marcxml(biblionumber), biblionumber=biblionumber)
+        problems = check_marked(stored, wanted)
+        if problems:
+            raise NotStored(
+                biblionumber,
+                "Koha accepted the update but did not keep it: "
+                + "; ".join(problems)
+                + " (a record overlay rule, or a framework without these subfields?)",
+            )
+        return True
+
+
+# --- steps --------------------------------------------------------------------------------------
+
+
+def fetch_record(ctx: StepContext) -> dict[str, Any]:
+    """Read the record from Koha and work out what there is to do."""
+    config = integrator_config(ctx.engine.settings)
+    n: int = ctx.params.biblionumber  # type: ignore[attr-defined]
+    ctx.progress(0, 5, f"reading biblio {n} from Koha", force=True)
+    with _closing(koha_rest(config)) as koha:
+        data = koha.get_marcxml(n)
+    record = parse_marcxml(data, biblionumber=n)
+    state = integration_state(record)
+    uuid = item_uuid(record)
+    integrated = state.status == IMPORTED and uuid is not None
+    reference = file_reference(record)
+    if not integrated and not reference:
+        raise IntegrationError(n, "the record has no 956$u naming the scanned file")
+    metadata = crosswalk(record, load_rules(config.crosswalk))
+    identifier = f"{config.identifier_prefix}{n}"
+    values = metadata.setdefault(config.identifier_field, [])
+    if identifier not in values:
+        values.append(identifier)
+    if not metadata.get("dc.title"):
+        raise IntegrationError(n, "the record has no title (245$a); DSpace needs dc.title")
+    return {
+        "biblionumber": n,
+        "title": title_of(record),
+        "file": reference,
+        "uuid": uuid,
+        "status": state.status,
+        "note": state.message,
+        "cover_url": state.cover_url,
+        "handle_urls": list(state.handle_urls),
+        "integrated": integrated,
+        "identifier": identifier,
+        "metadata": metadata,
+    }
+
+
+def take_file(ctx: StepContext) -> dict[str, Any]:
+    """Resolve 956$u inside the inbox and move the file to Processed under a new version name."""
+    config = integrator_config(ctx.engine.settings)
+    record = ctx.results["fetch_record"]
+    n = record["biblionumber"]
+    if record["integrated"]:
+        return {"skipped": f"already integrated as DSpace item {record['uuid']}"}
+    for folder in (config.inbox, config.processed, config.error):
+        folder.mkdir(parents=True, exist_ok=True)
+    ctx.progress(1, 5, f"taking {record['file']}", force=True)
+    claimed = ctx.checkpoint if isinstance(ctx.checkpoint, dict) else None
+    try:
+        source = resolve_in_inbox(config.inbox, record["file"])
+    except MissingFile:
+        # A run that died between the move and its checkpoint: the file is already in
+        # Processed; find it by the size and checksum recorded before the move.
+        if claimed:
+            found = _claimed_earlier(config.processed, claimed)
+            if found is not None:
+                ctx.log.info(f"resumed: {record['file']} was already moved to {found.name}")
+                return _taken(found, claimed["md5"], record["file"])
+        raise
+    md5 = md5_of(source)
+    ctx.save_checkpoint(
+        {"source": record["file"], "stem": source.stem, "md5": md5, "size": source.stat().st_size}
+    )
+    target = claim_into(source, config.processed)
+    ctx.log.info(f"biblio {n}: {record['file']} moved to {target}")
+    return _taken(target, md5, record["file"])
+
+
+def _taken(path: Path, md5: str, source: str) -> dict[str, Any]:
+    return {"path": str(path), "name": path.name, "md5": md5, "source": source}
+
+
+def _claimed_earlier(processed: Path, claimed: dict[str, Any]) -> Path | None:
+    candidates = sorted(processed.glob(f"{claimed['stem']}_v*.pdf"), reverse=True)
+    for path in candidates:
+        if path.stat().st_size == claimed["size"] and md5_of(path) == claimed["md5"]:
+            return path
+    return None
+
+
+def check_file(ctx: StepContext) -> dict[str, Any]:
+    """Check the file is a readable PDF (tries again a few times: it may still be being copied)."""
+    config = integrator_config(ctx.engine.settings)
+    taken = ctx.results["take_file"]
+    if "path" not in taken:
+        return {"skipped": taken["skipped"]}
+    ctx.progress(2, 5, f"checking {taken['name']}", force=True)
+    info = check_pdf(
+        Path(taken["path"]),
+        tries=config.pdf_tries,
+        delay=config.pdf_retry_delay,
+        sleep=ctx.sleep,
+    )
+    return {"pages": info.pages, "size": info.size, "md5": info.md5}
+
+
+def cover(ctx: StepContext) -> dict[str, Any]:
+    """Render page 1 to JPEG and attach it to the record as its local cover."""
+    config = integrator_config(ctx.engine.settings)
+    record = ctx.results["fetch_record"]
+    n = record["biblionumber"]
+    taken = ctx.results["take_file"]
+    if not config.cover:
+        return {"skipped": "covers are off (cover = false)", "cover_url": record["cover_url"]}
+    if "path" not in taken:
+        return {"skipped": taken["skipped"], "cover_url": record["cover_url"]}
+    jpeg = render_cover(Path(taken["path"]), width=config.cover_width)
+    login = config.koha.staff_login
+    if login is None:
+        raise IntegrationError(n, "no staff login for covers (staff_user / staff_password)")
+    with _closing(KohaStaff(config.koha.staff_root, *login, timeout=config.koha.timeout)) as staff:
+        staff.login()
+        imagenumber = staff.upload_cover(n, jpeg, f"{Path(taken['name']).stem}.jpg")
+    url = opac_cover_url(config.koha.opac_url, imagenumber=imagenumber, biblionumber=n)
+    if imagenumber is None:
+        ctx.log.warning(f"biblio {n}: no image number in Koha's answer; cover URL by biblionumber")
+    return {"cover_url": url, "imagenumber": imagenumber, "bytes": len(jpeg)}
+
+
+def deposit(ctx: StepContext) -> dict[str, Any]:
+    """Find the record's DSpace item (956$3, then the identifier), or create it with the file."""
+    config = integrator_config(ctx.engine.settings)
+    record = ctx.results["fetch_record"]
+    n = record["biblionumber"]
+    taken = ctx.results["take_file"]
+    with _closing(dspace_client(config)) as ds:
+        ds.login()
+        if record["uuid"]:
+            item = ds.item(record["uuid"])
+            if item is not None and not item.withdrawn:
+                return _existing(item, "956$3")
+            ctx.log.warning(
+                f"biblio {n}: 956$3 names DSpace item {record['uuid']}, which DSpace "
+                + ("has withdrawn" if item is not None else "does not have")
+                + "; looking it up by identifier"
+            )
+        found = ds.find_by_metadata(config.identifier_field, record["identifier"])
+        live = [item for item in found if not item.withdrawn]
+        if live:
+            if len(live) > 1:
+                ctx.warn(
+                    f"{len(live)} DSpace items carry {config.identifier_field} = "
+                    f"{record['identifier']}: {', '.join(i.uuid for i in live)}; using the first"
+                )
+            return _existing(live[0], f"{config.identifier_field} search")
+        if "path" not in taken:
+            raise IntegrationError(
+                n,
+                f"956$y says imported but DSpace item {record['uuid']} is gone and the file was "
+                "already processed; put the PDF back in the inbox and clear 956$y to integrate "
+                "it again",
+            )
+        ctx.progress(3, 5, "depositing in DSpace", force=True)
+        create = (
+            ds.create_by_submission if config.dspace.deposit == "submission" else ds.create_as_admin
+        )
+        result = create(
+            config.dspace.collection,
+            record["metadata"],
+            Path(taken["path"]),
+            taken["name"],
+            progress=lambda stage, data: ctx.save_checkpoint({"stage": stage, **data}),
+            resume=ctx.checkpoint if isinstance(ctx.checkpoint, dict) else None,
+        )
+    checked = ctx.results["check_file"]
+    if result.bitstream.md5 and result.bitstream.md5 != checked["md5"]:
+        raise IntegrationError(
+            n,
+            f"DSpace stored {taken['name']} with MD5 {result.bitstream.md5}, "
+            f"the file has {checked['md5']}",
+        )
+    item = result.item
+    return {
+        "uuid": item.uuid,
+        "handle": item.handle,
+        "handle_url": item.uri,
+        "in_review": result.in_workflow or not item.in_archive,
+        "bitstream": result.bitstream.uuid,
+        "md5": result.bitstream.md5,
+        "found_by": None,
+    }
+
+
+def _existing(item: Item, how: str) -> dict[str, Any]:
+    return {
+        "uuid": item.uuid,
+        "handle": item.handle,
+        "handle_url": item.uri,
+        "in_review": not item.in_archive,
+        "bitstream": None,
+        "md5": None,
+        "found_by": how,
+    }
+
+
+def finalize(ctx: StepContext) -> dict[str, Any]:
+    """Write status, note, item UUID, cover URL and handle URL to Koha and check they stuck."""
+    config = integrator_config(ctx.engine.settings)
+    record = ctx.results["fetch_record"]
+    n = record["biblionumber"]
+    item = ctx.results["deposit"]
+    outcome = ctx.branches.get("cover")
+    cover_url = record["cover_url"]
+    if outcome is not None and outcome.state == "succeeded" and outcome.result:
+        cover_url = outcome.result.get("cover_url") or cover_url
+    if item["in_review"]:
+        ctx.warn(
+            f"{REVIEW_NOTE}: item {item['uuid']} has no handle until it is archived, then it is written here"
+        )
+        ctx.engine.trackers.track(
+            REVIEW_TRACKER,
+            item["uuid"],
+            "IN_REVIEW",
+            {"biblionumber": n, "uuid": item["uuid"]},
+            by=f"job:{ctx.job_id}",
+        )
+    job = ctx.engine.jobs.get(ctx.job_id)
+    notes = [
+        short_note(str(w["message"]))
+        for w in job.warnings
+        if isinstance(w, dict) and w.get("message")
+    ]
+    message = "; ".join(notes) or None
+    if message is None and record["integrated"]:
+        message = record["note"]  # a re-run with nothing new to say leaves the note alone
+    ctx.progress(4, 5, "writing links to Koha", force=True)
+    written = write_integration(
+        config,
+        n,
+        status=IMPORTED,
+        message=message,
+        uuid=item["uuid"],
+        cover_url=cover_url,
+        handle_url=item["handle_url"],
+    )
+    ctx.progress(5, 5, "done", force=True)
+    return {
+        "biblionumber": n,
+        "title": record["title"],
+        "uuid": item["uuid"],
+        "handle_url": item["handle_url"],
+        "cover_url": cover_url,
+        "in_review": item["in_review"],
+        "koha_updated": written,
+        "file": ctx.results["take_file"].get("name"),
+    }
+
+
+def on_failure(ctx: StepContext, exc: BaseException) -> None:
+    """Keep the file for a person (Processed -> Error, with a JSON sidecar) and tell Koha why."""
+    config = integrator_config(ctx.engine.settings)
+    n: int = ctx.params.biblionumber  # type: ignore[attr-defined]
+    reason = describe(exc)
+    taken = ctx.results.get("take_file") or {}
+    path = Path(taken["path"]) if taken.get("path") else None
+    if path is not None and path.exists():
+        moved = move_to_error(
+            path,
+            config.error,
+            {
+                "job": ctx.job_id,
+                "pipeline": ctx.pipeline,
+                "biblionumber": n,
+                "source": taken.get("source"),
+                "error": reason,
+            },
+        )
+        ctx.log.warning(f"biblio {n}: {path.name} moved to {moved} (see its .error.json)")
+    try:
+        write_integration(config, n, status=ERROR, message=short_note(reason))
+    except Exception as koha_exc:  # Koha down or the record unreadable: the job keeps the reason
+        ctx.log.warning(f"biblio {n}: could not write the error to Koha: {describe(koha_exc)}")
+
+
+REVIEW_TRACKER = "dspace-review"
+
+integrate = Pipeline(
+    SYSTEM,
+    params=Biblio,
+    system=SYSTEM,
+    description="Koha record + scanned PDF (956$u) -> DSpace item, Koha cover, links in Koha",
+    context=lambda p: f"biblio:{p.biblionumber}",
+    dedup=lambda p: f"{SYSTEM}:{p.biblionumber}",
+    steps=[
+        step(fetch_record, retry=REMOTE_RETRY),
+        step(take_file),
+        step(check_file),
+        parallel(
+            branch("cover", step(cover, name="upload_cover", retry=COVER_RETRY), critical=False),
+            branch("dspace", step(deposit, retry=REMOTE_RETRY)),
+            name="cover+dspace",
+        ),
+        step(finalize, retry=REMOTE_RETRY),
+    ],
+    compensate=on_failure,
+)

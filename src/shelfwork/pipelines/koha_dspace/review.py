@@ -1,0 +1,82 @@
+"""The `dspace-review` tracker: an item deposited into a review workflow has no handle until a
+reviewer accepts it, days later perhaps. Polling DSpace here, with backoff, writes the handle to
+Koha when the item is archived, so the cataloguer's job could end at once.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ...trackers import Poll, TrackedView, Tracker
+from .config import IntegratorConfig, integrator_config
+from .marc import integration_state, parse_marcxml
+from .pipeline import (
+    IMPORTED,
+    REVIEW_NOTE,
+    REVIEW_TRACKER,
+    _closing,
+    dspace_client,
+    koha_rest,
+    write_integration,
+)
+
+if TYPE_CHECKING:
+    from ...engine import Engine
+
+IN_REVIEW = "IN_REVIEW"
+ARCHIVED = "ARCHIVED"
+GONE = "GONE"
+
+
+def review_tracker(engine: Engine) -> Tracker:
+    def poll(entity: TrackedView) -> Poll:
+        config = integrator_config(engine.settings)
+        uuid = entity.data["uuid"]
+        n = int(entity.data["biblionumber"])
+        with _closing(dspace_client(config)) as ds:
+            ds.login()
+            item = ds.item(uuid)
+        if item is None:
+            reason = f"DSpace item {uuid} was removed during review (rejected?)"
+            write_integration(config, n, status="error", message=reason)
+            return Poll(GONE, reason)
+        if not (item.in_archive and item.uri):
+            return Poll()
+        note = _without_review_note(_current_note(config, n))
+        write_integration(config, n, status=IMPORTED, message=note, uuid=uuid, handle_url=item.uri)
+        return Poll(
+            ARCHIVED, f"archived as {item.handle}", {"handle": item.handle, "handle_url": item.uri}
+        )
+
+    return Tracker(
+        REVIEW_TRACKER,
+        poll,
+        states=[IN_REVIEW, ARCHIVED, GONE],
+        final=[ARCHIVED, GONE],
+        description="DSpace items in a review workflow, until archived (then the handle goes to Koha)",
+        profiles={
+            "live": {
+                IN_REVIEW: {
+                    "interval": 300,
+                    "factor": 1.5,
+                    "max_interval": 6 * 3600,
+                    "too_long_after": 30 * 86400,
+                }
+            },
+            "dev": {IN_REVIEW: {"interval": 1, "factor": 1.0, "too_long_after": 3600}},
+        },
+    )
+
+
+def _current_note(config: IntegratorConfig, biblionumber: int) -> str | None:
+    with _closing(koha_rest(config)) as koha:
+        record = parse_marcxml(koha.get_marcxml(biblionumber), biblionumber=biblionumber)
+    return integration_state(record).message
+
+
+def _without_review_note(note: str | None) -> str | None:
+    """The 956$z note minus the review sentence the job wrote (other warnings stay)."""
+    if not note:
+        return None
+    parts = [p for p in note.split("; ") if not p.startswith(REVIEW_NOTE)]
+    return "; ".join(parts) or None

@@ -1,0 +1,66 @@
+"""Emulated peers (Koha, DSpace) for the demo and the tests: their HTTP contracts, served on
+loopback ports by uvicorn in threads of this process.
+
+Real Koha and DSpace cannot run on a developer's machine in minutes; these emulators reproduce the
+parts of their contracts shelfwork relies on (see `koha.py` and `dspace.py`, each behaviour named
+after its contract point), plus switches to inject the faults real peers show: latency, 500s,
+expired tokens, CSRF rotation.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import uvicorn
+from starlette.types import ASGIApp
+
+from ..errors import ShelfworkError
+
+
+class SandboxError(ShelfworkError):
+    """A sandbox server could not start or was misused."""
+
+
+@dataclass
+class RunningServer:
+    """One emulator listening on 127.0.0.1; `stop` ends it."""
+
+    name: str
+    url: str
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def serve(
+    app: ASGIApp, name: str, *, port: int = 0, host: str = "127.0.0.1", timeout: float = 15.0
+) -> RunningServer:
+    """Serve `app` in a daemon thread; returns once it accepts connections."""
+    chosen = port or free_port(host)
+    config = uvicorn.Config(
+        app, host=host, port=chosen, log_level="warning", lifespan="off", access_log=False
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=f"sandbox-{name}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive():
+            raise SandboxError(f"sandbox {name}: server on {host}:{chosen} did not start")
+        if time.monotonic() > deadline:
+            server.should_exit = True
+            raise SandboxError(f"sandbox {name}: server on {host}:{chosen} not up in {timeout} s")
+        time.sleep(0.02)
+    return RunningServer(name, f"http://{host}:{chosen}", server, thread)

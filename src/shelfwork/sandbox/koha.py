@@ -1,0 +1,1245 @@
+"""An emulated Koha: the REST, staff-interface and OPAC contracts the `koha-dspace` pipeline uses.
+
+Real Koha cannot run on a developer's machine, so the demo and every test talk to this instead.
+It follows the contract notes (/work/shared/reference/koha-dspace-contracts.md, part A), not our
+client: each behaviour names its contract point (A1..A4) and carries the notes' confidence mark
+where they give one ([P] seen only in a fork or another version, [U] unverified). Details
+checked against Koha's own source while writing this are marked [V] with the file.
+
+Two generations are emulated, because the staff login and CSRF rules changed between them:
+"22.11" (fields `userid`/`password`, no CSRF middleware) and "24.05" (hidden `csrf_token`,
+`op=cud-login`, fields `login_userid`/`login_password`, every POST checked for a CSRF token).
+
+The control API under `/_sandbox/` (state summary, faults, record upload, sysprefs) has NO
+authentication: it exists for tests and the demo, and the sandbox only ever binds 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import html
+import io
+import json
+import re
+import secrets
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pymarc
+from lxml import etree
+from PIL import Image, UnidentifiedImageError
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from . import RunningServer, SandboxError, serve
+
+Generation = Literal["22.11", "24.05"]
+
+#: the permissions this emulator models, as Koha names them in `required_permissions`
+PERMISSIONS: dict[str, dict[str, str]] = {
+    "catalogue": {"catalogue": "1"},
+    "edit_catalogue": {"editcatalogue": "edit_catalogue"},
+    "upload_local_cover_images": {"tools": "upload_local_cover_images"},
+}
+ALL_PERMISSIONS = frozenset(PERMISSIONS)
+
+MARCXML = "application/marcxml+xml"
+# A1 [V] Koha/REST/V1/Biblios.pm: the types GET serves, in the order its 406 lists them
+GET_TYPES = [
+    "application/json",
+    MARCXML,
+    "application/marc-in-json",
+    "application/marc",
+    "text/plain",
+]
+# A1 [V] Koha/REST/V1/Biblios.pm `update`: the list its 406 answers for a PUT
+PUT_TYPES = ["application/json", MARCXML, "application/marc-in-json", "application/marc"]
+
+# A4 [V] tools/upload-cover-image.pl: GD opens these formats; anything else is OPNIMG
+COVER_FORMATS = {"JPEG", "PNG", "GIF", "XPM"}
+# A4 [V] upload-images.tt: what each error code of the cover upload means
+COVER_ERRORS = {
+    "OPNIMG": "Cannot process file as an image. Please ensure you only upload GIF, JPEG, PNG, "
+    "or XPM images.",
+    "DBERR": "Unable to save the image to the database.",
+    "UZIPFAIL": "Failed to unzip archive.",
+    "OPNLINK": "Cannot open the link file in the archive.",
+    "DELERR": "Unrecognized or missing field delimiter.",
+}
+
+SAFE_XML = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
+COOKIE = "CGISESSID"
+#: a route's counter key drops the trailing record id: "PUT /api/v1/biblios"
+TRAILING_ID = re.compile(r"/\d+$")
+STATEFUL = {"POST", "PUT", "PATCH", "DELETE"}
+LOGIN_FIELDS = {
+    "userid",
+    "password",
+    "login_userid",
+    "login_password",
+    "op",
+    "login_op",
+    "csrf_token",
+    "koha_login_context",
+    "branch",
+    "logout.x",
+}
+
+
+def default_sysprefs() -> dict[str, Any]:
+    return {
+        "RESTBasicAuth": True,
+        "RESTOAuth2ClientCredentials": True,
+        "LocalCoverImages": True,
+        "OPACLocalCoverImages": True,
+        "AllowMultipleCovers": False,
+        "IntranetUserJS": "",
+    }
+
+
+def placeholder_image() -> bytes:
+    """A4 [V] opac/opac-image.pl + C4::Images->NoImage: a 1x1 GIF stands in for a missing cover."""
+    buffer = io.BytesIO()
+    Image.new("P", (1, 1)).save(buffer, "GIF", transparency=0)
+    return buffer.getvalue()
+
+
+NO_IMAGE = placeholder_image()
+
+
+@dataclass
+class StaffSession:
+    """One CGISESSID: anonymous (user None, made for the 24.05 login form) or logged in."""
+
+    user: str | None
+    created: float = field(default_factory=time.time)
+
+
+@dataclass
+class CoverImage:
+    """A4 [V] Koha/CoverImage.pm: stored as PNG, full size within 600x800, thumbnail 140x200."""
+
+    biblionumber: int
+    imagefile: bytes
+    thumbnail: bytes
+    mimetype: str = "image/png"
+
+
+@dataclass
+class Failure:
+    remaining: int
+    status: int
+    path_prefix: str
+
+
+@dataclass
+class KohaState:
+    """Everything the emulated Koha knows; every method is safe to call from any thread."""
+
+    records: dict[int, bytes] = field(default_factory=dict)
+    generation: Generation = "24.05"
+    sysprefs: dict[str, Any] = field(default_factory=default_sysprefs)
+    staff_users: dict[str, str] = field(default_factory=dict)
+    permissions: dict[str, frozenset[str]] = field(default_factory=dict)
+    oauth_clients: dict[str, tuple[str, str]] = field(default_factory=dict)
+    tokens: dict[str, tuple[str, float]] = field(default_factory=dict)
+    token_ttl: int = 3600
+    sessions: dict[str, StaffSession] = field(default_factory=dict)
+    expired_sessions: set[str] = field(default_factory=set)
+    uploads: dict[int, tuple[bytes, str]] = field(default_factory=dict)
+    covers: dict[int, list[int]] = field(default_factory=dict)
+    images: dict[int, CoverImage] = field(default_factory=dict)
+    locked: set[int] = field(default_factory=set)
+    overlay_keep: set[str] = field(default_factory=set)
+    calls: Counter[str] = field(default_factory=Counter)
+    opac_url: str | None = None
+    staff_url: str | None = None
+    # faults, switchable while serving
+    latency: float = 0.0
+    down: bool = False
+    failures: list[Failure] = field(default_factory=list)
+    next_fileid: int = 100
+    next_imagenumber: int = 500
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    _secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
+
+    # -- set-up for tests and the demo -------------------------------------------------------
+
+    def add_record(self, biblionumber: int, marcxml: bytes) -> None:
+        """Load a biblio as Koha would hold it; the bytes are served back exactly."""
+        if parse_marcxml(marcxml) is None:
+            raise SandboxError(f"sandbox koha: biblio {biblionumber}: not a MARCXML record")
+        with self._lock:
+            self.records[biblionumber] = marcxml
+
+    def record(self, biblionumber: int) -> bytes:
+        with self._lock:
+            return self.records[biblionumber]
+
+    def stored(self, biblionumber: int | None) -> bytes | None:
+        with self._lock:
+            return self.records.get(biblionumber) if biblionumber is not None else None
+
+    def is_locked(self, biblionumber: int) -> bool:
+        with self._lock:
+            return biblionumber in self.locked
+
+    def modify(self, biblionumber: int, incoming: pymarc.Record) -> None:
+        """A1: ModBiblio — store a PUT record in place of the old one (see apply_modbiblio)."""
+        with self._lock:
+            old = parse_marcxml(self.records[biblionumber])
+            kept = apply_modbiblio(incoming, old, biblionumber, set(self.overlay_keep))
+            self.records[biblionumber] = marcxml_of(kept)
+
+    def add_staff_user(
+        self, userid: str, password: str, permissions: frozenset[str] | set[str] = ALL_PERMISSIONS
+    ) -> None:
+        unknown = set(permissions) - ALL_PERMISSIONS
+        if unknown:
+            raise SandboxError(f"sandbox koha: unknown permission(s) {sorted(unknown)}")
+        with self._lock:
+            self.staff_users[userid] = password
+            self.permissions[userid] = frozenset(permissions)
+
+    def add_oauth_client(self, client_id: str, secret: str, userid: str) -> None:
+        """A2: an API key made on a staff patron; requests run with that patron's rights."""
+        with self._lock:
+            if userid not in self.staff_users:
+                raise SandboxError(f"sandbox koha: no staff user {userid!r} for client {client_id}")
+            self.oauth_clients[client_id] = (secret, userid)
+
+    def covers_of(self, biblionumber: int) -> list[int]:
+        with self._lock:
+            return list(self.covers.get(biblionumber, []))
+
+    def set_syspref(self, name: str, value: Any) -> None:
+        with self._lock:
+            if name not in self.sysprefs:
+                raise SandboxError(f"sandbox koha: unknown syspref {name!r}")
+            self.sysprefs[name] = value
+
+    def syspref(self, name: str) -> Any:
+        with self._lock:
+            return self.sysprefs[name]
+
+    # -- faults ---------------------------------------------------------------------------------
+
+    def fail_next(self, count: int, status: int = 500, path_prefix: str = "") -> None:
+        """The next `count` requests whose path starts with `path_prefix` answer `status`."""
+        with self._lock:
+            self.failures.append(Failure(count, status, path_prefix))
+
+    def expire_tokens(self) -> None:
+        """Every OAuth token and staff session stops working now (as after a timeout)."""
+        with self._lock:
+            self.tokens.clear()
+            self.expired_sessions.update(self.sessions)
+            self.sessions.clear()
+
+    def take_failure(self, path: str) -> int | None:
+        with self._lock:
+            for failure in self.failures:
+                if failure.remaining > 0 and path.startswith(failure.path_prefix):
+                    failure.remaining -= 1
+                    status = failure.status
+                    self.failures = [f for f in self.failures if f.remaining > 0]
+                    return status
+            return None
+
+    def count(self, method: str, path: str) -> None:
+        with self._lock:
+            self.calls[f"{method} {TRAILING_ID.sub('', path)}"] += 1
+
+    def summary(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "generation": self.generation,
+                "records": sorted(self.records),
+                "covers": {str(b): list(n) for b, n in self.covers.items()},
+                "sysprefs": dict(self.sysprefs),
+                "staff_users": sorted(self.staff_users),
+                "oauth_clients": sorted(self.oauth_clients),
+                "locked": sorted(self.locked),
+                "overlay_keep": sorted(self.overlay_keep),
+                "calls": dict(self.calls),
+                "latency": self.latency,
+                "down": self.down,
+                "pending_failures": [vars(f) for f in self.failures],
+                "opac_url": self.opac_url,
+                "staff_url": self.staff_url,
+            }
+
+    # -- A2: REST credentials ------------------------------------------------------------------
+
+    def check_password(self, userid: str, password: str) -> bool:
+        with self._lock:
+            known = self.staff_users.get(userid)
+        return known is not None and hmac.compare_digest(known, password)
+
+    def has_permission(self, userid: str, permission: str) -> bool:
+        with self._lock:
+            return permission in self.permissions.get(userid, frozenset())
+
+    def issue_token(self, client_id: str, secret: str) -> tuple[str | None, str | None]:
+        """A2 [V] Koha/OAuth.pm: unknown client → unauthorized_client, bad secret → access_denied."""
+        with self._lock:
+            client = self.oauth_clients.get(client_id)
+            if client is None:
+                return None, "unauthorized_client"
+            if not hmac.compare_digest(client[0], secret):
+                return None, "access_denied"
+            token = secrets.token_hex(20)
+            self.tokens[token] = (client[1], time.time() + self.token_ttl)
+            return token, None
+
+    def token_user(self, token: str) -> str | None:
+        with self._lock:
+            entry = self.tokens.get(token)
+            if entry is None:
+                return None
+            if entry[1] <= time.time():
+                del self.tokens[token]  # A2 [V] Koha/OAuth.pm revokes an expired token on use
+                return None
+            return entry[0]
+
+    # -- A3: staff sessions and CSRF tokens -----------------------------------------------------
+
+    def new_session(self, user: str | None) -> str:
+        with self._lock:
+            session_id = secrets.token_hex(16)
+            self.sessions[session_id] = StaffSession(user)
+            return session_id
+
+    def drop_session(self, session_id: str) -> None:
+        with self._lock:
+            self.sessions.pop(session_id, None)
+
+    def session(self, session_id: str | None) -> tuple[str, StaffSession | None]:
+        """Koha's check_cookie_auth status: ok, anon, expired or failed."""
+        with self._lock:
+            if not session_id:
+                return "failed", None
+            found = self.sessions.get(session_id)
+            if found is None:
+                return ("expired" if session_id in self.expired_sessions else "failed"), None
+            return ("ok" if found.user else "anon"), found
+
+    def csrf_token(self, session_id: str) -> str:
+        """A3 [V] Koha::Token: a token is an HMAC over the session id, so a new session id
+        (login) makes every earlier token worthless."""
+        nonce = secrets.token_hex(8)
+        return f"{nonce},{self._csrf_mac(session_id, nonce)}"
+
+    def csrf_valid(self, session_id: str | None, token: str | None) -> bool:
+        if not session_id or not token or "," not in token:
+            return False
+        nonce, mac = token.split(",", 1)
+        return hmac.compare_digest(mac, self._csrf_mac(session_id, nonce))
+
+    def _csrf_mac(self, session_id: str, nonce: str) -> str:
+        return hmac.new(self._secret, f"{session_id}:{nonce}".encode(), hashlib.sha256).hexdigest()
+
+    # -- A4: uploads and covers -----------------------------------------------------------------
+
+    def store_upload(self, data: bytes, name: str) -> int:
+        with self._lock:
+            self.next_fileid += 1
+            self.uploads[self.next_fileid] = (data, name)
+            return self.next_fileid
+
+    def attach_cover(self, fileid: int, biblionumber: int, replace: bool) -> str | int:
+        """A4 [V] tools/upload-cover-image.pl: an imagenumber, or the page's error code."""
+        with self._lock:
+            upload = self.uploads.get(fileid)
+        if upload is None:
+            raise LookupError(f"no uploaded file {fileid}")
+        scaled = scale_cover(upload[0])
+        if scaled is None:
+            return "OPNIMG"
+        with self._lock:
+            if biblionumber not in self.records:
+                return "DBERR"  # Koha::Biblios->find(...) is undef inside the eval
+            if replace or not self.sysprefs["AllowMultipleCovers"]:
+                for old in self.covers.pop(biblionumber, []):
+                    self.images.pop(old, None)
+            self.next_imagenumber += 1
+            number = self.next_imagenumber
+            self.images[number] = CoverImage(biblionumber, *scaled)
+            self.covers.setdefault(biblionumber, []).append(number)
+            return number
+
+    def cover(self, imagenumber: int) -> CoverImage | None:
+        with self._lock:
+            return self.images.get(imagenumber)
+
+
+# -- MARC handling --------------------------------------------------------------------------------
+
+
+def parse_marcxml(body: bytes) -> pymarc.Record | None:
+    """A1: the record in a MARCXML body, or None when Koha would find no fields in it.
+
+    Parsed with lxml without entities, DTDs or network; a DOCTYPE is refused outright.
+    """
+    if not body or not body.strip():
+        return None
+    try:
+        root = etree.fromstring(body, SAFE_XML)
+    except etree.XMLSyntaxError:
+        return None
+    if root.getroottree().docinfo.doctype:
+        return None
+    if etree.QName(root).localname == "collection":
+        root = next(
+            (
+                el
+                for el in root
+                if isinstance(el.tag, str) and etree.QName(el).localname == "record"
+            ),
+            None,
+        )
+    if root is None or etree.QName(root).localname != "record":
+        return None
+    record = record_from_element(root)
+    return record if record.fields else None
+
+
+def record_from_element(element: etree._Element) -> pymarc.Record:
+    record = pymarc.Record()
+    for child in element:
+        if not isinstance(child.tag, str):
+            continue
+        name = etree.QName(child).localname
+        if name == "leader":
+            record.leader = pymarc.Leader((child.text or "").ljust(24)[:24])
+        elif name == "controlfield":
+            record.add_field(pymarc.Field(tag=child.get("tag", ""), data=child.text or ""))
+        elif name == "datafield":
+            subfields = [
+                pymarc.Subfield(code=sub.get("code", ""), value=sub.text or "")
+                for sub in child
+                if isinstance(sub.tag, str) and etree.QName(sub).localname == "subfield"
+            ]
+            indicators = pymarc.Indicators(child.get("ind1") or " ", child.get("ind2") or " ")
+            record.add_field(
+                pymarc.Field(tag=child.get("tag", ""), indicators=indicators, subfields=subfields)
+            )
+    return record
+
+
+def marcxml_of(record: pymarc.Record) -> bytes:
+    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + pymarc.record_to_xml(
+        record, namespace=True
+    )
+
+
+def parse_body(content_type: str, body: bytes) -> pymarc.Record | None:
+    """A1 [V] Biblios.pm `update`: the three formats a PUT accepts; None = unparsable."""
+    try:
+        if MARCXML in content_type:
+            return parse_marcxml(body)
+        if "application/marc-in-json" in content_type:
+            records = list(pymarc.JSONReader(body.decode("utf-8")))
+        else:
+            records = list(pymarc.MARCReader(body, to_unicode=True, force_utf8=True))
+    except Exception:  # any parser failure is Koha's "Unable to parse"
+        return None
+    record = records[0] if records else None
+    return record if record is not None and record.fields else None
+
+
+def apply_modbiblio(
+    incoming: pymarc.Record, old: pymarc.Record | None, biblionumber: int, keep: set[str]
+) -> pymarc.Record:
+    """A1: what ModBiblio stores for a PUT.
+
+    * overlay rules (since bug 35380): fields with a protected tag keep their old values;
+    * 005 is rewritten with the time of the change when the record has one (C4::Biblio
+      ModBiblioMarc, enhancement 5374);
+    * 999$c/$d get the biblionumber/biblioitemnumber (C4::Biblio _koha_marc_update_bib_ids).
+    So a GET after a PUT never returns the bytes that were sent; compare fields, not bytes.
+    """
+    for tag in sorted(keep):
+        incoming.remove_fields(tag)
+        for kept in old.get_fields(tag) if old is not None else []:
+            incoming.add_ordered_field(kept)
+    stamp = incoming.get("005")
+    if stamp is not None:
+        stamp.data = time.strftime("%Y%m%d%H%M%S.0")
+    ids = incoming.get("999")
+    if ids is None:
+        ids = pymarc.Field(tag="999", indicators=pymarc.Indicators(" ", " "), subfields=[])
+        incoming.add_ordered_field(ids)
+    for code in ("c", "d"):
+        while code in ids:
+            ids.delete_subfield(code)
+    ids.add_subfield("c", str(biblionumber))
+    ids.add_subfield("d", str(biblionumber))
+    return incoming
+
+
+def title_of(record: pymarc.Record | None) -> str:
+    field_245 = record.get("245") if record is not None else None
+    values = field_245.get_subfields("a") if field_245 is not None else []
+    return values[0].rstrip(" /:;,.") if values else "(untitled)"
+
+
+def biblio_json(biblionumber: int, record: pymarc.Record) -> dict[str, Any]:
+    """A1: a small part of Koha's biblio `to_api` object."""
+    field_100 = record.get("100")
+    field_245 = record.get("245")
+    subtitle = field_245.get_subfields("b") if field_245 is not None else []
+    return {
+        "biblio_id": biblionumber,
+        "title": title_of(record),
+        "subtitle": subtitle[0] if subtitle else None,
+        "author": (field_100.get_subfields("a") or [None])[0] if field_100 is not None else None,
+        "framework_id": "",
+    }
+
+
+# -- images ---------------------------------------------------------------------------------------
+
+
+def scale_cover(data: bytes) -> tuple[bytes, bytes] | None:
+    """A4 [V] Koha/CoverImage.pm: PNG full size (600x800 max) and thumbnail (140x200 max),
+    or None when GD could not open the bytes as an image (→ OPNIMG)."""
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            if opened.format not in COVER_FORMATS:
+                return None
+            opened.load()
+            image = opened.convert("RGBA" if "A" in opened.getbands() else "RGB")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return None
+    return png_within(image, 600, 800), png_within(image, 140, 200)
+
+
+def png_within(image: Image.Image, max_width: int, max_height: int) -> bytes:
+    """Koha's `_scale_image`: scale by the width overage if the width is too large, else by the
+    height overage (so a very tall and wide image may stay taller than `max_height`)."""
+    width, height = image.size
+    if width > max_width or height > max_height:
+        factor = max_width / width if width > max_width else max_height / height
+        image = image.resize((max(1, round(width * factor)), max(1, round(height * factor))))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+# -- HTML -----------------------------------------------------------------------------------------
+
+e = html.escape
+
+
+def staff_page(
+    state: KohaState, *, title: str, body_id: str, body: str, csrf: str | None = None
+) -> str:
+    """A staff page shaped like Koha's: head with the csrf-token meta (24.05), the content, and
+    the IntranetUserJS syspref injected raw at the end as intranet-bottom.inc does."""
+    meta = f'<meta name="csrf-token" content="{e(csrf)}" />\n' if csrf else ""
+    user_js = state.syspref("IntranetUserJS")
+    script = f"<script>{user_js}</script>\n" if user_js else ""
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8" />\n'
+        f"<title>{e(title)} &rsaquo; Koha</title>\n{meta}</head>\n"
+        f'<body id="{body_id}" class="{body_id.replace("_", "-")}">\n'
+        '<nav id="header" class="navbar"><a class="navbar-brand" '
+        'href="/cgi-bin/koha/mainpage.pl">Koha</a></nav>\n'
+        f'<div class="main container-fluid">\n{body}\n</div>\n{script}</body>\n</html>\n'
+    )
+
+
+def hidden(name: str, value: str) -> str:
+    return f'<input type="hidden" name="{e(name)}" value="{e(value)}" />'
+
+
+# -- the app --------------------------------------------------------------------------------------
+
+
+@dataclass
+class StaffContext:
+    """The outcome of Koha's checkauth for one staff request."""
+
+    user: str
+    session_id: str
+    params: dict[str, str]
+    files: list[UploadFile]
+    new_cookie: bool = False
+
+    def finish(self, response: Response) -> Response:
+        if self.new_cookie:
+            response.set_cookie(COOKIE, self.session_id, path="/", httponly=True, samesite="lax")
+        return response
+
+
+class FaultInjection:
+    """Counts calls and applies the switchable faults (latency, down, fail_next) to every
+    request except the control API."""
+
+    def __init__(self, app: ASGIApp, state: KohaState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path.startswith("/_sandbox"):
+            await self.app(scope, receive, send)
+            return
+        self.state.count(scope["method"], path)
+        if self.state.latency > 0:
+            await asyncio.sleep(self.state.latency)
+        status = 503 if self.state.down else self.state.take_failure(path)
+        if status is None:
+            await self.app(scope, receive, send)
+            return
+        response: Response
+        if path.startswith("/api/"):
+            response = JSONResponse({"error": "Something went wrong, check the logs."}, status)
+        else:
+            response = PlainTextResponse(f"HTTP {status} (sandbox fault)", status)
+        await response(scope, receive, send)
+
+
+class KohaApp:
+    def __init__(self, state: KohaState) -> None:
+        self.state = state
+
+    # -- A1/A2 REST ------------------------------------------------------------------------------
+
+    def rest_csrf_refusal(self, request: Request) -> Response | None:
+        """A2 [P] Koha/App/Plugin/CSRF.pm (24.05+): an unsafe request carrying a CGISESSID
+        cookie needs a valid csrf_token param or CSRF-TOKEN header; without the cookie (Basic,
+        OAuth) nothing is checked. Whether it guards /api/v1 in every 24.x is [P]."""
+        if self.state.generation != "24.05" or request.method not in STATEFUL:
+            return None
+        session_id = request.cookies.get(COOKIE)
+        if not session_id:
+            return None
+        token = request.query_params.get("csrf_token") or request.headers.get("csrf-token")
+        if self.state.csrf_valid(session_id, token):
+            return None
+        return PlainTextResponse("Wrong CSRF token", 403)
+
+    def rest_user(self, request: Request, permission: str) -> str | Response:
+        """A2 [V] Koha/REST/V1/Auth.pm: Bearer first, then Basic, then the CGISESSID cookie."""
+        header = request.headers.get("authorization", "")
+        user: str | None
+        if header.startswith("Bearer "):
+            user = self.state.token_user(header[len("Bearer ") :].strip())
+            if user is None:  # a failed Bearer never falls back to other means
+                return JSONResponse({"error": "Authentication failure."}, 401)
+        elif header.startswith("Basic "):
+            if not self.state.syspref("RESTBasicAuth"):
+                return JSONResponse({"error": "Basic authentication disabled"}, 401)
+            user = self.basic_user(header)
+            if user is None:
+                return JSONResponse({"error": "Authentication failure."}, 401)
+        else:
+            status, session = self.state.session(request.cookies.get(COOKIE))
+            if status == "expired":
+                return JSONResponse({"error": "Session has been expired."}, 401)
+            user = session.user if session is not None else None
+            if user is None:
+                return JSONResponse({"error": "Authentication failure."}, 401)
+        if not self.state.has_permission(user, permission):
+            return JSONResponse(
+                {
+                    "error": "Authorization failure. Missing required permission(s).",
+                    "required_permissions": PERMISSIONS[permission],
+                },
+                403,
+            )
+        return user
+
+    def basic_user(self, header: str) -> str | None:
+        try:
+            decoded = base64.b64decode(header.split(" ", 1)[1].strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError, IndexError):
+            return None
+        userid, _, password = decoded.partition(":")
+        return userid if self.state.check_password(userid, password) else None
+
+    async def get_biblio(self, request: Request) -> Response:
+        """A1 [V]: GET a biblio; the Accept header picks the format."""
+        refusal = self.rest_csrf_refusal(request)
+        if refusal is not None:
+            return refusal
+        user = self.rest_user(request, "catalogue")
+        if isinstance(user, Response):
+            return user
+        biblionumber = int(request.path_params["biblio_id"])
+        stored = self.state.stored(biblionumber)
+        if stored is None:
+            # A1 [V] Koha/REST/Plugin/Responses.pm render_resource_not_found
+            return JSONResponse(
+                {"error": "Bibliographic record not found", "error_code": "not_found"}, 404
+            )
+        accept = request.headers.get("accept", "")
+        if "application/json" in accept:  # Koha tests this first, as a substring
+            record = parse_marcxml(stored)
+            return JSONResponse(biblio_json(biblionumber, record or pymarc.Record()))
+        chosen = preferred_type(accept)
+        if chosen is None:
+            return JSONResponse(GET_TYPES, 406)
+        if chosen == MARCXML:
+            return Response(stored, media_type=MARCXML)
+        record = parse_marcxml(stored) or pymarc.Record()
+        if chosen == "application/marc-in-json":
+            return Response(record.as_json(), media_type=chosen)
+        if chosen == "application/marc":
+            return Response(record.as_marc(), media_type=chosen)
+        return PlainTextResponse(str(record))
+
+    async def put_biblio(self, request: Request) -> Response:
+        """A1 [V] Biblios.pm `update`: 404, then locked 403, then 406, then 400, then store."""
+        refusal = self.rest_csrf_refusal(request)
+        if refusal is not None:
+            return refusal
+        user = self.rest_user(request, "edit_catalogue")
+        if isinstance(user, Response):
+            return user
+        biblionumber = int(request.path_params["biblio_id"])
+        if self.state.stored(biblionumber) is None:
+            return JSONResponse(
+                {"error": "Bibliographic record not found", "error_code": "not_found"}, 404
+            )
+        if self.state.is_locked(biblionumber):
+            return JSONResponse(
+                {"error": "You do not have permission to edit a locked record"}, 403
+            )
+        content_type = request.headers.get("content-type", "")
+        if not any(kind in content_type for kind in PUT_TYPES[1:]):
+            return JSONResponse(PUT_TYPES, 406)
+        incoming = parse_body(content_type, await request.body())
+        if incoming is None:
+            return JSONResponse(
+                {"error": "Unable to parse record from request body", "error_code": "bad_record"},
+                400,
+            )
+        self.state.modify(biblionumber, incoming)
+        return JSONResponse({"id": biblionumber})
+
+    async def oauth_token(self, request: Request) -> Response:
+        """A2 [V] Koha/REST/V1/OAuth.pm: client-credentials grant only."""
+        refusal = self.rest_csrf_refusal(request)
+        if refusal is not None:
+            return refusal
+        form = await request.form()
+        values = {
+            key: str(form.get(key) or "") for key in ("grant_type", "client_id", "client_secret")
+        }
+        missing = [key for key, value in values.items() if not value]
+        if missing:  # the OpenAPI validation answers before the controller
+            errors = [{"message": "Missing property.", "path": f"/body/{key}"} for key in missing]
+            return JSONResponse({"errors": errors, "status": 400}, 400)
+        if values["grant_type"] != "client_credentials" or not self.state.syspref(
+            "RESTOAuth2ClientCredentials"
+        ):
+            return JSONResponse({"error": "Unimplemented grant type"}, 400)
+        token, error = self.state.issue_token(values["client_id"], values["client_secret"])
+        if token is None:
+            return JSONResponse({"error": error}, 403)
+        return JSONResponse(
+            {"access_token": token, "token_type": "Bearer", "expires_in": self.state.token_ttl}
+        )
+
+    # -- A3 staff login and CSRF -----------------------------------------------------------------
+
+    async def cgi_params(self, request: Request) -> tuple[dict[str, str], list[UploadFile]]:
+        """CGI->param: query string and body parameters together (first value of each)."""
+        params: dict[str, str] = {}
+        files: list[UploadFile] = []
+        if request.method in STATEFUL:
+            form = await request.form(max_part_size=10 * 1024 * 1024)
+            for key, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    files.append(value)
+                else:
+                    params.setdefault(key, value)
+        for key, value in request.query_params.multi_items():
+            params.setdefault(key, value)
+        return params, files
+
+    def csrf_refusal(self, request: Request, params: dict[str, str]) -> Response | None:
+        """A3 [V] Koha/Middleware/CSRF.pm (24.05+): a GET with op=cud-* is refused; a POST needs
+        an op starting with cud- (when it has an op) and a csrf_token (param or CSRF-TOKEN header)
+        that matches the CGISESSID cookie. Any failure: 403 text/plain "Wrong CSRF token"."""
+        if self.state.generation != "24.05":
+            return None
+        op = params.get("op")
+        wrong = PlainTextResponse("Wrong CSRF token", 403)
+        if request.method not in STATEFUL:
+            return wrong if op is not None and op.startswith("cud-") else None
+        if op is not None and not op.startswith("cud-"):
+            return wrong
+        token = params.get("csrf_token") or request.headers.get("csrf-token")
+        if not self.state.csrf_valid(request.cookies.get(COOKIE), token):
+            return wrong
+        return None
+
+    async def staff_gate(self, request: Request, permission: str) -> StaffContext | Response:
+        """A3: Koha's checkauth for a staff page — the CSRF middleware, a login attempt, the
+        session, the page's permission; anything short of that answers the login page."""
+        params, files = await self.cgi_params(request)
+        refusal = self.csrf_refusal(request, params)
+        if refusal is not None:
+            return refusal
+        cookie = request.cookies.get(COOKIE)
+        if "logout.x" in params and cookie:
+            self.state.drop_session(cookie)
+            return self.login_page(request, params, None)
+        attempt = self.login_attempt(params) if request.method == "POST" else None
+        if attempt is not None:
+            userid, password = attempt
+            if not self.state.check_password(userid, password):
+                return self.login_page(request, params, cookie, invalid=True, userid=userid)
+            if cookie:
+                self.state.drop_session(cookie)  # A3: the session id changes at login
+            context = StaffContext(userid, self.state.new_session(userid), params, files, True)
+        else:
+            status, session = self.state.session(cookie)
+            if status != "ok" or session is None or session.user is None or cookie is None:
+                return self.login_page(request, params, cookie, timed_out=status == "expired")
+            context = StaffContext(session.user, cookie, params, files)
+        if not self.state.has_permission(context.user, permission):
+            return context.finish(
+                self.login_page(request, params, context.session_id, nopermission=True)
+            )
+        return context
+
+    def login_attempt(self, params: dict[str, str]) -> tuple[str, str] | None:
+        """A3: the fields a login POST must carry for this generation ([V] 22.11, [P] 24.05).
+        A client sending the other generation's names is not logging in at all."""
+        if self.state.generation == "24.05":
+            if params.get("op") != "cud-login" or not params.get("login_userid"):
+                return None
+            return params["login_userid"], params.get("login_password", "")
+        if not params.get("userid"):
+            return None
+        return params["userid"], params.get("password", "")
+
+    def login_page(
+        self,
+        request: Request,
+        params: dict[str, str],
+        session_id: str | None,
+        *,
+        invalid: bool = False,
+        timed_out: bool = False,
+        nopermission: bool = False,
+        userid: str = "",
+    ) -> Response:
+        """A3: auth.tt — `#loginform` posting to the same script, the request's own parameters
+        as hidden inputs, and on 24.05 a csrf_token tied to a (pre-login) session cookie."""
+        new_cookie = False
+        if self.state.generation == "24.05":
+            status, _ = self.state.session(session_id)
+            if status not in ("ok", "anon") or session_id is None:
+                session_id = self.state.new_session(None)
+                new_cookie = True
+            fixed = [
+                hidden("csrf_token", self.state.csrf_token(session_id)),
+                hidden("op", "cud-login"),
+                hidden("koha_login_context", "intranet"),
+            ]
+            user_field, password_field = "login_userid", "login_password"
+        else:
+            fixed = [hidden("koha_login_context", "intranet")]
+            user_field, password_field = "userid", "password"
+        carried = [hidden(k, v) for k, v in params.items() if k not in LOGIN_FIELDS]
+        errors = []
+        if nopermission:
+            errors.append(
+                '<div id="login_error"><strong>Error:</strong> You do not have permission to '
+                "access this page.</div>\n<p><strong>Log in as a different user</strong></p>"
+            )
+        if timed_out:
+            errors.append(
+                '<div id="login_error"><strong>Error: </strong>Session timed out.<br /> '
+                "Please log in again</div>"
+            )
+        if invalid:  # A3 [U] exact marker text
+            errors.append(
+                '<div id="login_error"><strong>Error: </strong>Invalid username or password</div>'
+            )
+        body = (
+            '<div id="login">\n<h1><a href="http://koha-community.org">Koha</a></h1>\n'
+            + "\n".join(errors)
+            + f'\n<form action="{e(request.url.path)}" method="post" name="loginform" '
+            'id="loginform" class="validated">\n'
+            + "\n".join(fixed + carried)
+            + f'\n<p><label for="userid">Username:</label>\n<input type="text" '
+            f'name="{user_field}" id="userid" class="input focus" value="{e(userid)}" '
+            'size="20" tabindex="1" autocomplete="off" /></p>\n'
+            '<p><label for="password">Password:</label>\n<input type="password" '
+            f'name="{password_field}" id="password" class="input" value="" size="20" '
+            'tabindex="2" autocomplete="off" /></p>\n'
+            '<p><label for="set-library-branch">Library:</label>\n<select name="branch" '
+            'id="set-library-branch" class="input" tabindex="3">'
+            '<option value="">My library</option><option value="CPL">Centerville</option>'
+            "</select></p>\n"
+            '<p class="submit"><input id="submit-button" type="submit" class="btn btn-primary" '
+            'value="Log in" tabindex="4" /></p>\n</form>\n</div>'
+        )
+        page = staff_page(
+            self.state,
+            title="Invalid username or password" if invalid else "Log in to Koha",
+            body_id="main_auth",
+            body=body,
+            csrf=self.state.csrf_token(session_id)
+            if self.state.generation == "24.05" and session_id
+            else None,
+        )
+        # A3 [U]: the login page answers 200, also for a refused login or a missing permission
+        response = Response(page, media_type="text/html")
+        if new_cookie and session_id:
+            response.set_cookie(COOKIE, session_id, path="/", httponly=True, samesite="lax")
+        return response
+
+    def page_csrf(self, context: StaffContext) -> str | None:
+        """A3 [V]: 24.05 pages carry a fresh token in <meta name="csrf-token"> (file-upload.js)."""
+        if self.state.generation != "24.05":
+            return None
+        return self.state.csrf_token(context.session_id)
+
+    async def mainpage(self, request: Request) -> Response:
+        context = await self.staff_gate(request, "catalogue")
+        if isinstance(context, Response):
+            return context
+        body = (
+            f'<h1 id="welcome">Welcome, {e(context.user)}</h1>\n'
+            '<ul id="area-list"><li><a class="icon_general icon_catalog" '
+            'href="/cgi-bin/koha/catalogue/search.pl">Search the catalog</a></li>\n'
+            '<li><a class="icon_general icon_tools" href="/cgi-bin/koha/tools/tools-home.pl">'
+            "Tools</a></li></ul>"
+        )
+        page = staff_page(
+            self.state,
+            title="Koha staff interface",
+            body_id="main_intranet-main",
+            body=body,
+            csrf=self.page_csrf(context),
+        )
+        return context.finish(Response(page, media_type="text/html"))
+
+    async def detail(self, request: Request) -> Response:
+        """catalogue/detail.pl: the record page the staff-client browser test opens."""
+        context = await self.staff_gate(request, "catalogue")
+        if isinstance(context, Response):
+            return context
+        biblionumber = as_int(context.params.get("biblionumber"))
+        stored = self.state.stored(biblionumber)
+        if stored is None or biblionumber is None:
+            return context.finish(RedirectResponse("/cgi-bin/koha/errors/404.pl", 302))
+        title = title_of(parse_marcxml(stored))
+        covers = ""
+        if self.state.syspref("LocalCoverImages"):
+            covers = "".join(
+                f'<a href="/cgi-bin/koha/catalogue/imageviewer.pl?biblionumber={biblionumber}'
+                f'&amp;imagenumber={n}"><img src="/cgi-bin/koha/catalogue/image.pl?'
+                f'imagenumber={n}&amp;thumbnail=1" alt="Local cover image" /></a>'
+                for n in self.state.covers_of(biblionumber)
+            )
+        body = (
+            '<div id="toolbar" class="btn-toolbar">\n'
+            '<div class="btn-group"><a id="newsub" class="btn btn-default" href="/cgi-bin/koha/'
+            f'cataloguing/addbiblio.pl?biblionumber={biblionumber}">Edit record</a></div>\n'
+            '<div class="btn-group"><a id="addtocart" class="btn btn-default addtocart" '
+            f'href="#" data-biblionumber="{biblionumber}">Add to cart</a></div>\n'
+            '<div class="btn-group"><a id="printbiblio" class="btn btn-default" href="#">Print'
+            "</a></div>\n</div>\n"
+            f'<div id="catalogue_detail_biblio" data-biblionumber="{biblionumber}">\n'
+            f'<h1 class="title">{e(title)}</h1>\n'
+            f'<div class="cover-images" id="local-thumbnails">{covers}</div>\n</div>'
+        )
+        page = staff_page(
+            self.state,
+            title=f"Details for {title}",
+            body_id="catalog_detail",
+            body=body,
+            csrf=self.page_csrf(context),
+        )
+        return context.finish(Response(page, media_type="text/html"))
+
+    # -- A4 cover upload -------------------------------------------------------------------------
+
+    async def upload_file(self, request: Request) -> Response:
+        """A4 [V] tools/upload-file.pl: cookie auth only, JSON body with Content-Type text/html."""
+        params, files = await self.cgi_params(request)
+        refusal = self.csrf_refusal(request, params)
+        if refusal is not None:
+            return refusal
+
+        def reply(status: str, fileid: str | None = None, errors: Any = None) -> Response:
+            body = json.dumps({"status": status, "fileid": fileid, "errors": errors})
+            return Response(body, media_type="text/html")
+
+        status, session = self.state.session(request.cookies.get(COOKIE))
+        user = session.user if session is not None else None
+        if status != "ok" or user is None:
+            return reply("denied")
+        # Koha::Uploader->allows_add_by: an uploading permission (we model the cover one)
+        if not self.state.has_permission(user, "upload_local_cover_images"):
+            return reply("denied")
+        if not files:
+            return reply("failed", errors={"": {"code": 3}})
+        ids = [str(self.state.store_upload(await f.read(), f.filename or "")) for f in files]
+        return reply("done", ",".join(ids))
+
+    async def upload_cover_image(self, request: Request) -> Response:
+        """A4 tools/upload-cover-image.pl: attach an uploaded file, or list a record's covers."""
+        context = await self.staff_gate(request, "upload_local_cover_images")
+        if isinstance(context, Response):
+            return context
+        params = context.params
+        fileid = params.get("uploadedfileid")
+        biblionumber = as_int(params.get("biblionumber"))
+        if self.state.generation == "24.05":
+            # A4 [P] (pders01 fork): 24.05+ acts only on op=cud-process
+            process = bool(fileid) and params.get("op") == "cud-process"
+        else:
+            process = bool(fileid)  # A4 [V]: before 24.05 any uploadedfileid is processed
+        if not process:
+            return context.finish(self.cover_page(context, biblionumber))
+        if params.get("filetype") != "image":
+            # A4 [V]: a zip is unpacked with `unzip`; not emulated, so it always fails
+            return context.finish(self.cover_page(context, biblionumber, error="UZIPFAIL"))
+        number = as_int(fileid)
+        replace = bool(params.get("replace")) or not self.state.syspref("AllowMultipleCovers")
+        try:
+            if number is None or biblionumber is None:
+                raise LookupError(fileid)
+            outcome = self.state.attach_cover(number, biblionumber, replace)
+        except LookupError:  # Koha dies on an unknown upload id: a bare 500
+            return PlainTextResponse("Internal Server Error", 500)
+        if isinstance(outcome, str):
+            # A4 [V]: on error 200 HTML naming the error (the markup itself is [U])
+            return context.finish(self.cover_page(context, biblionumber, error=outcome))
+        if self.state.generation == "24.05":
+            # A4 [P]: a single-image success redirects to the record's cover list
+            target = f"/cgi-bin/koha/tools/upload-cover-image.pl?biblionumber={biblionumber}"
+            return context.finish(RedirectResponse(target, 302))
+        return context.finish(self.cover_page(context, biblionumber, total=1))
+
+    def cover_page(
+        self,
+        context: StaffContext,
+        biblionumber: int | None,
+        *,
+        error: str | None = None,
+        total: int | None = None,
+    ) -> Response:
+        """A4 [V] upload-images.tt: results or error, the upload form, and the cover list with
+        `<li id="imagenumber-N" class="thumbnail">` items."""
+        parts = []
+        if error:
+            parts.append(
+                f'<div class="alert alert-warning" data-error="{error}"><p><strong>Error '
+                f"({error}):</strong> {e(COVER_ERRORS[error])}</p></div>"
+            )
+        if total is not None:
+            parts.append(
+                '<div class="alert alert-info"><h3>Image upload results :</h3>'
+                f"<ul><li>{total} image(s) imported</li></ul></div>"
+            )
+        csrf = self.page_csrf(context)
+        form_fields = [
+            hidden("uploadedfileid", ""),
+            hidden("biblionumber", str(biblionumber or "")),
+        ]
+        if csrf:
+            form_fields[:0] = [hidden("csrf_token", csrf), hidden("op", "cud-process")]
+        parts.append(
+            '<form method="post" action="/cgi-bin/koha/tools/upload-cover-image.pl" '
+            'id="process_images">\n'
+            + "\n".join(form_fields)
+            + '\n<input type="radio" name="filetype" value="image" checked="checked" /> image'
+            '\n<input type="radio" name="filetype" value="zip" /> zip'
+            '\n<input type="checkbox" name="replace" value="1" /> Replace existing covers'
+            '\n<input type="submit" class="btn btn-primary" value="Process images" />\n</form>'
+        )
+        if biblionumber is not None and self.state.syspref("LocalCoverImages"):
+            items = "\n".join(
+                f'<li id="imagenumber-{n}" class="thumbnail"><a class="show_cover" '
+                f'data-coverimg="{n}" href="/cgi-bin/koha/catalogue/imageviewer.pl?'
+                f'biblionumber={biblionumber}&amp;imagenumber={n}">\n   <img alt="" '
+                f'src="/cgi-bin/koha/catalogue/image.pl?imagenumber={n}&amp;thumbnail=1"></a></li>'
+                for n in self.state.covers_of(biblionumber)
+            )
+            parts.append(f'<ul class="thumbnails">\n{items}\n</ul>')
+        page = staff_page(
+            self.state,
+            title="Upload local cover image",
+            body_id="tools_upload-images",
+            body="\n".join(parts),
+            csrf=csrf,
+        )
+        return Response(page, media_type="text/html")
+
+    # -- images ----------------------------------------------------------------------------------
+
+    async def opac_image(self, request: Request) -> Response:
+        """A4 opac-image.pl: a cover by imagenumber, or a record's first cover by biblionumber."""
+        if self.state.generation == "24.05":
+            refusal = self.csrf_refusal(request, dict(request.query_params))
+            if refusal is not None:
+                return refusal
+        if not self.state.syspref("OPACLocalCoverImages"):
+            return Response(NO_IMAGE, media_type="image/gif")  # A4 [V]: placeholder, 200
+        params = request.query_params
+        number = as_int(params.get("imagenumber"))
+        if number is None and (biblionumber := as_int(params.get("biblionumber"))) is not None:
+            numbers = self.state.covers_of(biblionumber)
+            number = numbers[0] if numbers else None
+        image = self.state.cover(number) if number is not None else None
+        if image is None:
+            # A4 [P] (newer code, seen in a fork): unknown image → the 404 page
+            return RedirectResponse("/cgi-bin/koha/errors/404.pl", 302)
+        data = image.thumbnail if params.get("thumbnail") else image.imagefile
+        return Response(data, media_type=image.mimetype)
+
+    async def staff_image(self, request: Request) -> Response:
+        """A4 [V] catalogue/image.pl: the staff-side equivalent, behind a staff session."""
+        context = await self.staff_gate(request, "catalogue")
+        if isinstance(context, Response):
+            return context
+        number = as_int(context.params.get("imagenumber"))
+        image = self.state.cover(number) if number is not None else None
+        if image is None:
+            return context.finish(Response(NO_IMAGE, media_type="image/gif"))
+        data = image.thumbnail if context.params.get("thumbnail") else image.imagefile
+        return context.finish(Response(data, media_type=image.mimetype))
+
+    async def not_found_page(self, request: Request) -> Response:
+        body = '<div id="error404"><h1>An error has occurred!</h1><p>Error 404</p></div>'
+        page = staff_page(self.state, title="Error 404", body_id="err_404", body=body)
+        return Response(page, status_code=404, media_type="text/html")
+
+    async def root(self, request: Request) -> Response:
+        return RedirectResponse("/cgi-bin/koha/mainpage.pl", 302)
+
+    # -- control API (test-only, no auth, loopback only) ----------------------------------------
+
+    async def control_state(self, request: Request) -> Response:
+        return JSONResponse(self.state.summary())
+
+    async def control_faults(self, request: Request) -> Response:
+        """{"latency": s, "down": bool, "expire_tokens": true,
+        "fail_next": {"count": n, "status": 500, "path_prefix": "/api"}}"""
+        try:
+            body = await request.json()
+            if "latency" in body:
+                self.state.latency = float(body["latency"])
+            if "down" in body:
+                self.state.down = bool(body["down"])
+            if body.get("expire_tokens"):
+                self.state.expire_tokens()
+            if "fail_next" in body:
+                spec = body["fail_next"]
+                self.state.fail_next(
+                    int(spec["count"]),
+                    int(spec.get("status", 500)),
+                    str(spec.get("path_prefix", "")),
+                )
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            return JSONResponse({"error": f"bad fault request: {exc}"}, 400)
+        return JSONResponse(self.state.summary())
+
+    async def control_record(self, request: Request) -> Response:
+        try:
+            self.state.add_record(int(request.path_params["biblio_id"]), await request.body())
+        except SandboxError as exc:
+            return JSONResponse({"error": str(exc)}, 400)
+        return JSONResponse({"id": int(request.path_params["biblio_id"])})
+
+    async def control_sysprefs(self, request: Request) -> Response:
+        try:
+            for name, value in dict(await request.json()).items():
+                self.state.set_syspref(name, value)
+        except (ValueError, TypeError, SandboxError) as exc:
+            return JSONResponse({"error": str(exc)}, 400)
+        return JSONResponse(self.state.summary()["sysprefs"])
+
+
+def preferred_type(accept: str) -> str | None:
+    """The first MARC type the Accept header names, highest q first (Mojolicious `respond_to`);
+    wildcards name nothing, so an Accept of */* or none is a 406."""
+    ranked: list[tuple[float, int, str]] = []
+    for position, part in enumerate(accept.split(",")):
+        pieces = [piece.strip() for piece in part.split(";")]
+        quality = 1.0
+        for piece in pieces[1:]:
+            if piece.startswith("q="):
+                try:
+                    quality = float(piece[2:])
+                except ValueError:
+                    quality = 0.0
+        ranked.append((-quality, position, pieces[0].lower()))
+    for _, _, mime in sorted(ranked):
+        if mime in GET_TYPES[1:]:
+            return mime
+    return None
+
+
+def as_int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def create_app(state: KohaState) -> Starlette:
+    """The emulated Koha: REST (A1, A2), staff pages (A3, A4), OPAC images and `/_sandbox/`."""
+    koha = KohaApp(state)
+    cgi = "/cgi-bin/koha"
+    routes = [
+        Route("/", koha.root, methods=["GET"]),
+        Route("/api/v1/biblios/{biblio_id:int}", koha.get_biblio, methods=["GET"]),
+        Route("/api/v1/biblios/{biblio_id:int}", koha.put_biblio, methods=["PUT"]),
+        Route("/api/v1/oauth/token", koha.oauth_token, methods=["POST"]),
+        Route(f"{cgi}/mainpage.pl", koha.mainpage, methods=["GET", "POST"]),
+        Route(f"{cgi}/catalogue/detail.pl", koha.detail, methods=["GET", "POST"]),
+        Route(f"{cgi}/catalogue/image.pl", koha.staff_image, methods=["GET"]),
+        Route(f"{cgi}/tools/upload-file.pl", koha.upload_file, methods=["POST"]),
+        Route(
+            f"{cgi}/tools/upload-cover-image.pl", koha.upload_cover_image, methods=["GET", "POST"]
+        ),
+        Route(f"{cgi}/opac-image.pl", koha.opac_image, methods=["GET"]),
+        Route(f"{cgi}/errors/404.pl", koha.not_found_page, methods=["GET"]),
+        Route("/_sandbox/state", koha.control_state, methods=["GET"]),
+        Route("/_sandbox/faults", koha.control_faults, methods=["POST"]),
+        Route("/_sandbox/records/{biblio_id:int}", koha.control_record, methods=["PUT"]),
+        Route("/_sandbox/sysprefs", koha.control_sysprefs, methods=["PATCH"]),
+    ]
+    app = Starlette(routes=routes)
+    app.add_middleware(FaultInjection, state=state)
+    return app
+
+
+def serve_koha(state: KohaState, *, port: int = 0) -> RunningServer:
+    """Serve the emulator on 127.0.0.1 (one host plays both OPAC and staff interface)."""
+    running = serve(create_app(state), "koha", port=port)
+    state.staff_url = running.url
+    state.opac_url = running.url
+    return running
+
+
+__all__ = [
+    "ALL_PERMISSIONS",
+    "KohaState",
+    "create_app",
+    "parse_marcxml",
+    "serve_koha",
+]

@@ -1,0 +1,564 @@
+"""The DSpace client against the DSpace emulator served on loopback (`shelfwork.sandbox.serve`)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from shelfwork.connectors import AuthFailed, RemoteRefused, RemoteUnavailable
+from shelfwork.connectors.dspace import (
+    SUBMISSION_STAGES,
+    BadResume,
+    ChecksumMismatch,
+    DSpace,
+    lucene_phrase,
+)
+from shelfwork.sandbox import RunningServer, serve
+from shelfwork.sandbox.dspace import DSpaceState, create_app
+
+ADMIN = ("admin@example.org", "s3cret-admin")
+SUBMITTER = ("submitter@example.org", "s3cret-submitter")
+
+METADATA = {
+    "dc.title": ["Кобзар: «вибране» — том 1"],
+    "dc.contributor.author": ["Шевченко, Тарас Григорович", "Франко, Іван"],
+    "dc.date.issued": ["1840"],
+    "dc.identifier.other": ["koha:42"],
+    "dc.language.iso": ["uk"],
+    "dc.subject": ["Поезія", 'Слово "про" ґанок і їжу'],
+}
+
+
+@dataclass
+class Env:
+    state: DSpaceState
+    server: RunningServer
+    open_collection: str
+    review_collection: str
+    pdf: Path
+
+    @property
+    def api(self) -> str:
+        return f"{self.server.url}/server/api"
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    state = DSpaceState()
+    state.add_user(*ADMIN, admin=True)
+    state.add_user(*SUBMITTER)
+    open_collection = state.add_collection("Theses")
+    review_collection = state.add_collection("Reviewed", workflow=True)
+    pdf = tmp_path / "scan_v01.pdf"
+    pdf.write_bytes(b"%PDF-1.4\n" + os.urandom(300_000) + b"\n%%EOF\n")
+    server = serve(create_app(state), "dspace-connector")
+    try:
+        yield Env(state, server, open_collection, review_collection, pdf)
+    finally:
+        server.stop()
+
+
+@dataclass
+class Recorder(httpx.HTTPTransport):
+    """A transport that records (method, path, status) and can drop chosen request headers."""
+
+    seen: list[tuple[str, str, int]] = field(default_factory=list)
+    drop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__init__()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for name in self.drop:
+            if name in request.headers:
+                del request.headers[name]
+        response = super().handle_request(request)
+        self.seen.append((request.method, request.url.path, response.status_code))
+        return response
+
+    def statuses(self, status: int) -> list[tuple[str, str, int]]:
+        return [s for s in self.seen if s[2] == status]
+
+
+def client(env: Env, user: tuple[str, str] = SUBMITTER, **kwargs: Any) -> DSpace:
+    return DSpace(env.api, user[0], user[1], **kwargs)
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+# ------------------------------------------------------------------------ submission path (B2a)
+
+
+def test_submission_without_workflow_archives_with_handle_uri_and_intact_cyrillic(env: Env) -> None:
+    stages: list[tuple[str, dict[str, Any]]] = []
+    with client(env) as dspace:
+        deposit = dspace.create_by_submission(
+            env.open_collection,
+            METADATA,
+            env.pdf,
+            "скан_v01.pdf",
+            progress=lambda stage, data: stages.append((stage, data)),
+        )
+    assert deposit.in_workflow is False
+    assert deposit.item.in_archive is True
+    assert deposit.item.handle and deposit.item.handle.startswith("123456789/")
+    assert deposit.item.uri == f"{env.server.url}/handle/{deposit.item.handle}"
+    for key, values in METADATA.items():
+        assert deposit.item.metadata[key] == values, key
+    assert deposit.bitstream.name == "скан_v01.pdf"
+    assert deposit.bitstream.md5 == md5(env.pdf)
+    assert deposit.bitstream.size == env.pdf.stat().st_size
+    assert [s for s, _ in stages] == list(SUBMISSION_STAGES)
+    assert stages[0][1]["id"] == deposit.workspace_id
+    assert stages[0][1]["item"] == deposit.item.uuid
+    stored = env.state.items[deposit.item.uuid]
+    assert stored.values("dc.subject") == METADATA["dc.subject"]
+    assert env.state.bitstreams[deposit.bitstream.uuid].content == env.pdf.read_bytes()
+
+
+def test_submission_into_workflow_has_no_handle_until_approved(env: Env) -> None:
+    with client(env) as dspace:
+        deposit = dspace.create_by_submission(env.review_collection, METADATA, env.pdf, "a.pdf")
+        assert deposit.in_workflow is True
+        assert deposit.item.handle is None and deposit.item.uri is None
+        assert deposit.item.in_archive is False
+        # the tracker's poll
+        waiting = dspace.item(deposit.item.uuid)
+        assert waiting is not None and waiting.handle is None
+        env.state.approve(deposit.item.uuid)
+        archived = dspace.item(deposit.item.uuid)
+    assert archived is not None and archived.in_archive is True
+    assert archived.handle and archived.uri == f"{env.server.url}/handle/{archived.handle}"
+
+
+def test_field_outside_every_form_section_is_refused_before_any_write(env: Env) -> None:
+    narrow = env.state.add_collection(
+        "Narrow form",
+        form={"narrowpage": {"dc.title", "dc.date.issued", "dc.contributor.author"}},
+    )
+    with client(env) as dspace, pytest.raises(RemoteRefused) as caught:
+        dspace.create_by_submission(narrow, METADATA, env.pdf, "a.pdf")
+    message = str(caught.value)
+    assert "dc.identifier.other" in message and "dc.subject" in message
+    assert env.state.workspace_items == {}
+    assert env.state.calls["POST /submission/workspaceitems"] == 0
+    assert env.state.calls["PATCH /submission/workspaceitems/{id}"] == 0
+
+
+def test_missing_required_field_is_refused_before_deposit(env: Env) -> None:
+    without_date = {k: v for k, v in METADATA.items() if k != "dc.date.issued"}
+    with client(env) as dspace, pytest.raises(RemoteRefused) as caught:
+        dspace.create_by_submission(env.open_collection, without_date, env.pdf, "a.pdf")
+    assert "dc.date.issued" in str(caught.value)
+    assert env.state.calls["POST /workflow/workflowitems"] == 0
+
+
+def test_resume_after_a_crash_does_not_create_a_second_workspace_item(env: Env) -> None:
+    checkpoints: list[dict[str, Any]] = []
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_upload(stage: str, data: dict[str, Any]) -> None:
+        checkpoints.append(data)
+        if stage == "upload":
+            raise Crash
+
+    with client(env) as dspace, pytest.raises(Crash):
+        dspace.create_by_submission(
+            env.open_collection, METADATA, env.pdf, "a.pdf", progress=crash_after_upload
+        )
+    with client(env) as dspace:
+        deposit = dspace.create_by_submission(
+            env.open_collection, METADATA, env.pdf, "a.pdf", resume=checkpoints[-1]
+        )
+    assert env.state.calls["POST /submission/workspaceitems"] == 1
+    assert env.state.calls["POST /submission/workspaceitems/{id}"] == 1  # uploaded once
+    assert deposit.workspace_id == checkpoints[0]["id"]
+    assert deposit.item.in_archive and len(env.state.items) == 1
+    assert len(env.state.bitstreams) == 1
+    assert deposit.item.metadata["dc.contributor.author"] == METADATA["dc.contributor.author"]
+
+
+def test_resume_from_a_checkpoint_written_before_metadata_does_not_duplicate_values(
+    env: Env,
+) -> None:
+    checkpoints: list[dict[str, Any]] = []
+
+    def crash_after_metadata(stage: str, data: dict[str, Any]) -> None:
+        if stage == "workspace":
+            checkpoints.append(data)  # the metadata checkpoint is never written
+        if stage == "metadata":
+            raise RuntimeError("worker died")
+
+    with client(env) as dspace, pytest.raises(RuntimeError):
+        dspace.create_by_submission(
+            env.open_collection, METADATA, env.pdf, "a.pdf", progress=crash_after_metadata
+        )
+    with client(env) as dspace:
+        deposit = dspace.create_by_submission(
+            env.open_collection, METADATA, env.pdf, "a.pdf", resume=checkpoints[-1]
+        )
+    assert env.state.calls["POST /submission/workspaceitems"] == 1
+    assert deposit.item.metadata["dc.contributor.author"] == METADATA["dc.contributor.author"]
+
+
+def test_resume_when_the_deposit_landed_but_was_not_checkpointed(env: Env) -> None:
+    checkpoints: list[dict[str, Any]] = []
+
+    def crash_on_deposit(stage: str, data: dict[str, Any]) -> None:
+        if stage == "deposit":
+            raise RuntimeError("worker died after the deposit")
+        checkpoints.append(data)
+
+    with client(env) as dspace, pytest.raises(RuntimeError):
+        dspace.create_by_submission(
+            env.open_collection, METADATA, env.pdf, "a.pdf", progress=crash_on_deposit
+        )
+    assert checkpoints[-1]["stage"] == "license"
+    with client(env) as dspace:
+        deposit = dspace.create_by_submission(
+            env.open_collection, METADATA, env.pdf, "a.pdf", resume=checkpoints[-1]
+        )
+    assert env.state.calls["POST /workflow/workflowitems"] == 1
+    assert deposit.item.in_archive and deposit.item.uri
+    assert len(env.state.items) == 1
+
+
+def test_a_checkpoint_of_the_other_path_is_refused(env: Env) -> None:
+    with client(env) as dspace, pytest.raises(BadResume):
+        dspace.create_by_submission(
+            env.open_collection,
+            METADATA,
+            env.pdf,
+            "a.pdf",
+            resume={"path": "admin", "stage": "item", "item": "x"},
+        )
+
+
+# ------------------------------------------------------------------------ admin path (B2b)
+
+
+def test_admin_path_creates_archived_item_bundle_and_bitstream(env: Env) -> None:
+    stages: list[str] = []
+    metadata = {**METADATA, "dc.format.extent": ["320 с."]}
+    with client(env, ADMIN) as dspace:
+        deposit = dspace.create_as_admin(
+            env.open_collection,
+            metadata,
+            env.pdf,
+            "scan.pdf",
+            progress=lambda s, _d: stages.append(s),
+        )
+    assert stages == ["item", "bundle", "bitstream"]
+    assert deposit.in_workflow is False and deposit.workspace_id is None
+    assert (
+        deposit.item.handle and deposit.item.uri and deposit.item.uri.endswith(deposit.item.handle)
+    )
+    assert deposit.item.metadata["dc.title"] == METADATA["dc.title"]
+    assert deposit.bitstream.md5 == md5(env.pdf)
+    stored = env.state.bitstreams[deposit.bitstream.uuid]
+    assert env.state.bundles[stored.bundle].name == "ORIGINAL"
+
+
+def test_admin_path_refused_for_a_submitter(env: Env) -> None:
+    with client(env) as dspace, pytest.raises(AuthFailed) as caught:
+        dspace.create_as_admin(env.open_collection, METADATA, env.pdf, "a.pdf")
+    assert caught.value.status == 403
+
+
+def test_unknown_field_on_admin_path_quotes_dspace_422(env: Env) -> None:
+    with client(env, ADMIN) as dspace, pytest.raises(RemoteRefused) as caught:
+        dspace.create_as_admin(
+            env.open_collection, {"dc.title": ["x"], "dc.nonsense": ["y"]}, env.pdf, "a.pdf"
+        )
+    assert caught.value.status == 422
+    assert "dc.nonsense" in str(caught.value)
+
+
+def test_admin_resume_reuses_item_and_bundle(env: Env) -> None:
+    checkpoints: list[dict[str, Any]] = []
+
+    def crash_after_bundle(stage: str, data: dict[str, Any]) -> None:
+        checkpoints.append(data)
+        if stage == "bundle":
+            raise RuntimeError("worker died")
+
+    with client(env, ADMIN) as dspace, pytest.raises(RuntimeError):
+        dspace.create_as_admin(
+            env.open_collection, METADATA, env.pdf, "a.pdf", progress=crash_after_bundle
+        )
+    with client(env, ADMIN) as dspace:
+        deposit = dspace.create_as_admin(
+            env.open_collection, METADATA, env.pdf, "a.pdf", resume=checkpoints[-1]
+        )
+    assert len(env.state.items) == 1 and len(env.state.bundles) == 1
+    assert deposit.item.uuid == checkpoints[0]["item"]
+
+
+# ------------------------------------------------------------------------ checksums
+
+
+def test_corrupted_upload_is_caught_before_deposit_then_resume_replaces_it(env: Env) -> None:
+    env.state.corrupt_next_uploads(1)
+    checkpoints: list[dict[str, Any]] = []
+    with client(env) as dspace, pytest.raises(ChecksumMismatch) as caught:
+        dspace.create_by_submission(
+            env.open_collection,
+            METADATA,
+            env.pdf,
+            "a.pdf",
+            progress=lambda _s, data: checkpoints.append(data),
+        )
+    error = caught.value
+    assert error.file == str(env.pdf) and error.expected == md5(env.pdf)
+    assert error.got != error.expected and str(env.pdf) in str(error)
+    assert env.state.calls["POST /workflow/workflowitems"] == 0
+    with client(env) as dspace:
+        deposit = dspace.create_by_submission(
+            env.open_collection, METADATA, env.pdf, "a.pdf", resume=checkpoints[-1]
+        )
+    assert deposit.bitstream.md5 == md5(env.pdf)
+    assert len(env.state.bitstreams) == 1  # the damaged copy was removed
+
+
+def test_corrupted_admin_upload_raises_checksum_mismatch(env: Env) -> None:
+    env.state.corrupt_next_uploads(1)
+    with client(env, ADMIN) as dspace, pytest.raises(ChecksumMismatch):
+        dspace.create_as_admin(env.open_collection, METADATA, env.pdf, "a.pdf")
+
+
+def test_verify_compares_with_the_local_file(env: Env, tmp_path: Path) -> None:
+    with client(env, ADMIN) as dspace:
+        deposit = dspace.create_as_admin(env.open_collection, METADATA, env.pdf, "a.pdf")
+        dspace.verify(deposit.bitstream, env.pdf)
+        other = tmp_path / "other.pdf"
+        other.write_bytes(b"%PDF-1.4 something else")
+        with pytest.raises(ChecksumMismatch):
+            dspace.verify(deposit.bitstream, other)
+        assert dspace.bitstream_md5(deposit.bitstream.uuid) == md5(env.pdf)
+
+
+# ------------------------------------------------------------------------ lookup (B3)
+
+
+def test_item_returns_none_for_404(env: Env) -> None:
+    with client(env) as dspace:
+        assert dspace.item("00000000-0000-0000-0000-000000000000") is None
+
+
+def test_find_by_metadata_follows_pages_and_keeps_exact_matches_only(env: Env) -> None:
+    with client(env, ADMIN) as dspace:
+        made = [
+            dspace.create_as_admin(
+                env.open_collection,
+                {"dc.title": [f"Том {n}"], "dc.publisher": ["Видавництво «Смолоскип»"]},
+                env.pdf,
+                "a.pdf",
+            ).item.uuid
+            for n in range(7)
+        ]
+        # a longer value holding the phrase: Solr finds it, the client drops it
+        dspace.create_as_admin(
+            env.open_collection,
+            {"dc.title": ["Інше"], "dc.publisher": ["Видавництво «Смолоскип» і партнери"]},
+            env.pdf,
+            "a.pdf",
+        )
+        before = env.state.calls["GET /discover/search/objects"]
+        found = dspace.find_by_metadata("dc.publisher", "Видавництво «Смолоскип»", page_size=3)
+        pages = env.state.calls["GET /discover/search/objects"] - before
+    assert sorted(i.uuid for i in found) == sorted(made)
+    assert pages == 3
+
+
+def test_find_by_identifier_ignores_lookalikes_and_items_in_progress(env: Env) -> None:
+    with client(env, ADMIN) as dspace:
+        wanted = dspace.create_as_admin(
+            env.open_collection,
+            {"dc.title": ["A"], "dc.identifier.other": ["koha:42"]},
+            env.pdf,
+            "a.pdf",
+        )
+        for lookalike in ("koha:420", "koha-42"):
+            dspace.create_as_admin(
+                env.open_collection,
+                {"dc.title": ["B"], "dc.identifier.other": [lookalike]},
+                env.pdf,
+                "a.pdf",
+            )
+        assert [i.uuid for i in dspace.find_by_metadata("dc.identifier.other", "koha:42")] == [
+            wanted.item.uuid
+        ]
+    with client(env) as dspace:
+        reviewed = dspace.create_by_submission(
+            env.review_collection,
+            {**METADATA, "dc.identifier.other": ["koha:77"]},
+            env.pdf,
+            "a.pdf",
+        )
+        assert dspace.find_by_metadata("dc.identifier.other", "koha:77") == []
+        mine = dspace.find_by_metadata("dc.identifier.other", "koha:77", configuration="workflow")
+    assert [i.uuid for i in mine] == [reviewed.item.uuid]
+
+
+def test_find_by_metadata_escapes_quotes_and_backslashes(env: Env) -> None:
+    assert lucene_phrase('a "b" \\c') == '"a \\"b\\" \\\\c"'
+    tricky = 'Слово "про" \\ похід'
+    with client(env, ADMIN) as dspace:
+        made = dspace.create_as_admin(
+            env.open_collection, {"dc.title": ["T"], "dc.subject": [tricky]}, env.pdf, "a.pdf"
+        )
+        found = dspace.find_by_metadata("dc.subject", tricky)
+    assert [i.uuid for i in found] == [made.item.uuid]
+    assert found[0].metadata["dc.subject"] == [tricky]
+
+
+def test_find_by_metadata_rejects_a_malformed_field_key(env: Env) -> None:
+    with client(env) as dspace, pytest.raises(RemoteRefused):
+        dspace.find_by_metadata('dc.title OR *:*"', "x")
+
+
+# ------------------------------------------------------------------------ session (B1)
+
+
+def test_login_adopts_the_token_rotated_at_login(env: Env) -> None:
+    recorder = Recorder()
+    with client(env, transport=recorder) as dspace:
+        dspace.create_by_submission(env.open_collection, METADATA, env.pdf, "a.pdf")
+    assert recorder.statuses(403) == []
+    assert env.state.calls["GET /security/csrf"] == 1
+    assert env.state.calls["POST /authn/login"] == 1
+
+
+def test_rotation_on_every_response_is_followed(env: Env) -> None:
+    env.state.rotate_csrf_every_response = True
+    recorder = Recorder()
+    with client(env, transport=recorder) as dspace:
+        deposit = dspace.create_by_submission(env.open_collection, METADATA, env.pdf, "a.pdf")
+    assert deposit.item.in_archive
+    assert recorder.statuses(403) == []
+
+
+def test_a_stale_csrf_token_is_refreshed_and_retried_once(env: Env) -> None:
+    recorder = Recorder()
+    with client(env, transport=recorder) as dspace:
+        dspace.login()
+        dspace._csrf = "stale-token"  # as if a response's rotation had been missed
+        deposit = dspace.create_by_submission(env.open_collection, METADATA, env.pdf, "a.pdf")
+    assert deposit.item.in_archive
+    assert len(recorder.statuses(403)) == 1
+    assert env.state.calls["POST /submission/workspaceitems"] == 2  # refused once, then created
+    assert len(env.state.items) == 1
+
+
+def test_csrf_refused_twice_is_auth_failed(env: Env) -> None:
+    recorder = Recorder(drop=("X-XSRF-TOKEN",))
+    with client(env, transport=recorder) as dspace, pytest.raises(AuthFailed) as caught:
+        dspace.create_by_submission(env.open_collection, METADATA, env.pdf, "a.pdf")
+    assert "CSRF" in str(caught.value)
+    assert len(recorder.statuses(403)) == 2
+
+
+def test_expired_jwt_mid_run_logs_in_again_once(env: Env) -> None:
+    def expire_after_workspace(stage: str, _data: dict[str, Any]) -> None:
+        if stage == "workspace":
+            env.state.expire_tokens()
+
+    recorder = Recorder()
+    with client(env, transport=recorder) as dspace:
+        deposit = dspace.create_by_submission(
+            env.open_collection, METADATA, env.pdf, "a.pdf", progress=expire_after_workspace
+        )
+    assert deposit.item.in_archive
+    assert len(recorder.statuses(401)) == 1
+    assert env.state.calls["POST /authn/login"] == 2
+    assert env.state.calls["POST /submission/workspaceitems"] == 1
+
+
+def test_jwt_close_to_expiry_is_renewed_before_use(env: Env) -> None:
+    env.state.jwt_ttl = 30.0  # always within the 60 s margin
+    recorder = Recorder()
+    with client(env, transport=recorder) as dspace:
+        dspace.item("00000000-0000-0000-0000-000000000000")
+        dspace.item("00000000-0000-0000-0000-000000000000")
+    assert env.state.calls["POST /authn/login"] == 2
+    assert recorder.statuses(401) == []
+
+
+def test_bad_password_is_auth_failed_without_the_password(env: Env) -> None:
+    with (
+        client(env, (SUBMITTER[0], "wrong-horse-battery")) as dspace,
+        pytest.raises(AuthFailed) as caught,
+    ):
+        dspace.login()
+    assert caught.value.status == 401
+    assert "wrong-horse-battery" not in str(caught.value)
+    assert SUBMITTER[0] in str(caught.value)
+
+
+def test_401_after_relogin_is_auth_failed_without_the_token(env: Env) -> None:
+    recorder = Recorder(drop=("Authorization",))
+    with client(env, transport=recorder) as dspace, pytest.raises(AuthFailed) as caught:
+        dspace.create_by_submission(env.open_collection, METADATA, env.pdf, "a.pdf")
+    assert caught.value.status == 401
+    assert env.state.workspace_items == {}
+    assert env.state.calls["POST /authn/login"] == 2
+    assert "Bearer" not in str(caught.value) and SUBMITTER[1] not in str(caught.value)
+
+
+# ------------------------------------------------------------------------ unavailability
+
+
+def test_500_is_remote_unavailable(env: Env) -> None:
+    env.state.fail_next(1, 500, "/core/items")
+    with client(env) as dspace, pytest.raises(RemoteUnavailable) as caught:
+        dspace.item("00000000-0000-0000-0000-000000000000")
+    assert caught.value.status == 500
+
+
+def test_503_when_down_is_remote_unavailable(env: Env) -> None:
+    env.state.down = True
+    with client(env) as dspace, pytest.raises(RemoteUnavailable):
+        dspace.login()
+
+
+def test_timeout_is_remote_unavailable(env: Env) -> None:
+    env.state.latency = 1.0
+    with client(env, timeout=0.2) as dspace, pytest.raises(RemoteUnavailable):
+        dspace.login()
+
+
+def test_refused_connection_is_remote_unavailable(env: Env) -> None:
+    url = env.api
+    env.server.stop()
+    with DSpace(url, *SUBMITTER, timeout=2) as dspace, pytest.raises(RemoteUnavailable):
+        dspace.login()
+
+
+def test_429_mid_creation_is_remote_unavailable_and_resumable(env: Env) -> None:
+    checkpoints: list[dict[str, Any]] = []
+    env.state.fail_next(1, 429, "/workflow")
+    with client(env) as dspace, pytest.raises(RemoteUnavailable):
+        dspace.create_by_submission(
+            env.open_collection,
+            METADATA,
+            env.pdf,
+            "a.pdf",
+            progress=lambda _s, data: checkpoints.append(data),
+        )
+    with client(env) as dspace:
+        deposit = dspace.create_by_submission(
+            env.open_collection, METADATA, env.pdf, "a.pdf", resume=checkpoints[-1]
+        )
+    assert deposit.item.in_archive
+    assert env.state.calls["POST /submission/workspaceitems"] == 1

@@ -1,0 +1,396 @@
+"""The Koha connector against the emulated Koha served on loopback (`shelfwork.sandbox.serve`):
+REST reads and writes (A1), both auth schemes and their renewal (A2), the staff login of both
+generations (A3) and the cover upload (A4), plus the faults a real Koha shows."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import httpx
+import pymarc
+import pytest
+from PIL import Image
+
+from shelfwork.connectors import AuthFailed, NotFound, RemoteRefused, RemoteUnavailable
+from shelfwork.connectors.koha import KohaRest, KohaStaff, opac_cover_url
+from shelfwork.sandbox import RunningServer
+from shelfwork.sandbox.koha import KohaState, serve_koha
+
+USER, PASSWORD = "cataloguer", "Very-Secret-Pw-1"
+READER, READER_PASSWORD = "reader", "Reader-Secret-Pw-2"
+CLIENT_ID, CLIENT_SECRET = "shelfwork-client", "Client-Secret-Value-3"
+
+
+def record_xml(title: str, uri: str) -> bytes:
+    record = pymarc.Record()
+    record.add_field(
+        pymarc.Field(tag="001", data=title),
+        pymarc.Field(
+            tag="245",
+            indicators=pymarc.Indicators("1", "0"),
+            subfields=[pymarc.Subfield("a", title)],
+        ),
+        pymarc.Field(
+            tag="956", indicators=pymarc.Indicators("4", "0"), subfields=[pymarc.Subfield("u", uri)]
+        ),
+    )
+    return pymarc.record_to_xml(record, namespace=True)
+
+
+def with_links(marcxml: bytes, uri_956: str, uri_856: str) -> bytes:
+    """What the pipeline does: change only 956 and 856, keep everything else."""
+    record = pymarc.parse_xml_to_array(io.BytesIO(marcxml))[0]
+    assert record is not None
+    record.remove_fields("956", "856")
+    for tag, uri in (("956", uri_956), ("856", uri_856)):
+        record.add_ordered_field(
+            pymarc.Field(
+                tag=tag,
+                indicators=pymarc.Indicators("4", "0"),
+                subfields=[pymarc.Subfield("u", uri)],
+            )
+        )
+    return pymarc.record_to_xml(record, namespace=True)
+
+
+def uris(marcxml: bytes, tag: str) -> list[str]:
+    record = pymarc.parse_xml_to_array(io.BytesIO(marcxml))[0]
+    assert record is not None
+    return [field["u"] for field in record.get_fields(tag)]
+
+
+def jpeg(color: str = "navy") -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (120, 180), color).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+@dataclass
+class Koha:
+    state: KohaState
+    server: RunningServer
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def rest(self, **kwargs: object) -> KohaRest:
+        if "basic" not in kwargs and "client_credentials" not in kwargs:
+            kwargs["client_credentials"] = (CLIENT_ID, CLIENT_SECRET)
+        return KohaRest(self.url, **kwargs)  # type: ignore[arg-type]
+
+    def staff(self, userid: str = USER, password: str = PASSWORD, **kwargs: object) -> KohaStaff:
+        return KohaStaff(self.url, userid, password, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def make_koha() -> Iterator[Callable[..., Koha]]:
+    servers: list[RunningServer] = []
+
+    def make(generation: str = "24.05") -> Koha:
+        state = KohaState(generation=generation)  # type: ignore[arg-type]
+        state.add_staff_user(USER, PASSWORD)
+        state.add_staff_user(READER, READER_PASSWORD, {"catalogue"})
+        state.add_oauth_client(CLIENT_ID, CLIENT_SECRET, USER)
+        state.add_oauth_client("reader-client", "reader-secret", READER)
+        state.add_record(42, record_xml("Forty-two", "http://old.example/42"))
+        server = serve_koha(state)
+        servers.append(server)
+        return Koha(state, server)
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def koha(make_koha: Callable[..., Koha]) -> Koha:
+    return make_koha()
+
+
+def assert_no_secret(error: Exception) -> None:
+    for secret in (PASSWORD, READER_PASSWORD, CLIENT_SECRET):
+        assert secret not in str(error)
+
+
+# -- A1/A2 REST ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("auth", ["basic", "oauth"])
+def test_get_then_put_changes_only_the_links(koha: Koha, auth: str) -> None:
+    kwargs = {"basic": (USER, PASSWORD)} if auth == "basic" else {}
+    with koha.rest(**kwargs) as rest:
+        original = rest.get_marcxml(42)
+        assert original == koha.state.record(42)
+        rest.put_marcxml(42, with_links(original, "http://repo.example/h/1", "http://repo/856"))
+        stored = rest.get_marcxml(42)
+    assert uris(stored, "956") == ["http://repo.example/h/1"]
+    assert uris(stored, "856") == ["http://repo/856"]
+    assert koha.state.calls["PUT /api/v1/biblios"] == 1
+
+
+def test_oauth_token_is_fetched_once_and_reused(koha: Koha) -> None:
+    with koha.rest() as rest:
+        rest.get_marcxml(42)
+        rest.get_marcxml(42)
+    assert koha.state.calls["POST /api/v1/oauth/token"] == 1
+    assert koha.state.calls["GET /api/v1/biblios"] == 2
+
+
+def test_expired_oauth_token_is_renewed_on_401(koha: Koha) -> None:
+    with koha.rest() as rest:
+        rest.get_marcxml(42)
+        koha.state.expire_tokens()
+        assert rest.get_marcxml(42) == koha.state.record(42)
+    assert koha.state.calls["POST /api/v1/oauth/token"] == 2
+    assert koha.state.calls["GET /api/v1/biblios"] == 3  # the refused call, then the retry
+
+
+def test_oauth_token_is_renewed_before_its_expiry(koha: Koha) -> None:
+    koha.state.token_ttl = 10  # within the connector's renewal margin: renew at every use
+    with koha.rest() as rest:
+        rest.get_marcxml(42)
+        rest.get_marcxml(42)
+    assert koha.state.calls["POST /api/v1/oauth/token"] == 2
+    assert koha.state.calls["GET /api/v1/biblios"] == 2  # never refused
+
+
+def test_overlay_rule_keeping_956_is_visible_on_the_next_get(koha: Koha) -> None:
+    """A1: the PUT answers 200 but an overlay rule kept the old 956; only a re-GET shows it."""
+    koha.state.overlay_keep.add("956")
+    with koha.rest() as rest:
+        changed = with_links(rest.get_marcxml(42), "http://repo.example/h/1", "http://repo/856")
+        rest.put_marcxml(42, changed)  # no error
+        stored = rest.get_marcxml(42)
+    assert uris(stored, "956") == ["http://old.example/42"]
+    assert uris(stored, "856") == ["http://repo/856"]
+
+
+def test_missing_biblio_is_not_found(koha: Koha) -> None:
+    with koha.rest() as rest, pytest.raises(NotFound) as caught:
+        rest.get_marcxml(999)
+    assert "biblio 999 not found in Koha" in str(caught.value)
+    assert caught.value.status == 404
+    assert "Bibliographic record not found" in caught.value.body
+
+
+def test_basic_auth_disabled_is_auth_failed_saying_so(koha: Koha) -> None:
+    koha.state.set_syspref("RESTBasicAuth", False)
+    with koha.rest(basic=(USER, PASSWORD)) as rest, pytest.raises(AuthFailed) as caught:
+        rest.get_marcxml(42)
+    assert "Basic authentication disabled" in str(caught.value)
+    assert_no_secret(caught.value)
+
+
+def test_wrong_basic_password_is_auth_failed_without_the_password(koha: Koha) -> None:
+    with koha.rest(basic=(USER, "Wrong-" + PASSWORD)) as rest, pytest.raises(AuthFailed) as caught:
+        rest.get_marcxml(42)
+    assert caught.value.status == 401
+    assert PASSWORD not in str(caught.value)
+
+
+def test_missing_permission_names_the_permission(koha: Koha) -> None:
+    with koha.rest(client_credentials=("reader-client", "reader-secret")) as rest:
+        marcxml = rest.get_marcxml(42)
+        with pytest.raises(AuthFailed) as caught:
+            rest.put_marcxml(42, marcxml)
+    assert "editcatalogue: edit_catalogue" in str(caught.value)
+    assert caught.value.status == 403
+
+
+def test_locked_record_is_auth_failed_naming_the_lock(koha: Koha) -> None:
+    koha.state.locked.add(42)
+    with koha.rest() as rest, pytest.raises(AuthFailed) as caught:
+        rest.put_marcxml(42, rest.get_marcxml(42))
+    assert "biblio 42 is a locked record" in str(caught.value)
+
+
+def test_unparsable_record_is_refused_not_retried(koha: Koha) -> None:
+    with koha.rest() as rest, pytest.raises(RemoteRefused) as caught:
+        rest.put_marcxml(42, b"<record")
+    assert not isinstance(caught.value, AuthFailed)
+    assert caught.value.status == 400
+    assert "bad_record" in caught.value.body
+    assert koha.state.calls["PUT /api/v1/biblios"] == 1
+
+
+def test_406_is_refused_with_the_accepted_types() -> None:
+    """A1: Koha's 406 lists the types it accepts; the connector quotes them."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(406, json=["application/json", "application/marcxml+xml"])
+
+    rest = KohaRest("http://koha.invalid", basic=("u", "p"), transport=httpx.MockTransport(answer))
+    with rest, pytest.raises(RemoteRefused) as caught:
+        rest.get_marcxml(42)
+    assert "application/marcxml+xml" in str(caught.value)
+    assert caught.value.status == 406
+
+
+@pytest.mark.parametrize(
+    ("credentials", "syspref_on", "expected"),
+    [
+        ((CLIENT_ID, "wrong-secret"), True, "refused the client id or secret"),
+        ((CLIENT_ID, CLIENT_SECRET), False, "RESTOAuth2ClientCredentials"),
+    ],
+)
+def test_token_refusals_are_auth_failed(
+    koha: Koha, credentials: tuple[str, str], syspref_on: bool, expected: str
+) -> None:
+    koha.state.set_syspref("RESTOAuth2ClientCredentials", syspref_on)
+    with koha.rest(client_credentials=credentials) as rest, pytest.raises(AuthFailed) as caught:
+        rest.get_marcxml(42)
+    assert expected in str(caught.value)
+    assert_no_secret(caught.value)
+    assert koha.state.calls["GET /api/v1/biblios"] == 0
+
+
+def test_500_is_remote_unavailable_and_the_next_call_succeeds(koha: Koha) -> None:
+    koha.state.fail_next(1, status=500, path_prefix="/api/v1/biblios")
+    with koha.rest() as rest:
+        with pytest.raises(RemoteUnavailable) as caught:
+            rest.get_marcxml(42)
+        assert caught.value.status == 500
+        assert rest.get_marcxml(42) == koha.state.record(42)
+
+
+def test_latency_beyond_the_timeout_is_remote_unavailable(koha: Koha) -> None:
+    koha.state.latency = 1.0
+    rest = koha.rest(basic=(USER, PASSWORD), timeout=0.2)
+    with rest, pytest.raises(RemoteUnavailable) as caught:
+        rest.get_marcxml(42)
+    assert "reading biblio 42" in str(caught.value)
+
+
+def test_koha_down_is_remote_unavailable(koha: Koha) -> None:
+    koha.state.down = True
+    with koha.rest(basic=(USER, PASSWORD)) as rest, pytest.raises(RemoteUnavailable):
+        rest.get_marcxml(42)
+
+
+def test_refused_connection_is_remote_unavailable(koha: Koha) -> None:
+    url = koha.url
+    koha.server.stop()
+    rest = KohaRest(url, basic=(USER, PASSWORD), timeout=2)
+    with rest, pytest.raises(RemoteUnavailable):
+        rest.get_marcxml(42)
+
+
+def test_rest_works_while_a_staff_session_is_open_on_2405(koha: Koha) -> None:
+    """A2: separate cookie jars — a staff session never makes a REST PUT need a CSRF token."""
+    with koha.staff() as staff, koha.rest(basic=(USER, PASSWORD)) as rest:
+        staff.login()
+        rest.put_marcxml(42, with_links(rest.get_marcxml(42), "http://a/1", "http://a/2"))
+    assert uris(koha.state.record(42), "956") == ["http://a/1"]
+
+
+# -- A3 staff login --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("generation", ["22.11", "24.05"])
+def test_login_detects_the_generation(make_koha: Callable[..., Koha], generation: str) -> None:
+    koha = make_koha(generation)
+    with koha.staff() as staff:
+        staff.login()
+        assert staff.generation == generation
+
+
+@pytest.mark.parametrize("generation", ["22.11", "24.05"])
+def test_bad_password_names_the_user_not_the_password(
+    make_koha: Callable[..., Koha], generation: str
+) -> None:
+    koha = make_koha(generation)
+    with koha.staff(password="Not-" + PASSWORD) as staff, pytest.raises(AuthFailed) as caught:
+        staff.login()
+    assert USER in str(caught.value)
+    assert "invalid username or password" in str(caught.value)
+    assert PASSWORD not in str(caught.value)
+
+
+# -- A4 cover upload -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("generation", ["22.11", "24.05"])
+def test_upload_cover_returns_the_new_imagenumber(
+    make_koha: Callable[..., Koha], generation: str
+) -> None:
+    koha = make_koha(generation)
+    with koha.staff() as staff:
+        number = staff.upload_cover(42, jpeg())
+    assert number is not None
+    assert koha.state.covers_of(42) == [number]
+    assert koha.state.calls["POST /cgi-bin/koha/tools/upload-file.pl"] == 1
+
+
+def test_second_upload_replaces_the_first(koha: Koha) -> None:
+    koha.state.set_syspref("AllowMultipleCovers", True)  # replace=1 must still replace
+    with koha.staff() as staff:
+        first = staff.upload_cover(42, jpeg("red"))
+        second = staff.upload_cover(42, jpeg("green"))
+    assert first != second
+    assert koha.state.covers_of(42) == [second]
+
+
+def test_upload_logs_in_again_when_the_session_expired(koha: Koha) -> None:
+    with koha.staff() as staff:
+        staff.upload_cover(42, jpeg("red"))
+        koha.state.expire_tokens()
+        number = staff.upload_cover(42, jpeg("blue"))
+    assert koha.state.covers_of(42) == [number]
+    assert koha.state.calls["POST /cgi-bin/koha/mainpage.pl"] == 2  # two logins
+
+
+def test_upload_of_a_non_image_is_refused_with_opnimg(koha: Koha) -> None:
+    with koha.staff() as staff, pytest.raises(RemoteRefused) as caught:
+        staff.upload_cover(42, b"%PDF-1.7 definitely not a picture", "cover.pdf")
+    assert "OPNIMG" in str(caught.value)
+    assert not isinstance(caught.value, AuthFailed)
+    assert koha.state.covers_of(42) == []
+
+
+def test_upload_for_an_unknown_biblio_is_refused(koha: Koha) -> None:
+    with koha.staff() as staff, pytest.raises(RemoteRefused) as caught:
+        staff.upload_cover(4242, jpeg())
+    assert "DBERR" in str(caught.value)
+
+
+def test_upload_without_the_permission_is_auth_failed(koha: Koha) -> None:
+    with koha.staff(READER, READER_PASSWORD) as staff, pytest.raises(AuthFailed) as caught:
+        staff.upload_cover(42, jpeg())
+    assert READER in str(caught.value) and "permission" in str(caught.value)
+    assert_no_secret(caught.value)
+    assert koha.state.covers_of(42) == []
+
+
+def test_upload_failure_under_latency_is_remote_unavailable(koha: Koha) -> None:
+    with koha.staff(timeout=0.3) as staff:
+        staff.login()
+        koha.state.latency = 1.0
+        with pytest.raises(RemoteUnavailable):
+            staff.upload_cover(42, jpeg())
+
+
+def test_upload_5xx_is_remote_unavailable(koha: Koha) -> None:
+    koha.state.fail_next(1, status=500, path_prefix="/cgi-bin/koha/tools/upload-file.pl")
+    with koha.staff() as staff, pytest.raises(RemoteUnavailable):
+        staff.upload_cover(42, jpeg())
+
+
+# -- OPAC URLs -------------------------------------------------------------------------------------
+
+
+def test_opac_cover_urls_serve_the_cover(koha: Koha) -> None:
+    with koha.staff() as staff:
+        number = staff.upload_cover(42, jpeg())
+    by_number = opac_cover_url(koha.url + "/", imagenumber=number, biblionumber=42)
+    fallback = opac_cover_url(koha.url, imagenumber=None, biblionumber=42)
+    assert by_number == f"{koha.url}/cgi-bin/koha/opac-image.pl?imagenumber={number}"
+    assert fallback == f"{koha.url}/cgi-bin/koha/opac-image.pl?biblionumber=42"
+    with httpx.Client(timeout=5) as public:
+        image = public.get(by_number)
+        same = public.get(fallback)
+    assert image.status_code == 200 and image.headers["content-type"].startswith("image/")
+    assert same.content == image.content
+    assert Image.open(io.BytesIO(image.content)).size == (120, 180)
