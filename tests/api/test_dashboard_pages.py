@@ -1,4 +1,3 @@
-# ruff: noqa: RUF001 - Ukrainian text is Cyrillic on purpose
 """The dashboard rendered on the server, without a browser: who may see and do what, the forms and
 their errors, the security headers, escaping, languages, and what each view shows."""
 

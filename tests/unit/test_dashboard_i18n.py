@@ -1,4 +1,3 @@
-# ruff: noqa: RUF001 - Ukrainian text is Cyrillic on purpose
 """The dashboard's two languages: the same keys and fields in both, every key the pages use exists,
 nothing left untranslated, and numbers and durations written the way each language writes them."""
 

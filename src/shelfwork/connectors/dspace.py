@@ -102,6 +102,31 @@ class Deposit:
     workspace_id: int | None
 
 
+@dataclass(frozen=True)
+class WorkspaceInProgress:
+    id: int
+    collection: str | None
+    empty: bool
+    last_modified: str | None
+
+
+def workspace_in_progress(data: dict[str, Any]) -> WorkspaceInProgress:
+    sections = data.get("sections") or {}
+    collection = sections.get("collection")
+    filled = any(
+        values
+        for name, values in sections.items()
+        if name not in ("upload", "license", "collection") and isinstance(values, dict)
+    )
+    files = ((sections.get("upload") or {}).get("files")) or []
+    return WorkspaceInProgress(
+        id=int(data["id"]),
+        collection=collection if isinstance(collection, str) else None,
+        empty=not filled and not files,
+        last_modified=data.get("lastModified"),
+    )
+
+
 def item_from_json(data: dict[str, Any]) -> Item:
     metadata = {
         key: [str(v.get("value", "")) for v in values if isinstance(v, dict)]
@@ -458,6 +483,49 @@ class DSpace:
             else:
                 break
         return list(found.values())
+
+    # ------------------------------------------------------------------ in-progress items
+
+    def own_workspace_items(self) -> list[WorkspaceInProgress]:
+        """This account's workspace items (findBySubmitter [V]), with whether each is still
+        empty: created but given no metadata and no file. A job killed between DSpace creating
+        a workspace item and recording its id leaves such an item behind; the caller decides
+        whether one is its own (see the pipeline's deposit step)."""
+        status = self._json("GET", "/authn/status", message="read the login status")
+        href = (((status.get("_links") or {}).get("eperson")) or {}).get("href") or ""
+        eperson = href.rstrip("/").rsplit("/", 1)[-1]
+        if not eperson:
+            raise RemoteRefused(SYSTEM, "the login status names no eperson")
+        url = "/submission/workspaceitems/search/findBySubmitter"
+        params: dict[str, Any] | None = {"uuid": eperson, "page": 0, "size": 50}
+        found: list[WorkspaceInProgress] = []
+        for _ in range(MAX_SEARCH_PAGES):
+            data = self._json("GET", url, params=params, message="list own workspace items")
+            for ws in (data.get("_embedded") or {}).get("workspaceitems", []):
+                found.append(workspace_in_progress(ws))
+            next_link = ((data.get("_links") or {}).get("next") or {}).get("href")
+            if not next_link:
+                break
+            url, params = next_link, None
+        return found
+
+    def workspace_item_uuid(self, ws_id: int) -> str:
+        item = self._json(
+            "GET",
+            f"/submission/workspaceitems/{ws_id}/item",
+            message=f"read the item of workspace item {ws_id}",
+        )
+        return str(item["uuid"])
+
+    def discard_workspace_item(self, ws_id: int) -> None:
+        """Delete a workspace item (and its item); a missing one is already gone."""
+        self._request(
+            "DELETE",
+            f"/submission/workspaceitems/{ws_id}",
+            ok=(204,),
+            message=f"discard workspace item {ws_id}",
+            missing_ok=True,
+        )
 
     # ------------------------------------------------------------------ creation (B2a)
 

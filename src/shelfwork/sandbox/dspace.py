@@ -946,6 +946,40 @@ async def get_workspace(ctx: Ctx) -> Response:
         return json_response(workspace_json(ctx, ws))
 
 
+async def find_workspace_by_submitter(ctx: Ctx) -> Response:
+    """workspaceitems/search/findBySubmitter?uuid= [V] (REST contract's own example of a search
+    endpoint; DSpace's WorkspaceItemRestRepository): a submitter's in-progress items, HAL-paged.
+    A non-admin may only list their own."""
+    caller = ctx.need_auth()
+    wanted = ctx.request.query_params.get("uuid")
+    if not wanted:
+        raise ApiError(400, "Parameter uuid is required")
+    if not caller.admin and wanted != eperson_uuid(caller.email):
+        raise ApiError(403, "Access is denied")
+    number = parse_int(ctx.request.query_params.get("page"), 0, "page")
+    size = parse_int(ctx.request.query_params.get("size"), 20, "size")
+    if number < 0 or size < 1:
+        raise ApiError(400, "page must be >= 0 and size >= 1")
+    with ctx.state.lock:
+        mine = [
+            ws
+            for _, ws in sorted(ctx.state.workspace_items.items())
+            if eperson_uuid(ws.submitter) == wanted
+        ]
+        shown = [workspace_json(ctx, ws) for ws in mine[number * size : (number + 1) * size]]
+    href = f"{ctx.base}/submission/workspaceitems/search/findBySubmitter?uuid={wanted}"
+    links: dict[str, Any] = {"self": link(f"{href}&page={number}&size={size}")}
+    if (number + 1) * size < len(mine):
+        links["next"] = link(f"{href}&page={number + 1}&size={size}")
+    return json_response(
+        {
+            "_embedded": {"workspaceitems": shown},
+            "page": page_block(size, len(mine), number),
+            "_links": links,
+        }
+    )
+
+
 async def get_workspace_item(ctx: Ctx) -> Response:
     with ctx.state.lock:
         ws = own_workspace(ctx, ctx.request.path_params["id"])
@@ -1715,6 +1749,7 @@ def create_app(state: DSpaceState | None = None) -> Starlette:
         ("GET", "/authn/status", get_status),
         ("POST", "/authn/logout", post_logout),
         ("POST", "/submission/workspaceitems", create_workspace),
+        ("GET", "/submission/workspaceitems/search/findBySubmitter", find_workspace_by_submitter),
         ("GET", "/submission/workspaceitems/{id}", get_workspace),
         ("GET", "/submission/workspaceitems/{id}/item", get_workspace_item),
         ("PATCH", "/submission/workspaceitems/{id}", patch_workspace),

@@ -17,10 +17,20 @@
   var SHELFWORK_URL = "__SHELFWORK_URL__";
   var SHELFWORK_TOKEN = "__SHELFWORK_TOKEN__";
   var POLL_MS = 2000;
+  var MAX_POLL_FAILURES = 3;
   var FINAL = { done: true, error: true, cancelled: true, attention: true };
 
   if (!/\/catalogue\/detail\.pl$/.test(window.location.pathname)) return;
   var biblionumber = new URLSearchParams(window.location.search).get("biblionumber");
+  // Right after the staff login Koha answers the record page to a POST to detail.pl, with no
+  // query string (C4::Auth redirects after login only on the OPAC): read the page instead.
+  if (!biblionumber && /^[0-9]+$/.test(String(window.biblionumber))) {
+    biblionumber = String(window.biblionumber); // Koha's catalog-strings.inc sets it
+  }
+  if (!biblionumber) {
+    var detail = document.querySelector("#catalogue_detail_biblio[data-biblionumber]");
+    biblionumber = detail ? detail.getAttribute("data-biblionumber") : null;
+  }
   if (!biblionumber || !/^[0-9]+$/.test(biblionumber)) return;
   var base = SHELFWORK_URL.replace(/\/+$/, "");
 
@@ -125,18 +135,25 @@
       show(lines, status.status === "done" ? (status.warnings.length ? "#c90" : "#2a2") : "#c22");
     }
 
-    function poll(taskId) {
+    function poll(taskId, failures) {
       call("GET", "/status/" + encodeURIComponent(taskId)).then(
         function (status) {
           if (FINAL[status.status]) return finish(status);
           show([describe(status)], "#36c");
           window.setTimeout(function () {
-            poll(taskId);
+            poll(taskId, 0);
           }, POLL_MS);
         },
         function (error) {
+          // A blip (a restart, a proxy timeout) is not the end: the job goes on regardless.
+          if (failures + 1 < MAX_POLL_FAILURES) {
+            window.setTimeout(function () {
+              poll(taskId, failures + 1);
+            }, POLL_MS);
+            return;
+          }
           button.disabled = false;
-          show(["Could not read the task: " + error.message], "#c22");
+          show(["Could not read task " + taskId + ": " + error.message], "#c22");
         }
       );
     }
@@ -147,7 +164,7 @@
       call("POST", "/integrate", { biblionumber: Number(biblionumber) }).then(
         function (answer) {
           show(["Task " + answer.task_id + " queued" + (answer.created ? "" : " (already running)")], "#36c");
-          poll(answer.task_id);
+          poll(answer.task_id, 0);
         },
         function (error) {
           button.disabled = false;

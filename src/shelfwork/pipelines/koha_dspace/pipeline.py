@@ -26,13 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
 
 from ...connectors import RemoteUnavailable
-from ...connectors.dspace import DSpace, Item
+from ...connectors.dspace import Deposit, DSpace, Item
 from ...connectors.koha import KohaRest, KohaStaff, opac_cover_url
 from ...context import StepContext
 from ...errors import ShelfworkError, describe
 from ...pipeline import Pipeline, Retry, branch, parallel, step
+from ...store.models import JobStep
 from .config import SYSTEM, IntegratorConfig, integrator_config
 from .crosswalk import crosswalk, load_rules
 from .files import MissingFile, claim_into, md5_of, move_to_error, resolve_in_inbox
@@ -52,6 +54,10 @@ IMPORTED = "imported"
 ERROR = "error"
 #: the start of the 956$z note while an item waits in DSpace's review workflow
 REVIEW_NOTE = "awaiting review in DSpace"
+#: the deposit checkpoint while a workspace item is being created (its id not yet known)
+CREATING = "creating"
+#: how long a deposit waits for another job's workspace creation (one or two HTTP calls)
+WORKSPACE_LOCK_WAIT = 120.0
 
 
 class IntegrationError(ShelfworkError):
@@ -72,6 +78,8 @@ class Biblio(BaseModel):
 
     biblionumber: int = Field(ge=1, le=2**31 - 1, description="Koha biblionumber")
 
+
+steps_t = JobStep.__table__
 
 # Only a passing fault is worth another try; a refusal would be repeated.
 REMOTE_RETRY = Retry(attempts=4, delay=1.0, factor=2.0, max_delay=15.0, on=(RemoteUnavailable,))
@@ -296,26 +304,26 @@ def deposit(ctx: StepContext) -> dict[str, Any]:
     record = ctx.results["fetch_record"]
     n = record["biblionumber"]
     taken = ctx.results["take_file"]
+    checkpoint: dict[str, Any] = ctx.checkpoint if isinstance(ctx.checkpoint, dict) else {}
+    # A creation this job started goes on from its checkpoint: looking the item up first would
+    # find an admin-path item that has no file yet and take it for finished.
+    resume = checkpoint if checkpoint.get("stage") not in (None, CREATING) else None
     with _closing(dspace_client(config)) as ds:
         ds.login()
-        if record["uuid"]:
-            item = ds.item(record["uuid"])
-            if item is not None and not item.withdrawn:
-                return _existing(item, "956$3")
-            ctx.log.warning(
-                f"biblio {n}: 956$3 names DSpace item {record['uuid']}, which DSpace "
-                + ("has withdrawn" if item is not None else "does not have")
-                + "; looking it up by identifier"
-            )
-        found = ds.find_by_metadata(config.identifier_field, record["identifier"])
-        live = [item for item in found if not item.withdrawn]
-        if live:
-            if len(live) > 1:
-                ctx.warn(
-                    f"{len(live)} DSpace items carry {config.identifier_field} = "
-                    f"{record['identifier']}: {', '.join(i.uuid for i in live)}; using the first"
-                )
-            return _existing(live[0], f"{config.identifier_field} search")
+        if resume is None:
+            found = _find_existing(ctx, ds, config, record)
+            if found is not None:
+                item, how = found
+                if not (
+                    config.dspace.deposit == "admin"
+                    and "path" in taken
+                    and not ds.item_bitstreams(item.uuid)
+                ):
+                    return _existing(item, how)
+                # An item with no file: this job's admin-path item from a run that died before
+                # recording it, or someone's empty record. Either way it gets the scan.
+                ctx.log.info(f"biblio {n}: DSpace item {item.uuid} has no file; adding it")
+                resume = {"path": "admin", "stage": "item", "item": item.uuid}
         if "path" not in taken:
             raise IntegrationError(
                 n,
@@ -324,17 +332,25 @@ def deposit(ctx: StepContext) -> dict[str, Any]:
                 "it again",
             )
         ctx.progress(3, 5, "depositing in DSpace", force=True)
-        create = (
-            ds.create_by_submission if config.dspace.deposit == "submission" else ds.create_as_admin
-        )
-        result = create(
-            config.dspace.collection,
-            record["metadata"],
-            Path(taken["path"]),
-            taken["name"],
-            progress=lambda stage, data: ctx.save_checkpoint({"stage": stage, **data}),
-            resume=ctx.checkpoint if isinstance(ctx.checkpoint, dict) else None,
-        )
+        file, name = Path(taken["path"]), taken["name"]
+        if config.dspace.deposit == "submission" and resume is None:
+            result = _create_by_submission(
+                ctx, ds, config, record["metadata"], file, name, adopt=bool(checkpoint)
+            )
+        else:
+            create = (
+                ds.create_by_submission
+                if config.dspace.deposit == "submission"
+                else ds.create_as_admin
+            )
+            result = create(
+                config.dspace.collection,
+                record["metadata"],
+                file,
+                name,
+                progress=lambda stage, data: ctx.save_checkpoint(data),
+                resume=resume,
+            )
     checked = ctx.results["check_file"]
     if result.bitstream.md5 and result.bitstream.md5 != checked["md5"]:
         raise IntegrationError(
@@ -364,6 +380,114 @@ def _existing(item: Item, how: str) -> dict[str, Any]:
         "md5": None,
         "found_by": how,
     }
+
+
+def _find_existing(
+    ctx: StepContext, ds: DSpace, config: IntegratorConfig, record: dict[str, Any]
+) -> tuple[Item, str] | None:
+    """B3: the item named in 956$3 if DSpace still has it, else one carrying the identifier."""
+    n = record["biblionumber"]
+    if record["uuid"]:
+        item = ds.item(record["uuid"])
+        if item is not None and not item.withdrawn:
+            return item, "956$3"
+        ctx.log.warning(
+            f"biblio {n}: 956$3 names DSpace item {record['uuid']}, which DSpace "
+            + ("has withdrawn" if item is not None else "does not have")
+            + "; looking it up by identifier"
+        )
+    found = ds.find_by_metadata(config.identifier_field, record["identifier"])
+    live = [item for item in found if not item.withdrawn]
+    if not live:
+        return None
+    if len(live) > 1:
+        ctx.warn(
+            f"{len(live)} DSpace items carry {config.identifier_field} = "
+            f"{record['identifier']}: {', '.join(i.uuid for i in live)}; using the first"
+        )
+    return live[0], f"{config.identifier_field} search"
+
+
+def _create_by_submission(
+    ctx: StepContext,
+    ds: DSpace,
+    config: IntegratorConfig,
+    metadata: dict[str, list[str]],
+    file: Path,
+    name: str,
+    *,
+    adopt: bool,
+) -> Deposit:
+    """Create through a workspace item, never leaving one behind if the run is killed.
+
+    DSpace creates the workspace item before the job can record its id, so a kill in between
+    leaves an empty one. Creating and recording are therefore done under one lock per DSpace
+    account; a run that finds it died there (`adopt`) takes, under that lock, an empty workspace
+    item of its collection that no job has recorded: every such item is an orphan, and all
+    orphans are alike, so any one will do.
+    """
+    locks = ctx.engine.locks
+    name_of_lock = f"dspace-workspace:{config.dspace.url}:{config.dspace.user}"
+    locks.acquire(
+        name_of_lock,
+        ctx.owner,
+        ttl=ctx.engine.settings.lease_ttl,
+        wait=WORKSPACE_LOCK_WAIT,
+        job_id=ctx.job_id,
+    )
+    held = True
+
+    def release() -> None:
+        nonlocal held
+        if held:
+            locks.release(name_of_lock, ctx.owner)
+            held = False
+
+    def progress(stage: str, data: dict[str, Any]) -> None:
+        ctx.save_checkpoint(data)
+        if stage == "workspace":
+            release()
+
+    try:
+        resume: dict[str, Any] | None = None
+        if adopt:
+            orphan = _orphan_workspace(ctx, ds, config.dspace.collection)
+            if orphan is not None:
+                resume = {
+                    "path": "submission",
+                    "stage": "workspace",
+                    "id": orphan,
+                    "item": ds.workspace_item_uuid(orphan),
+                }
+                ctx.save_checkpoint(resume)
+                ctx.log.info(f"took over empty workspace item {orphan} left by a killed run")
+                release()
+        if resume is None:
+            ctx.save_checkpoint({"path": "submission", "stage": CREATING})
+        return ds.create_by_submission(
+            config.dspace.collection, metadata, file, name, progress=progress, resume=resume
+        )
+    finally:
+        release()
+
+
+def _orphan_workspace(ctx: StepContext, ds: DSpace, collection: str) -> int | None:
+    recorded: set[int] = set()
+    with ctx.engine.store.read() as conn:
+        rows = conn.execute(
+            select(steps_t.c.checkpoint).where(
+                steps_t.c.name == "deposit", steps_t.c.checkpoint.is_not(None)
+            )
+        )
+        for (checkpoint,) in rows:
+            if isinstance(checkpoint, dict) and isinstance(checkpoint.get("id"), int):
+                recorded.add(checkpoint["id"])
+    orphans = [
+        ws.id
+        for ws in ds.own_workspace_items()
+        if ws.empty and ws.collection == collection and ws.id not in recorded
+    ]
+    return max(orphans) if orphans else None
 
 
 def finalize(ctx: StepContext) -> dict[str, Any]:
