@@ -118,7 +118,8 @@ def assert_imported(w: World, n: int, view: JobView) -> IntegrationState:
 # --- the paths a cataloguer meets --------------------------------------------------------------
 
 
-def test_success_with_cover(world: WorldFactory) -> None:
+def test_success_with_cover(world: WorldFactory, backend: str) -> None:
+    """On both configurations: SQLite + local threads, PostgreSQL + a Celery worker."""
     w = world()
     w.book(1, title="Кобзар", author="Шевченко, Тарас", language="ukr")
     view = w.run(1)
@@ -233,7 +234,9 @@ def test_double_click_returns_the_same_job(world: WorldFactory) -> None:
     assert w.engine.wait(first.job_id).state == "succeeded"
 
 
-def test_review_workflow_item_is_archived_later_by_the_tracker(world: WorldFactory) -> None:
+def test_review_workflow_item_is_archived_later_by_the_tracker(
+    world: WorldFactory, backend: str
+) -> None:
     w = world(review=True)
     w.book(8)
     view = w.run(8)
@@ -473,6 +476,19 @@ def test_dspace_expired_token_and_csrf_rotation_are_survived(world: WorldFactory
     w.peers.dspace.latency = 0.2
     view = w.run(30)
     assert_imported(w, 30, view)
+
+
+def test_dspace_422_is_not_retried_and_quoted(world: WorldFactory) -> None:
+    w = world()
+    w.book(33)
+    w.peers.dspace.fail_next(1, 422, "/submission/workspaceitems/")
+    view = w.run(33)
+    assert view.state == "failed"
+    assert "422" in (view.error or "") and "Injected fault" in (view.error or "")
+    deposit = next(s for s in view.steps if s.name == "deposit")
+    assert deposit.attempts == 1  # DSpace would refuse the same request again
+    assert w.state(33).status == "error"
+    assert w.files("error") == ["book-33_v01.pdf", "book-33_v01.pdf.error.json"]
 
 
 def test_dspace_403_refusal_fails_with_the_answer(world: WorldFactory) -> None:

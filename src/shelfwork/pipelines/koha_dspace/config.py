@@ -44,6 +44,7 @@ from pydantic import (
 
 from ...config import Settings
 from ...errors import ConfigError
+from .crosswalk import CrosswalkError, load_rules
 
 SYSTEM = "koha-dspace"
 
@@ -169,5 +170,9 @@ def integrator_config(settings: Settings) -> IntegratorConfig:
             for err in exc.errors()
         )
         raise ConfigError(f"{where}: [systems.{SYSTEM}]: {problems}") from None
+    try:
+        load_rules(config.crosswalk)
+    except CrosswalkError as exc:
+        raise ConfigError(f"{where}: [systems.{SYSTEM}.crosswalk]: {exc}") from None
     _cache[id(settings)] = (settings, config)
     return config

@@ -20,8 +20,6 @@ An item that lands in a review workflow has no handle yet: the job succeeds with
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -127,14 +125,6 @@ def dspace_client(config: IntegratorConfig) -> DSpace:
     return DSpace(ds.url, ds.user, ds.password.get_secret_value(), timeout=ds.timeout)
 
 
-@contextmanager
-def _closing(client: Any) -> Iterator[Any]:
-    try:
-        yield client
-    finally:
-        client.close()
-
-
 def write_integration(
     config: IntegratorConfig,
     biblionumber: int,
@@ -150,7 +140,7 @@ def write_integration(
     A PUT replaces the whole record and nothing guards a concurrent edit, so the record is read
     just before it is written. Returns whether a PUT was made.
     """
-    with _closing(koha_rest(config)) as koha:
+    with koha_rest(config) as koha:
         record = parse_marcxml(koha.get_marcxml(biblionumber), biblionumber=biblionumber)
         before = integration_state(record)
         mark_integration(
@@ -185,7 +175,7 @@ def fetch_record(ctx: StepContext) -> dict[str, Any]:
     config = integrator_config(ctx.engine.settings)
     n: int = ctx.params.biblionumber  # type: ignore[attr-defined]
     ctx.progress(0, 5, f"reading biblio {n} from Koha", force=True)
-    with _closing(koha_rest(config)) as koha:
+    with koha_rest(config) as koha:
         data = koha.get_marcxml(n)
     record = parse_marcxml(data, biblionumber=n)
     state = integration_state(record)
@@ -289,7 +279,7 @@ def cover(ctx: StepContext) -> dict[str, Any]:
     login = config.koha.staff_login
     if login is None:
         raise IntegrationError(n, "no staff login for covers (staff_user / staff_password)")
-    with _closing(KohaStaff(config.koha.staff_root, *login, timeout=config.koha.timeout)) as staff:
+    with KohaStaff(config.koha.staff_root, *login, timeout=config.koha.timeout) as staff:
         staff.login()
         imagenumber = staff.upload_cover(n, jpeg, f"{Path(taken['name']).stem}.jpg")
     url = opac_cover_url(config.koha.opac_url, imagenumber=imagenumber, biblionumber=n)
@@ -308,7 +298,7 @@ def deposit(ctx: StepContext) -> dict[str, Any]:
     # A creation this job started goes on from its checkpoint: looking the item up first would
     # find an admin-path item that has no file yet and take it for finished.
     resume = checkpoint if checkpoint.get("stage") not in (None, CREATING) else None
-    with _closing(dspace_client(config)) as ds:
+    with dspace_client(config) as ds:
         ds.login()
         if resume is None:
             found = _find_existing(ctx, ds, config, record)

@@ -14,7 +14,6 @@ from .pipeline import (
     IMPORTED,
     REVIEW_NOTE,
     REVIEW_TRACKER,
-    _closing,
     dspace_client,
     koha_rest,
     write_integration,
@@ -29,11 +28,15 @@ GONE = "GONE"
 
 
 def review_tracker(engine: Engine) -> Tracker:
+    # Called when an engine loads this module: a broken [systems.koha-dspace] stops it at start,
+    # not at the first cataloguer's click.
+    integrator_config(engine.settings)
+
     def poll(entity: TrackedView) -> Poll:
         config = integrator_config(engine.settings)
         uuid = entity.data["uuid"]
         n = int(entity.data["biblionumber"])
-        with _closing(dspace_client(config)) as ds:
+        with dspace_client(config) as ds:
             ds.login()
             item = ds.item(uuid)
         if item is None:
@@ -69,7 +72,7 @@ def review_tracker(engine: Engine) -> Tracker:
 
 
 def _current_note(config: IntegratorConfig, biblionumber: int) -> str | None:
-    with _closing(koha_rest(config)) as koha:
+    with koha_rest(config) as koha:
         record = parse_marcxml(koha.get_marcxml(biblionumber), biblionumber=biblionumber)
     return integration_state(record).message
 
