@@ -9,12 +9,22 @@ again.
 
 from __future__ import annotations
 
+import ssl
+from functools import cache
+
 import httpx
 
 from ..errors import ShelfworkError
 
 #: how much of a remote answer an error message quotes
 EXCERPT = 300
+
+
+@cache
+def tls_context() -> ssl.SSLContext:
+    """One verifying TLS context per process for every client: building one loads the CA bundle,
+    which costs more CPU than a whole step's HTTP calls (bench/RESULTS.md, integrator)."""
+    return ssl.create_default_context()
 
 
 class RemoteError(ShelfworkError):

@@ -33,6 +33,7 @@ from . import (
     RemoteError,
     RemoteRefused,
     error_for,
+    tls_context,
     transport_error,
 )
 
@@ -211,7 +212,9 @@ class DSpace:
         self.api_url = api_url.rstrip("/")
         self.user = user
         self._password = password
-        self._client = httpx.Client(timeout=timeout, transport=transport, follow_redirects=False)
+        self._client = httpx.Client(
+            timeout=timeout, transport=transport, follow_redirects=False, verify=tls_context()
+        )
         self._csrf: str | None = None
         self._jwt: str | None = None
         self._jwt_exp: float | None = None

@@ -27,7 +27,14 @@ import httpx
 import lxml.html
 from lxml import etree
 
-from . import AuthFailed, RemoteError, RemoteRefused, error_for, transport_error
+from . import (
+    AuthFailed,
+    RemoteError,
+    RemoteRefused,
+    error_for,
+    tls_context,
+    transport_error,
+)
 
 SYSTEM = "Koha"
 MARCXML = "application/marcxml+xml"
@@ -70,7 +77,10 @@ class KohaRest:
         self._token: str | None = None
         self._token_expires = 0.0
         self._http = httpx.Client(
-            base_url=f"{self.base_url}/api/v1", timeout=timeout, transport=transport
+            base_url=f"{self.base_url}/api/v1",
+            timeout=timeout,
+            transport=transport,
+            verify=tls_context(),
         )
 
     def get_marcxml(self, biblionumber: int) -> bytes:
@@ -281,7 +291,11 @@ class KohaStaff:
         self.generation: str | None = None
         self._logged_in = False
         self._http = httpx.Client(
-            base_url=self.staff_url, timeout=timeout, transport=transport, follow_redirects=True
+            base_url=self.staff_url,
+            timeout=timeout,
+            transport=transport,
+            follow_redirects=True,
+            verify=tls_context(),
         )
 
     # -- A3 login -------------------------------------------------------------------------------
