@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench services browser venv
+.PHONY: demo test lint bench bench-koha services browser venv
 
 $(BIN)/shelfwork: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,3 +34,10 @@ lint: venv
 
 bench: venv services
 	$(BIN)/python bench/engine.py
+
+# Koha -> DSpace: cover rendering against pdf2image (needs Debian's poppler-utils), and
+# end-to-end records/min against the sandbox.
+bench-koha: venv
+	command -v pdftoppm >/dev/null || apt-get install -y -q poppler-utils
+	$(BIN)/python bench/cover.py
+	$(BIN)/python bench/integrator.py

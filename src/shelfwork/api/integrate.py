@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import JobNotFound
 from ..jobs import JobView
@@ -37,7 +37,17 @@ _STATUS: dict[str, Status] = {
 class IntegrateIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    biblionumber: int = Field(ge=1, le=2**31 - 1, description="Koha biblionumber of the record.")
+    biblionumber: int = Field(
+        ge=1, le=2**31 - 1, description="Koha biblionumber of the record (a number or digits)."
+    )
+
+    @field_validator("biblionumber", mode="before")
+    @classmethod
+    def _not_a_flag(cls, value: Any) -> Any:
+        """Scripts send 42 or "42"; true is a mistake, not record 1."""
+        if isinstance(value, bool):
+            raise ValueError("biblionumber must be a number, not true/false")
+        return value
 
 
 class IntegrateOut(BaseModel):
@@ -66,17 +76,19 @@ class StatusOut(BaseModel):
     "/integrate",
     status_code=202,
     response_model=IntegrateOut,
-    responses=responses(401, 403, 422, 429, 503),
+    responses=responses(401, 403, 404, 422, 429, 503),
     summary="Integrate a Koha record into DSpace (seed-compatible)",
 )
 def integrate(
     body: IntegrateIn, request: Request, response: Response, who: Operator
 ) -> IntegrateOut:
-    """Queue the `koha-dspace` job for the record and answer at once with its task id."""
+    """Queue the `koha-dspace` job for the record and answer at once with its task id.
+
+    404 (`not_enabled`) when this server does not load the integrator's pipeline module."""
     engine = engine_of(request)
     if PIPELINE not in engine.registry:
         raise ApiError(
-            503,
+            404,
             "not_enabled",
             "the koha-dspace pipeline is not enabled on this server: add "
             "'shelfwork.pipelines.koha_dspace' to [pipelines] modules",
@@ -129,7 +141,7 @@ def _status(job: JobView) -> StatusOut:
         progress=Progress(
             done=job.progress_done,
             total=job.progress_total,
-            percent=job.percent,
+            percent=100.0 if job.state == "succeeded" else job.percent,
             message=job.progress_message,
         ),
         warnings=warnings,

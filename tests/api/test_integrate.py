@@ -1,0 +1,117 @@
+"""The seed-compatible /integrate and /status endpoints: auth, input, dedup, and what a
+status says while and after the job runs (a stand-in koha-dspace pipeline, no peers needed)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, ConfigDict
+
+from shelfwork.context import StepContext
+from shelfwork.pipeline import Pipeline, branch, parallel, step
+
+from .conftest import ApiFactory
+
+
+class Biblio(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    biblionumber: int
+
+
+def slow(ctx: StepContext) -> None:
+    ctx.progress(1, 2, "halfway", force=True)
+    ctx.sleep(0.6)
+
+
+def cover(ctx: StepContext) -> None:
+    raise RuntimeError("Koha refused the cover")
+
+
+def done(ctx: StepContext) -> dict[str, Any]:
+    n = ctx.params.biblionumber  # type: ignore[attr-defined]
+    if n == 13:
+        raise RuntimeError("956$u names no file")
+    return {"uuid": "u-1", "handle_url": "https://hdl/1", "cover_url": None, "in_review": False}
+
+
+STAND_IN = Pipeline(
+    "koha-dspace",
+    params=Biblio,
+    dedup=lambda p: f"koha-dspace:{p.biblionumber}",
+    steps=[step(slow), parallel(branch("cover_branch", cover, critical=False)), step(done)],
+)
+
+
+@pytest.fixture
+def client(api_for: ApiFactory) -> Any:
+    return api_for(pipelines=[STAND_IN], start=True)
+
+
+def wait_final(api: Any, task: str, headers: dict[str, str]) -> dict[str, Any]:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        status = api.client.get(f"/status/{task}", headers=headers).json()
+        if status["status"] in ("done", "error", "cancelled"):
+            return status
+        time.sleep(0.1)
+    raise AssertionError("task did not end")
+
+
+def test_integrate_then_status_until_done(client: Any) -> None:
+    api = client
+    first = api.client.post("/integrate", json={"biblionumber": 42}, headers=api.operator)
+    assert first.status_code == 202, first.text
+    task = first.json()["task_id"]
+    assert first.headers["Location"] == f"/status/{task}"
+    again = api.client.post("/integrate", json={"biblionumber": "42"}, headers=api.operator)
+    assert again.json()["task_id"] == task and again.json()["created"] is False
+    running = api.client.get(f"/status/{task}", headers=api.viewer).json()
+    assert running["status"] in ("queued", "running") and running["biblionumber"] == 42
+    final = wait_final(api, task, api.viewer)
+    assert final["status"] == "done"
+    assert final["handle_url"] == "https://hdl/1" and final["item_uuid"] == "u-1"
+    assert any("Koha refused the cover" in w for w in final["warnings"])
+    assert final["progress"]["percent"] == 100.0
+
+
+def test_error_status_carries_the_reason(client: Any) -> None:
+    api = client
+    task = api.client.post("/integrate", json={"biblionumber": 13}, headers=api.operator).json()
+    final = wait_final(api, task["task_id"], api.viewer)
+    assert final["status"] == "error" and "956$u names no file" in final["error"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"biblionumber": 0},
+        {"biblionumber": True},
+        {"biblionumber": "x"},
+        {"biblionumber": 1, "extra": 1},
+    ],
+)
+def test_bad_input_is_a_422_naming_the_field(client: Any, body: dict[str, Any]) -> None:
+    answer = client.client.post("/integrate", json=body, headers=client.operator)
+    assert answer.status_code == 422
+    assert answer.json()["fields"]
+
+
+def test_roles_and_unknown_tasks(client: Any) -> None:
+    api = client
+    assert api.client.post("/integrate", json={"biblionumber": 1}).status_code == 401
+    viewer = api.client.post("/integrate", json={"biblionumber": 1}, headers=api.viewer)
+    assert viewer.status_code == 403
+    assert api.client.get("/status/999999", headers=api.viewer).status_code == 404
+    other = api.client.post("/api/v1/jobs", json={"pipeline": "noop"}, headers=api.operator).json()[
+        "id"
+    ]
+    assert api.client.get(f"/status/{other}", headers=api.viewer).status_code == 404
+
+
+def test_not_enabled_is_a_404(api_for: ApiFactory) -> None:
+    api = api_for()
+    answer = api.client.post("/integrate", json={"biblionumber": 1}, headers=api.operator)
+    assert answer.status_code == 404 and answer.json()["error"] == "not_enabled"
