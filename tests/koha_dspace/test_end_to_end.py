@@ -509,3 +509,18 @@ def test_dspace_passing_500_is_retried(world: WorldFactory) -> None:
     assert_imported(w, 32, view)
     deposit = next(s for s in view.steps if s.name == "deposit")
     assert deposit.attempts == 2
+
+
+def test_review_item_removed_by_the_reviewer_is_reported_to_koha(world: WorldFactory) -> None:
+    w = world(review=True)
+    w.book(34)
+    view = w.run(34)
+    uuid = view.result["uuid"]
+    with w.peers.dspace.lock:  # a reviewer rejects and deletes the submission
+        for wf_id in [k for k, v in w.peers.dspace.workflow_items.items() if v.item == uuid]:
+            del w.peers.dspace.workflow_items[wf_id]
+        del w.peers.dspace.items[uuid]
+    w.engine.trackers.force_poll("dspace-review", uuid)
+    assert w.engine.trackers.get("dspace-review", uuid).state == "GONE"
+    state = w.state(34)
+    assert state.status == "error" and "removed during review" in (state.message or "")

@@ -37,6 +37,8 @@ from .config import SYSTEM, IntegratorConfig, integrator_config
 from .crosswalk import crosswalk, load_rules
 from .files import MissingFile, claim_into, md5_of, move_to_error, resolve_in_inbox
 from .marc import (
+    STATUS_ERROR,
+    STATUS_IMPORTED,
     check_marked,
     file_reference,
     integration_state,
@@ -48,8 +50,6 @@ from .marc import (
 )
 from .pdf import check_pdf, render_cover
 
-IMPORTED = "imported"
-ERROR = "error"
 #: the start of the 956$z note while an item waits in DSpace's review workflow
 REVIEW_NOTE = "awaiting review in DSpace"
 #: the deposit checkpoint while a workspace item is being created (its id not yet known)
@@ -180,7 +180,7 @@ def fetch_record(ctx: StepContext) -> dict[str, Any]:
     record = parse_marcxml(data, biblionumber=n)
     state = integration_state(record)
     uuid = item_uuid(record)
-    integrated = state.status == IMPORTED and uuid is not None
+    integrated = state.status == STATUS_IMPORTED and uuid is not None
     reference = file_reference(record)
     if not integrated and not reference:
         raise IntegrationError(n, "the record has no 956$u naming the scanned file")
@@ -514,7 +514,7 @@ def finalize(ctx: StepContext) -> dict[str, Any]:
     written = write_integration(
         config,
         n,
-        status=IMPORTED,
+        status=STATUS_IMPORTED,
         message=message,
         uuid=item["uuid"],
         cover_url=cover_url,
@@ -554,7 +554,7 @@ def on_failure(ctx: StepContext, exc: BaseException) -> None:
         )
         ctx.log.warning(f"biblio {n}: {path.name} moved to {moved} (see its .error.json)")
     try:
-        write_integration(config, n, status=ERROR, message=short_note(reason))
+        write_integration(config, n, status=STATUS_ERROR, message=short_note(reason))
     except Exception as koha_exc:  # Koha down or the record unreadable: the job keeps the reason
         ctx.log.warning(f"biblio {n}: could not write the error to Koha: {describe(koha_exc)}")
 

@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING
 
 from ...trackers import Poll, TrackedView, Tracker
 from .config import IntegratorConfig, integrator_config
-from .marc import integration_state, parse_marcxml
+from .marc import STATUS_ERROR, STATUS_IMPORTED, integration_state, parse_marcxml
 from .pipeline import (
-    IMPORTED,
     REVIEW_NOTE,
     REVIEW_TRACKER,
     dspace_client,
@@ -39,14 +38,26 @@ def review_tracker(engine: Engine) -> Tracker:
         with dspace_client(config) as ds:
             ds.login()
             item = ds.item(uuid)
+            if item is None:
+                # A submitter may not be allowed to read an item in review [U]: ask the
+                # workflow listing before calling it gone.
+                waiting = ds.find_by_metadata(
+                    config.identifier_field,
+                    f"{config.identifier_prefix}{n}",
+                    configuration="workflow",
+                )
+                if any(found.uuid == uuid for found in waiting):
+                    return Poll()
         if item is None:
             reason = f"DSpace item {uuid} was removed during review (rejected?)"
-            write_integration(config, n, status="error", message=reason)
+            write_integration(config, n, status=STATUS_ERROR, message=reason)
             return Poll(GONE, reason)
         if not (item.in_archive and item.uri):
             return Poll()
         note = _without_review_note(_current_note(config, n))
-        write_integration(config, n, status=IMPORTED, message=note, uuid=uuid, handle_url=item.uri)
+        write_integration(
+            config, n, status=STATUS_IMPORTED, message=note, uuid=uuid, handle_url=item.uri
+        )
         return Poll(
             ARCHIVED, f"archived as {item.handle}", {"handle": item.handle, "handle_url": item.uri}
         )
