@@ -205,18 +205,29 @@ def _file_has(path: Path, pattern: re.Pattern[bytes]) -> bool:
 
 
 def render_cover(path: Path, *, width: int = 600, quality: int = 85) -> bytes:
-    """Page 1 as an RGB JPEG exactly `width` pixels wide (a very tall page is cut at the top
-    MAX_COVER_RATIO × width pixels)."""
+    """Page 1 as an RGB JPEG `width` pixels wide (a very tall page is cut at the top
+    MAX_COVER_RATIO × width pixels).
+
+    A scanned page (one JPEG drawn over the whole page, nothing else) is not rendered: its JPEG
+    is decoded at the smallest of JPEG's built-in reduced sizes (1/2, 1/4, 1/8) that is still at
+    least `width` wide, which skips most of the decoding. That cover is up to twice as wide as
+    asked (Koha scales covers to its own size on upload); everything else is exactly `width`.
+    """
     if not 16 <= width <= 10_000:
         raise ValueError(f"width must be 16..10000 pixels, got {width}")
     if not 1 <= quality <= 100:
         raise ValueError(f"quality must be 1..100, got {quality}")
     try:
         _size_and_header(path)
-        image = _render_first_page(path, width)
+        first = _render_first_page(path, width, scans=True)
+        image = _decode_scan(first, width) if isinstance(first, bytes) else first
+        if image is None:  # not a JPEG Pillow decodes as plain L/RGB: let PDFium draw it
+            image = _render_first_page(path, width, scans=False)
+            assert isinstance(image, Image.Image)
     except _Unreadable as exc:
         raise BadPdf(path, exc.reason) from None
-    if image.width != width:  # the renderer rounds the page size up to whole pixels
+    if image.width != width and not isinstance(first, bytes):
+        # the renderer rounds the page size up to whole pixels
         height = max(1, round(image.height * width / image.width))
         image = image.resize((width, height), Image.Resampling.LANCZOS)
     out = io.BytesIO()
@@ -224,17 +235,64 @@ def render_cover(path: Path, *, width: int = 600, quality: int = 85) -> bytes:
     return out.getvalue()
 
 
-def _render_first_page(path: Path, width: int) -> Image.Image:
+def _render_first_page(path: Path, width: int, *, scans: bool) -> Image.Image | bytes:
+    """Page 1 rendered, or (with `scans`) the JPEG bytes of a scanned page."""
     with PDFIUM_LOCK:
         document = _open(path)
         try:
             if len(document) == 0:
                 raise _Unreadable("no pages")
+            if scans:
+                scan = _scan_jpeg(document)
+                if scan is not None:
+                    return scan
             return _render_page(document, width)
         except pdfium.PdfiumError as exc:
             raise _Unreadable(f"corrupt PDF: page 1 cannot be rendered ({exc})") from None
         finally:
             document.close()
+
+
+def _scan_jpeg(document: pdfium.PdfDocument) -> bytes | None:
+    """The JPEG of page 1 when the page is exactly one upright JPEG image covering the page
+    (what scanners write), else None. Call with PDFIUM_LOCK held."""
+    page = document[0]
+    try:
+        if page.get_rotation() != 0:
+            return None
+        objects = list(page.get_objects(max_depth=1))
+        if len(objects) != 1 or objects[0].type != pdfium_c.FPDF_PAGEOBJ_IMAGE:
+            return None
+        image = objects[0]
+        assert isinstance(image, pdfium.PdfImage)
+        if image.get_filters() != ["DCTDecode"]:
+            return None
+        a, b, c, d, _e, _f = image.get_matrix().get()
+        if b or c or a <= 0 or d <= 0:  # rotated, skewed or mirrored on the page
+            return None
+        page_width, page_height = page.get_size()
+        left, bottom, right, top = image.get_bounds()
+        if max(abs(left), abs(bottom), abs(right - page_width), abs(top - page_height)) > 1:
+            return None
+        return bytes(image.get_data(decode_simple=False))
+    finally:
+        page.close()
+
+
+def _decode_scan(data: bytes, width: int) -> Image.Image | None:
+    """Decode a scan's JPEG at the smallest built-in reduction still `width` wide (Pillow's
+    draft mode), cut like a rendered page; None for a JPEG that is not plain grey or RGB (CMYK
+    scans come out inverted without their Adobe markers: PDFium handles those)."""
+    try:
+        picture = Image.open(io.BytesIO(data))
+        if picture.format != "JPEG" or picture.mode not in ("L", "RGB"):
+            return None
+        picture.draft("RGB", (width, max(1, width * picture.height // picture.width)))
+        picture = picture.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    limit = int(picture.width * MAX_COVER_RATIO)
+    return picture.crop((0, 0, picture.width, limit)) if picture.height > limit else picture
 
 
 def _render_page(document: pdfium.PdfDocument, width: int) -> Image.Image:
