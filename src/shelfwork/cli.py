@@ -1031,7 +1031,7 @@ def koha_button(
         token = os.environ.get("SHELFWORK_BUTTON_TOKEN", "")
     if not token:
         fail(
-            "no token: make one with `shelfwork token create --role operator --name koha-staff` "
+            "no token: make one with `shelfwork token create --role integrator --name koha-staff` "
             "and pass --token-file or set SHELFWORK_BUTTON_TOKEN",
             EXIT_BAD_INPUT,
         )

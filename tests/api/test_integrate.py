@@ -115,3 +115,32 @@ def test_not_enabled_is_a_404(api_for: ApiFactory) -> None:
     api = api_for()
     answer = api.client.post("/integrate", json={"biblionumber": 1}, headers=api.operator)
     assert answer.status_code == 404 and answer.json()["error"] == "not_enabled"
+
+
+def test_the_integrator_role_may_integrate_and_read_status_and_nothing_else(client: Any) -> None:
+    """The staff button's token sits in every staff browser: it may do these two things only."""
+    from .test_auth import ROUTES, concrete
+
+    api = client
+    _, secret = api.client.app.state.auth.tokens.create("integrator", "koha-button")
+    button = {"Authorization": f"Bearer {secret}"}
+    started = api.client.post("/integrate", json={"biblionumber": 7}, headers=button)
+    assert started.status_code == 202, started.text
+    task = started.json()["task_id"]
+    assert api.client.get(f"/status/{task}", headers=button).status_code == 200
+    for method, path in ROUTES:
+        if path in ("/integrate", "/status/{task_id}"):
+            continue
+        body = {"json": {}} if method in ("POST", "PUT") else {}
+        answer = api.client.request(method, concrete(path), headers=button, **body)
+        assert answer.status_code == 403, (method, path, answer.status_code)
+    viewer = api.client.post("/integrate", json={"biblionumber": 7}, headers=api.viewer)
+    assert viewer.status_code == 403  # between integrator and operator: read-only
+    wait_final(api, task, button)
+
+
+def test_no_dashboard_user_gets_the_integrator_role(client: Any) -> None:
+    from shelfwork.api.auth import AccessError
+
+    with pytest.raises(AccessError, match="integrator role is for the Koha button"):
+        client.client.app.state.auth.users.create("staff", "integrator", "a long password here")

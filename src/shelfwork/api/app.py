@@ -43,7 +43,7 @@ Durable integration jobs: submit and follow jobs, read pipelines, manage schedul
 locks and dead letters.
 
 **Auth.** Send `Authorization: Bearer <token>` (make one with
-`shelfwork token create --role viewer|operator|admin`). Reading needs `viewer`, anything that changes
+`shelfwork token create --role viewer|operator|admin`; `integrator` for the Koha button: /integrate and /status only). Reading needs `viewer`, anything that changes
 something needs `operator`, tokens and locks need `admin`.
 
 **Errors** are JSON `{error, detail}`; a 422 adds `fields`, naming each bad input

@@ -1,7 +1,8 @@
 """Who is calling: API tokens, dashboard users and their sessions, CSRF, login rate limiting.
 
-Roles are ordered viewer < operator < admin: reading needs viewer, changing anything needs operator,
-managing tokens and locks needs admin.
+Roles are ordered integrator < viewer < operator < admin: reading needs viewer, changing anything
+needs operator, managing tokens and locks needs admin. The integrator role (the Koha button's
+token) may only call /integrate and /status.
 
 - API tokens (`Authorization: Bearer swk_<prefix>_<secret>`) are random, shown once, and kept only
   as a SHA-256 hash; the prefix finds the row and is what listings show. `shelfwork serve` trusts
@@ -57,7 +58,11 @@ users_t = User.__table__
 sessions_t = UserSession.__table__
 attempts_t = LoginAttempt.__table__
 
-ROLES = ("viewer", "operator", "admin")
+# Ordered: each role may do what the ones before it may. "integrator" is for the Koha staff
+# button's token, which every staff browser can read: it may start an integration and read its
+# status (/integrate, /status) and nothing else, not even the job list.
+ROLES = ("integrator", "viewer", "operator", "admin")
+INTEGRATOR = "integrator"
 SESSION_COOKIE = "shelfwork_session"
 LOGIN_CSRF_COOKIE = "shelfwork_login_csrf"
 CSRF_HEADER = "X-CSRF-Token"
@@ -378,6 +383,11 @@ class Users:
                 "with a letter or digit)"
             )
         rank(role)
+        if role == INTEGRATOR:
+            raise AccessError(
+                "the integrator role is for the Koha button's API token, not for dashboard "
+                "users; give a user viewer, operator or admin"
+            )
         check_password(password)
         now = utcnow()
         try:
@@ -616,7 +626,7 @@ class LoginThrottled(AccessError):
 bearer = HTTPBearer(
     auto_error=False,
     scheme_name="token",
-    description="An API token, made with `shelfwork token create --role viewer|operator|admin`.",
+    description="An API token, made with `shelfwork token create --role integrator|viewer|operator|admin`.",
 )
 
 
@@ -701,6 +711,30 @@ def require(role: str) -> Callable[..., Awaitable[Principal]]:
     return dependency
 
 
+def require_integrator_or(role: str) -> Callable[..., Awaitable[Principal]]:
+    """Lets through the integrator role, and `role` or a higher one (not the roles between)."""
+    rank(role)
+    check = require(INTEGRATOR)
+
+    async def dependency(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> Principal:
+        principal = await check(request, credentials)
+        if principal.role != INTEGRATOR and not principal.allows(role):
+            raise ApiError(
+                403,
+                "forbidden",
+                f"this needs the {role} or {INTEGRATOR} role; {principal.who} has the "
+                f"{principal.role} role",
+            )
+        return principal
+
+    dependency.__name__ = f"require_integrator_or_{role}"
+    return dependency
+
+
+Integrator = Annotated[Principal, Depends(require(INTEGRATOR))]
 Viewer = Annotated[Principal, Depends(require("viewer"))]
 Operator = Annotated[Principal, Depends(require("operator"))]
 Admin = Annotated[Principal, Depends(require("admin"))]

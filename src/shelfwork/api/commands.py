@@ -1,6 +1,6 @@
 """`shelfwork token ...` and `shelfwork user ...`: API tokens and dashboard users from a shell.
 
-    shelfwork token create --role operator --name koha-staff   # prints the token, once
+    shelfwork token create --role integrator --name koha-staff   # prints the token, once
     shelfwork token list
     shelfwork token revoke 3            # by id, prefix, or the token itself
     shelfwork user create alice --role admin                    # asks for the password
@@ -36,6 +36,15 @@ SettingsSource = Callable[[], "Settings"]
 
 
 class RoleChoice(StrEnum):
+    viewer = "viewer"
+    operator = "operator"
+    admin = "admin"
+
+
+class TokenRoleChoice(StrEnum):
+    """Tokens may also have the integrator role (the Koha staff button: /integrate and /status)."""
+
+    integrator = "integrator"
     viewer = "viewer"
     operator = "operator"
     admin = "admin"
@@ -109,7 +118,10 @@ def token_commands(settings: SettingsSource) -> typer.Typer:
 
     @app.command("create")
     def create(
-        role: Annotated[RoleChoice, typer.Option("--role", help="What the token may do.")],
+        role: Annotated[
+            TokenRoleChoice,
+            typer.Option("--role", help="What the token may do (integrator: the Koha button)."),
+        ],
         name: Annotated[
             str | None, typer.Option("--name", help="Who or what uses it, e.g. koha-staff.")
         ] = None,

@@ -1,8 +1,9 @@
 """The seed-compatible endpoints existing Koha scripts call: `POST /integrate {biblionumber}` ->
 `{task_id}`, then `GET /status/{task_id}` every 2 s until it is done.
 
-They sit outside /api/v1 because those scripts know these paths; auth is the API's (a bearer
-token: operator to integrate, viewer to read). A task is a `koha-dspace` job; a second click on a
+They sit outside /api/v1 because those scripts know these paths; auth is the API's bearer
+tokens: the `integrator` role (the staff button's token: these two endpoints and nothing else),
+or operator to integrate and viewer to read. A task is a `koha-dspace` job; a second click on a
 record whose job is still queued or running gets the same task id back.
 """
 
@@ -10,13 +11,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import JobNotFound
 from ..jobs import JobView
 from ..store.models import FINAL_STATES
-from .auth import Operator, Viewer
+from .auth import Integrator, Principal, require_integrator_or
 from .errors import ApiError, responses
 from .jobs import engine_of
 from .schemas import MAX_ID, Progress, job_url
@@ -80,7 +81,10 @@ class StatusOut(BaseModel):
     summary="Integrate a Koha record into DSpace (seed-compatible)",
 )
 def integrate(
-    body: IntegrateIn, request: Request, response: Response, who: Operator
+    body: IntegrateIn,
+    request: Request,
+    response: Response,
+    who: Annotated[Principal, Depends(require_integrator_or("operator"))],
 ) -> IntegrateOut:
     """Queue the `koha-dspace` job for the record and answer at once with its task id.
 
@@ -115,7 +119,7 @@ def integrate(
 def status(
     task_id: Annotated[int, Path(ge=1, le=MAX_ID, description="The task id /integrate gave.")],
     request: Request,
-    _who: Viewer,
+    _who: Integrator,
 ) -> StatusOut:
     try:
         job = engine_of(request).get(task_id)

@@ -24,7 +24,7 @@ def button_script(url: str, token: str) -> str:
     if not url.startswith(("http://", "https://")):
         raise ConfigError(f"shelfwork URL {url!r} must start with http:// or https://")
     if not token or any(c.isspace() for c in token):
-        raise ConfigError("the token must be one word (shelfwork token create --role operator)")
+        raise ConfigError("the token must be one word (shelfwork token create --role integrator)")
 
     # json.dumps gives a valid JS string literal; "</" is escaped so the value cannot end the
     # <script> element Koha wraps IntranetUserJS in.

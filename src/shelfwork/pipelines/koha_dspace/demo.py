@@ -138,7 +138,9 @@ def run_demo(folder: Path, *, keep: bool | None = None, console: Console | None 
         from ...api import create_app
 
         app = create_app(engine)
-        token = app.state.auth.tokens.create("operator", "koha-staff-button", created_by="demo")[1]
+        token = app.state.auth.tokens.create("integrator", "koha-staff-button", created_by="demo")[
+            1
+        ]
         password = _dashboard_user(app)
         engine.start()
         server = serve(app, "shelfwork")

@@ -5,8 +5,9 @@
  *     shelfwork koha-button --url https://shelfwork.library.example --token-file koha.token
  * and set the two values below:
  *   SHELFWORK_URL    where shelfwork serves its API; add Koha's staff origin to [api] cors_origins
- *   SHELFWORK_TOKEN  a token of its own for this button: shelfwork token create --role operator
- *                    --name koha-staff (every staff browser can read it, so revoke it if it leaks)
+ *   SHELFWORK_TOKEN  a token of its own for this button: shelfwork token create --role integrator
+ *                    --name koha-staff (every staff browser can read it; that role may only start
+ *                    integrations and read their status; revoke it if it leaks)
  *
  * The button asks shelfwork to integrate the record (POST /integrate), then polls
  * GET /status/{task_id} every 2 seconds, showing progress, and at the end the repository and
