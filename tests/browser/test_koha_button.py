@@ -91,7 +91,9 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
         )
         engine = Engine(settings, kind="test")
         app = create_app(engine)
-        token = app.state.auth.tokens.create("operator", "koha-staff-button", created_by="test")[1]
+        token = app.state.auth.tokens.create("integrator", "koha-staff-button", created_by="test")[
+            1
+        ]
         engine.start()
         server = serve(app, "shelfwork")
         yield Bench(peers, engine, server, token, folder / "inbox")
