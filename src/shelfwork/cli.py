@@ -988,7 +988,16 @@ def sandbox(
         err.print(f"emulated Koha {generation} on {peers.koha_url} (staff user {KOHA_USER})")
         err.print(f"emulated DSpace 7 on {peers.dspace_url}")
         err.print("control API (no auth, loopback only): /_sandbox/ on each; Ctrl-C stops both")
-        out.print(_systems_table(peers.integrator_config(folder.resolve())))
+        from .pipelines.koha_dspace.demo import cases, seed_books
+
+        plan = cases()
+        seed_books(peers, folder.resolve(), plan)
+        numbers = ", ".join(str(case.book.biblionumber) for case in plan)
+        err.print(f"catalogued biblios {numbers} with their scans in {folder.resolve() / 'inbox'}")
+        out.print(
+            _systems_table(peers.integrator_config(folder.resolve())), markup=False, highlight=False
+        )
+        sys.stdout.flush()  # a script reading the table through a pipe gets it now
         threading.Event().wait()
     except KeyboardInterrupt:
         pass

@@ -122,7 +122,7 @@ def run_demo(folder: Path, *, keep: bool | None = None, console: Console | None 
     engine: Engine | None = None
     try:
         plan = cases()
-        existing = _seed(peers, folder, plan)
+        existing = seed_books(peers, folder, plan)
         settings = Settings(
             database_url=f"sqlite:///{folder / 'shelfwork.db'}",
             pipeline_modules=["shelfwork.pipelines.koha_dspace"],
@@ -205,7 +205,7 @@ def _fresh(folder: Path) -> None:
     (folder / MARKER).write_text("made by `shelfwork demo`; emptied by the next demo run\n")
 
 
-def _seed(peers: Peers, folder: Path, plan: list[Case]) -> dict[int, str]:
+def seed_books(peers: Peers, folder: Path, plan: list[Case]) -> dict[int, str]:
     """Catalogue the books in Koha, put their PDFs in the inbox, and deposit 1004 beforehand."""
     inbox = folder / "inbox"
     existing: dict[int, str] = {}
