@@ -82,3 +82,14 @@ def test_an_engine_with_a_broken_table_refuses_to_start(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="not an http"):
         Engine(settings)
+
+
+@pytest.mark.parametrize(
+    ("processed", "error", "expected"),
+    [("/srv/in", "/srv/error", "the same as"), ("/srv/in/done", "/srv/error", "inside")],
+)
+def test_folders_must_be_separate(processed: str, error: str, expected: str) -> None:
+    table = good()
+    table |= {"processed": processed, "error": error}
+    with pytest.raises(ConfigError, match=expected):
+        integrator_config(settings_with(table))

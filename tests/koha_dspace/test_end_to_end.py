@@ -524,3 +524,105 @@ def test_review_item_removed_by_the_reviewer_is_reported_to_koha(world: WorldFac
     assert w.engine.trackers.get("dspace-review", uuid).state == "GONE"
     state = w.state(34)
     assert state.status == "error" and "removed during review" in (state.message or "")
+
+
+# --- re-runs that go wrong, and records whose scan moved on (review findings) -------------------
+
+
+def test_a_failed_rerun_leaves_an_integrated_record_imported(world: WorldFactory) -> None:
+    w = world()
+    w.book(35)
+    w.run(35)
+    good = w.state(35)
+    w.peers.dspace.fail_next(100, 503, "/core/items")
+    failed = w.run(35, timeout=90)
+    assert failed.state == "failed"
+    state = w.state(35)
+    assert state.status == "imported" and state.uuid == good.uuid
+    assert state.handle_urls == good.handle_urls
+    assert state.message and "503" in state.message
+    with w.peers.dspace.lock:  # DSpace is back
+        w.peers.dspace._faults.clear()
+    again = w.run(35)
+    assert again.state == "succeeded", again.error
+    assert len(w.items_for(35)) == 1
+
+
+def test_a_failure_after_the_deposit_records_the_item_and_a_rerun_reuses_it(
+    world: WorldFactory,
+) -> None:
+    w = world()
+    w.book(36)
+    w.peers.koha.overlay_keep = {"856"}  # Koha keeps refusing the 856: finalize fails
+    failed = w.run(36)
+    assert failed.state == "failed" and "did not keep" in (failed.error or "")
+    state = w.state(36)
+    item = w.items_for(36)[0]
+    assert state.status == "error" and state.uuid == item.uuid  # $3 written with the error
+    assert w.files("error") == ["book-36_v01.pdf", "book-36_v01.pdf.error.json"]
+    w.peers.koha.overlay_keep = set()
+    again = w.run(36)  # no file in the inbox: 956$3 is enough
+    assert again.state == "succeeded", again.error
+    assert again.result["uuid"] == item.uuid and len(w.items_for(36)) == 1
+    assert w.state(36).status == "imported"
+
+
+def test_a_rerun_while_the_item_waits_in_review_does_not_make_a_second_item(
+    world: WorldFactory,
+) -> None:
+    w = world(review=True)
+    w.book(37)
+    first = w.run(37)
+    uuid = first.result["uuid"]
+    record = w.record(37)  # someone clears $3 and $y, and a new scan arrives
+    record["956"].delete_subfield("3")
+    record["956"].delete_subfield("y")
+    w.peers.koha.add_record(37, pymarc.record_to_xml(record, namespace=True))
+    text_pdf(w.inbox / "scans/book-37.pdf", 1)
+    again = w.run(37)
+    assert again.state == "succeeded", again.error
+    assert again.result["uuid"] == uuid
+    assert len(w.peers.dspace.items_with("dc.identifier.other", "koha:37")) == 1
+
+
+def test_the_tracker_does_not_overwrite_a_record_that_moved_to_another_item(
+    world: WorldFactory,
+) -> None:
+    w = world(review=True)
+    w.book(38)
+    uuid = w.run(38).result["uuid"]
+    record = w.record(38)
+    record["956"]["3"] = "11111111-2222-3333-4444-555555555555"
+    w.peers.koha.add_record(38, pymarc.record_to_xml(record, namespace=True))
+    w.peers.dspace.approve(uuid)
+    w.engine.trackers.force_poll("dspace-review", uuid)
+    entity = w.engine.trackers.get("dspace-review", uuid)
+    assert entity.state == "GONE"
+    assert w.state(38).uuid == "11111111-2222-3333-4444-555555555555"
+    assert w.state(38).handle_urls == ()
+
+
+def test_a_refused_staff_login_is_not_retried(world: WorldFactory) -> None:
+    w = world()
+    w.book(39)
+    w.peers.koha.add_staff_user("covers", "right password")
+    config = w.engine.settings.systems[SYSTEM]
+    config["koha"] |= {"staff_user": "covers", "staff_password": "wrong password"}
+    from shelfwork.pipelines.koha_dspace import config as config_module
+
+    config_module._cache.clear()
+    view = w.run(39)
+    assert view.state == "succeeded", view.error  # the cover is optional
+    cover = next(s for s in view.steps if s.name == "upload_cover")
+    assert cover.attempts == 1  # not three failed logins against FailedLoginAttempts
+    assert w.peers.koha.calls["POST /cgi-bin/koha/mainpage.pl"] == 1
+
+
+def test_a_killed_claim_is_found_again_with_brackets_in_the_name(tmp_path: Path) -> None:
+    from shelfwork.pipelines.koha_dspace.pipeline import _claimed_earlier
+
+    processed = tmp_path / "processed"
+    processed.mkdir()
+    scan = text_pdf(processed / "Kobzar [1840]_v01.pdf", 1)
+    claimed = {"stem": "Kobzar [1840]", "size": scan.stat().st_size, "md5": md5_of(scan)}
+    assert _claimed_earlier(processed, claimed) == scan

@@ -123,6 +123,8 @@ class DSpaceConfig(BaseModel):
 
 
 class IntegratorConfig(BaseModel):
+    """The whole `[systems.koha-dspace]` table."""
+
     model_config = ConfigDict(extra="forbid")
 
     inbox: Path
@@ -137,6 +139,24 @@ class IntegratorConfig(BaseModel):
     pdf_tries: int = Field(default=3, ge=1, le=20)
     pdf_retry_delay: float = Field(default=1.0, ge=0)
     crosswalk: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _separate_folders(self) -> IntegratorConfig:
+        """Three different folders, none inside another: with Processed inside the inbox, a
+        956$u could name another record's processed scan."""
+        folders = {
+            "inbox": self.inbox.expanduser().absolute(),
+            "processed": self.processed.expanduser().absolute(),
+            "error": self.error.expanduser().absolute(),
+        }
+        for name, path in folders.items():
+            for other, other_path in folders.items():
+                if name != other and (path == other_path or other_path in path.parents):
+                    raise ValueError(
+                        f"folders must be separate: {name} {path} is "
+                        f"{'the same as' if path == other_path else 'inside'} {other} {other_path}"
+                    )
+        return self
 
 
 def _http_url(value: str | None) -> str | None:

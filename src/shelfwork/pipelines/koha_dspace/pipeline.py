@@ -19,6 +19,7 @@ An item that lands in a review workflow has no handle yet: the job succeeds with
 
 from __future__ import annotations
 
+import glob
 import re
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,8 @@ from .pdf import check_pdf, render_cover
 REVIEW_NOTE = "awaiting review in DSpace"
 #: the deposit checkpoint while a workspace item is being created (its id not yet known)
 CREATING = "creating"
+#: how many times a run that died while creating an item looks for it before making another
+CREATING_LOOKS = 3
 #: how long a deposit waits for another job's workspace creation (one or two HTTP calls)
 WORKSPACE_LOCK_WAIT = 120.0
 
@@ -81,7 +84,9 @@ steps_t = JobStep.__table__
 
 # Only a passing fault is worth another try; a refusal would be repeated.
 REMOTE_RETRY = Retry(attempts=4, delay=1.0, factor=2.0, max_delay=15.0, on=(RemoteUnavailable,))
-COVER_RETRY = Retry(attempts=3, delay=1.0, factor=1.0)  # the seed's "3 tries 1 s apart"
+# The seed's "3 tries 1 s apart", for passing faults only: retrying a refused staff login would
+# spend Koha's FailedLoginAttempts and could lock the account the REST calls use too.
+COVER_RETRY = Retry(attempts=3, delay=1.0, factor=1.0, on=(RemoteUnavailable,))
 
 
 _STEP_PREFIX = re.compile(
@@ -89,6 +94,11 @@ _STEP_PREFIX = re.compile(
     r"step '(?P<step>[^']+)' failed after (?P<n>\d+) attempt\(s\): ",
 )
 _REQUEST = re.compile(r" \((?:GET|POST|PUT|PATCH|DELETE) \S+ -> (HTTP \d+)\)")
+# the answer a remote error quotes after "(HTTP nnn): ", when it is a JSON or HTML document
+_ANSWER = re.compile(r"(\(HTTP \d+\)): ([{<\[].*)$", re.S)
+_JSON_MESSAGES = tuple(
+    re.compile(rf'"{key}"\s*:\s*"((?:[^"\\]|\\.)*)"') for key in ("message", "error")
+)
 
 
 def short_note(text: str) -> str:
@@ -99,7 +109,13 @@ def short_note(text: str) -> str:
         tries = int(match["n"])
         where = match["branch"] or match["step"]
         text = f"{where}{f' ({tries} tries)' if tries > 1 else ''}: {text[match.end() :]}"
-    return _REQUEST.sub(r" (\1)", text)
+    text = _REQUEST.sub(r" (\1)", text)
+    answer = _ANSWER.search(text)
+    if answer:  # a cataloguer needs the remote's message, not its JSON or HTML
+        found = (pattern.search(answer.group(2)) for pattern in _JSON_MESSAGES)
+        said = next((match.group(1) for match in found if match), None)
+        text = text[: answer.start()] + answer.group(1) + (f": {said}" if said else "")
+    return text
 
 
 # --- remotes ------------------------------------------------------------------------------------
@@ -227,6 +243,10 @@ def take_file(ctx: StepContext) -> dict[str, Any]:
             if found is not None:
                 ctx.log.info(f"resumed: {record['file']} was already moved to {found.name}")
                 return _taken(found, claimed["md5"], record["file"])
+        if record["uuid"]:
+            # A re-run after a failed one (956$y error, the scan in Error): 956$3 still names
+            # the item, which the deposit step reuses; no file is needed for that.
+            return {"skipped": f"no file in the inbox; 956$3 names DSpace item {record['uuid']}"}
         raise
     md5 = md5_of(source)
     ctx.save_checkpoint(
@@ -242,7 +262,7 @@ def _taken(path: Path, md5: str, source: str) -> dict[str, Any]:
 
 
 def _claimed_earlier(processed: Path, claimed: dict[str, Any]) -> Path | None:
-    candidates = sorted(processed.glob(f"{claimed['stem']}_v*.pdf"), reverse=True)
+    candidates = sorted(processed.glob(f"{glob.escape(claimed['stem'])}_v*.pdf"), reverse=True)
     for path in candidates:
         if path.stat().st_size == claimed["size"] and md5_of(path) == claimed["md5"]:
             return path
@@ -302,6 +322,13 @@ def deposit(ctx: StepContext) -> dict[str, Any]:
         ds.login()
         if resume is None:
             found = _find_existing(ctx, ds, config, record)
+            # A run that died while creating may have made the item, and a search index can
+            # lag behind a new item [U]: look again a few times before making another.
+            for _ in range(CREATING_LOOKS - 1 if checkpoint.get("stage") == CREATING else 0):
+                if found is not None:
+                    break
+                ctx.sleep(1.0)
+                found = _find_existing(ctx, ds, config, record)
             if found is not None:
                 item, how = found
                 if not (
@@ -317,17 +344,25 @@ def deposit(ctx: StepContext) -> dict[str, Any]:
         if "path" not in taken:
             raise IntegrationError(
                 n,
-                f"956$y says imported but DSpace item {record['uuid']} is gone and the file was "
-                "already processed; put the PDF back in the inbox and clear 956$y to integrate "
-                "it again",
+                f"956$3 names DSpace item {record['uuid']}, which DSpace no longer has, and "
+                "there is no scan to deposit again; put the PDF back in the inbox and clear "
+                "956$3 and 956$y to integrate it again",
             )
         ctx.progress(3, 5, "depositing in DSpace", force=True)
         file, name = Path(taken["path"]), taken["name"]
         if config.dspace.deposit == "submission" and resume is None:
             result = _create_by_submission(
-                ctx, ds, config, record["metadata"], file, name, adopt=bool(checkpoint)
+                ctx,
+                ds,
+                config,
+                record["metadata"],
+                file,
+                name,
+                adopt=checkpoint.get("path") == "submission",
             )
         else:
+            if resume is None:  # admin path: the item exists before its id is known here
+                ctx.save_checkpoint({"path": "admin", "stage": CREATING})
             create = (
                 ds.create_by_submission
                 if config.dspace.deposit == "submission"
@@ -388,6 +423,12 @@ def _find_existing(
         )
     found = ds.find_by_metadata(config.identifier_field, record["identifier"])
     live = [item for item in found if not item.withdrawn]
+    if not live:
+        # Items waiting in a review workflow are not in the public index (B3).
+        waiting = ds.find_by_metadata(
+            config.identifier_field, record["identifier"], configuration="workflow"
+        )
+        live = [item for item in waiting if not item.withdrawn]
     if not live:
         return None
     if len(live) > 1:
@@ -491,10 +532,13 @@ def finalize(ctx: StepContext) -> dict[str, Any]:
     if outcome is not None and outcome.state == "succeeded" and outcome.result:
         cover_url = outcome.result.get("cover_url") or cover_url
     if item["in_review"]:
-        ctx.warn(
-            f"{REVIEW_NOTE}: item {item['uuid']} has no handle until it is archived, then it is written here"
-        )
-        ctx.engine.trackers.track(
+        said = any(REVIEW_NOTE in str(w) for w in ctx.engine.jobs.get(ctx.job_id).warnings)
+        if not said:  # a retried or resumed finalize says it once
+            ctx.warn(
+                f"{REVIEW_NOTE}: item {item['uuid']} has no handle until it is archived, "
+                "then it is written here"
+            )
+        ctx.engine.trackers.track(  # idempotent: one entity per item
             REVIEW_TRACKER,
             item["uuid"],
             "IN_REVIEW",
@@ -553,8 +597,14 @@ def on_failure(ctx: StepContext, exc: BaseException) -> None:
             },
         )
         ctx.log.warning(f"biblio {n}: {path.name} moved to {moved} (see its .error.json)")
+    record = ctx.results.get("fetch_record") or {}
+    deposited = ctx.results.get("deposit") or {}
+    uuid = deposited.get("uuid") or record.get("uuid")
+    # A record already integrated stays so: a failed re-run (DSpace down, a cancel) must not
+    # turn a good record into one that asks for a file it no longer has.
+    status = STATUS_IMPORTED if record.get("integrated") else STATUS_ERROR
     try:
-        write_integration(config, n, status=STATUS_ERROR, message=short_note(reason))
+        write_integration(config, n, status=status, message=short_note(reason), uuid=uuid)
     except Exception as koha_exc:  # Koha down or the record unreadable: the job keeps the reason
         ctx.log.warning(f"biblio {n}: could not write the error to Koha: {describe(koha_exc)}")
 

@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING
 
 from ...trackers import Poll, TrackedView, Tracker
 from .config import IntegratorConfig, integrator_config
-from .marc import STATUS_ERROR, STATUS_IMPORTED, integration_state, parse_marcxml
+from .marc import (
+    STATUS_ERROR,
+    STATUS_IMPORTED,
+    IntegrationState,
+    integration_state,
+    parse_marcxml,
+)
 from .pipeline import (
     REVIEW_NOTE,
     REVIEW_TRACKER,
@@ -48,13 +54,17 @@ def review_tracker(engine: Engine) -> Tracker:
                 )
                 if any(found.uuid == uuid for found in waiting):
                     return Poll()
+        if item is not None and not (item.in_archive and item.uri):
+            return Poll()
+        current = _current_state(config, n)
+        if current.uuid and current.uuid != uuid:
+            # Someone re-integrated the record meanwhile: Koha now follows that other item.
+            return Poll(GONE, f"956$3 of biblio {n} now names DSpace item {current.uuid}")
         if item is None:
             reason = f"DSpace item {uuid} was removed during review (rejected?)"
             write_integration(config, n, status=STATUS_ERROR, message=reason)
             return Poll(GONE, reason)
-        if not (item.in_archive and item.uri):
-            return Poll()
-        note = _without_review_note(_current_note(config, n))
+        note = _without_review_note(current.message)
         write_integration(
             config, n, status=STATUS_IMPORTED, message=note, uuid=uuid, handle_url=item.uri
         )
@@ -82,10 +92,10 @@ def review_tracker(engine: Engine) -> Tracker:
     )
 
 
-def _current_note(config: IntegratorConfig, biblionumber: int) -> str | None:
+def _current_state(config: IntegratorConfig, biblionumber: int) -> IntegrationState:
     with koha_rest(config) as koha:
         record = parse_marcxml(koha.get_marcxml(biblionumber), biblionumber=biblionumber)
-    return integration_state(record).message
+    return integration_state(record)
 
 
 def _without_review_note(note: str | None) -> str | None:
