@@ -144,3 +144,19 @@ def test_no_dashboard_user_gets_the_integrator_role(client: Any) -> None:
 
     with pytest.raises(AccessError, match="integrator role is for the Koha button"):
         client.client.app.state.auth.users.create("staff", "integrator", "a long password here")
+
+
+def test_admins_make_and_list_integrator_tokens_over_the_api(client: Any) -> None:
+    api = client
+    made = api.client.post(
+        "/api/v1/tokens", json={"role": "integrator", "name": "koha-button"}, headers=api.admin
+    )
+    assert made.status_code == 201, made.text
+    assert made.json()["role"] == "integrator"
+    listed = api.client.get("/api/v1/tokens", headers=api.admin)
+    assert listed.status_code == 200, listed.text
+    assert "integrator" in {t["role"] for t in listed.json()["items"]}
+    button = {"Authorization": f"Bearer {made.json()['token']}"}
+    assert (
+        api.client.post("/integrate", json={"biblionumber": 3}, headers=button).status_code == 202
+    )

@@ -25,6 +25,8 @@ LaneName = Annotated[str, StringConstraints(min_length=1, max_length=100, patter
 Priority = Annotated[int, Field(ge=-MAX_PRIORITY, le=MAX_PRIORITY)]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 Role = Literal["viewer", "operator", "admin"]
+# Tokens may also be "integrator": the Koha button's, for /integrate and /status only.
+TokenRole = Literal["integrator", "viewer", "operator", "admin"]
 assert set(JobState.__args__) == set(JOB_STATES)  # type: ignore[attr-defined]
 
 
@@ -366,7 +368,7 @@ class DeadLetterPage(BaseModel):
 
 
 class TokenIn(Strict):
-    role: Role
+    role: TokenRole
     name: Name | None = None
     expires_in_days: float | None = Field(default=None, gt=0, le=3650)
 
@@ -375,7 +377,7 @@ class TokenOut(BaseModel):
     id: int
     name: str
     prefix: str
-    role: Role
+    role: TokenRole
     created_at: datetime
     created_by: str
     expires_at: datetime | None
