@@ -1,0 +1,491 @@
+"""The OAI-PMH client against an independent provider (the `oaipmh` package's BatchingServer)
+served on loopback behind a fault-injection layer (tests/support/oai_provider.py).
+
+Contract points (issue 5, section 3; la-referencia-oaipmh-dcb.md section 2) are named H1..H16
+in the test docstrings. Sleeping is injected: no test waits for a backoff or a Retry-After.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from email.utils import format_datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from lxml import etree
+
+from shelfwork.connectors import AuthFailed, RemoteUnavailable
+from shelfwork.connectors.oaipmh import (
+    ILLEGAL_XML,
+    BadArgument,
+    BadPage,
+    BadResumptionToken,
+    CannotDisseminateFormat,
+    IllegalCharacterFilter,
+    NoSetHierarchy,
+    OaiClient,
+    OaiError,
+    Page,
+    Record,
+    RepeatedToken,
+    Throttled,
+    UnsafePage,
+    format_datestamp,
+    parse_datestamp,
+)
+from tests.support.oai_provider import ILLEGAL_COUNT, Item, Provider, Repository, running
+
+BATCH = 20
+TOTAL = 250
+START = datetime(2024, 3, 1, 6, 0, 0)
+DC = "{http://purl.org/dc/elements/1.1/}"
+SETS = ("hist", "hist:modern", "hist:ancient", "sci", "sci:physics", "art")
+
+
+def generate_items(count: int, seed: int = 5) -> list[Item]:
+    """Records spread over about three weeks, about one in eight deleted, most in one or two
+    sets (hierarchical, overlapping), a few in none."""
+    rng = random.Random(seed)
+    items = []
+    for n in range(count):
+        stamp = START + timedelta(minutes=rng.randrange(0, 21 * 24 * 60), seconds=n % 60)
+        sets = tuple(sorted(set(rng.sample(SETS, rng.choice((0, 1, 1, 2))))))
+        items.append(
+            Item(
+                identifier=f"oai:loopback:{n:05d}",
+                datestamp=stamp,
+                sets=sets,
+                deleted=rng.random() < 0.125,
+                fields={
+                    "title": [f"Título {n} — {rng.choice(['αβγ', 'ёж', 'x<y&z', 'plain'])}"],
+                    "creator": [f"Author {rng.randrange(40)}"],
+                    "date": [str(1900 + rng.randrange(120))],
+                },
+            )
+        )
+    return items
+
+
+@pytest.fixture(scope="module")
+def items() -> list[Item]:
+    return generate_items(TOTAL)
+
+
+@pytest.fixture
+def provider(items: list[Item]) -> Iterator[Provider]:
+    yield from running(Repository(items), batch_size=BATCH)
+
+
+class Sleeps(list[float]):
+    """An injected `sleep` that only remembers what it was asked to wait."""
+
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+def client_for(provider: Provider, sleeps: Sleeps | None = None, **options: object) -> OaiClient:
+    return OaiClient(provider.url, sleep=sleeps if sleeps is not None else Sleeps(), **options)  # type: ignore[arg-type]
+
+
+def stamp(dt: datetime) -> str:
+    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def harvest(client: OaiClient, **arguments: str) -> tuple[list[Page], list[Record]]:
+    pages = list(client.pages("oai_dc", **arguments))  # type: ignore[arg-type]
+    return pages, [record for page in pages for record in page.records]
+
+
+def title(record: Record) -> str:
+    assert record.metadata is not None
+    return etree.fromstring(record.metadata).findtext(f"{DC}title") or ""
+
+
+def expected(items: list[Item], **filters: object) -> dict[str, Item]:
+    spec = filters.get("set_")
+    since = filters.get("since")
+    up_to = filters.get("up_to")
+    return {
+        item.identifier: item
+        for item in items
+        if (spec is None or any(s == spec or s.startswith(f"{spec}:") for s in item.sets))
+        and (since is None or item.datestamp >= since)  # type: ignore[operator]
+        and (up_to is None or item.datestamp <= up_to)  # type: ignore[operator]
+    }
+
+
+def check_records(records: list[Record], want: dict[str, Item]) -> None:
+    """Every wanted record arrived exactly once with its datestamp, sets, deletion and title."""
+    got = [r.identifier for r in records]
+    assert len(got) == len(set(got)), "a record arrived twice"
+    assert set(got) == set(want)
+    for record in records:
+        item = want[record.identifier]
+        assert record.datestamp == stamp(item.datestamp)
+        assert record.sets == item.sets
+        assert record.deleted is item.deleted
+        if item.deleted:
+            assert record.metadata is None
+        else:
+            assert title(record) == item.fields["title"][0]
+
+
+# ------------------------------------------------------------------------------ protocol
+
+
+def test_identify_fields(provider: Provider, items: list[Item]) -> None:
+    """H1: Identify first — granularity, deletedRecord, earliest datestamp, compression."""
+    with client_for(provider) as client:
+        info = client.identify()
+    assert info.repository_name == "Loopback test repository"
+    assert info.base_url == provider.url
+    assert info.protocol_version == "2.0"
+    assert info.earliest_datestamp == stamp(min(item.datestamp for item in items))
+    assert info.deleted_record == "persistent"
+    assert info.granularity == "YYYY-MM-DDThh:mm:ssZ"
+    assert info.compression == ("gzip", "deflate")
+
+
+def test_full_harvest_every_record_and_deletion(provider: Provider, items: list[Item]) -> None:
+    """H2: ListRecords walks every page by resumptionToken; every record and deletion arrives."""
+    assert any(item.deleted for item in items) and not all(item.deleted for item in items)
+    with client_for(provider) as client:
+        pages, records = harvest(client)
+    assert len(pages) == math.ceil(TOTAL / BATCH)
+    assert [len(page.records) for page in pages[:-1]] == [BATCH] * (len(pages) - 1)
+    assert pages[-1].token is None and all(page.token for page in pages[:-1])
+    assert pages[0].request == {"verb": "ListRecords", "metadataPrefix": "oai_dc"}
+    for before, page in itertools.pairwise(pages):
+        assert before.token is not None
+        assert page.request == {"verb": "ListRecords", "resumptionToken": before.token.value}
+    assert all(page.response_date.endswith("Z") for page in pages)
+    check_records(records, expected(items))
+    assert sum(r.deleted for r in records) == sum(i.deleted for i in items)
+    assert [e.arguments.get("verb") for e in provider.faults.requests()] == ["ListRecords"] * len(
+        pages
+    )
+
+
+def test_set_filter_is_hierarchical(provider: Provider, items: list[Item]) -> None:
+    """H3: set= selects the set and its subsets (hist covers hist:modern and hist:ancient)."""
+    with client_for(provider) as client:
+        _, records = harvest(client, set_="hist")
+        _, leaf = harvest(client, set_="sci:physics")
+    check_records(records, expected(items, set_="hist"))
+    assert any("hist:modern" in r.sets for r in records)
+    check_records(leaf, expected(items, set_="sci:physics"))
+
+
+def test_from_until_filters_inclusive(provider: Provider, items: list[Item]) -> None:
+    """H4: from/until are inclusive, at second and at day granularity."""
+    ordered = sorted(items, key=lambda i: i.datestamp)
+    low, high = ordered[60].datestamp, ordered[140].datestamp
+    with client_for(provider) as client:
+        _, records = harvest(client, from_=stamp(low), until=stamp(high))
+        day = (START + timedelta(days=4)).date()
+        _, one_day = harvest(client, from_=day.isoformat(), until=day.isoformat())
+    check_records(records, expected(items, since=low, up_to=high))
+    assert {ordered[60].identifier, ordered[140].identifier} <= {r.identifier for r in records}
+    day_start = datetime.combine(day, datetime.min.time())
+    want_day = expected(items, since=day_start, up_to=day_start + timedelta(seconds=86399))
+    assert want_day
+    check_records(one_day, want_day)
+
+
+def test_post_mode(provider: Provider, items: list[Item]) -> None:
+    """H5: POST with application/x-www-form-urlencoded when configured."""
+    with client_for(provider, method="POST") as client:
+        _, records = harvest(client, set_="art")
+    check_records(records, expected(items, set_="art"))
+    methods = {e.method for e in provider.faults.requests()}
+    assert methods == {"POST"}
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_compressed_pages(provider: Provider, items: list[Item], encoding: str) -> None:
+    """H6: the client asks for gzip and deflate and reads either."""
+    provider.faults.encodings = (encoding,)
+    with client_for(provider) as client:
+        _, records = harvest(client, set_="sci")
+    check_records(records, expected(items, set_="sci"))
+    log = provider.faults.requests()
+    assert all("gzip" in e.accept_encoding and "deflate" in e.accept_encoding for e in log)
+    assert {e.content_encoding for e in log} == {encoding}
+
+
+def test_no_records_match_is_an_empty_page(provider: Provider, items: list[Item]) -> None:
+    """H7: noRecordsMatch is an empty result, not an error."""
+    later = max(i.datestamp for i in items) + timedelta(days=1)
+    with client_for(provider) as client:
+        pages = list(client.pages("oai_dc", from_=stamp(later)))
+    assert len(pages) == 1
+    assert pages[0].records == [] and pages[0].token is None
+    assert pages[0].request["from"] == stamp(later)
+
+
+def test_cannot_disseminate_format(provider: Provider) -> None:
+    """H8: an OAI error code becomes an exception carrying the code and the arguments."""
+    with client_for(provider) as client, pytest.raises(CannotDisseminateFormat) as caught:
+        client.list_records("marc21")
+    assert caught.value.code == "cannotDisseminateFormat"
+    assert caught.value.arguments["metadataPrefix"] == "marc21"
+    assert provider.url in str(caught.value) and "metadataPrefix=marc21" in str(caught.value)
+    assert len(provider.faults.requests()) == 1, "an OAI error is not retried"
+
+
+def test_bad_argument(provider: Provider) -> None:
+    """H8: badArgument (a malformed datestamp) is raised as BadArgument."""
+    with client_for(provider) as client, pytest.raises(BadArgument) as caught:
+        client.list_records("oai_dc", from_="last tuesday")
+    assert isinstance(caught.value, OaiError) and caught.value.code == "badArgument"
+    assert "from=last tuesday" in str(caught.value)
+
+
+def test_no_set_hierarchy() -> None:
+    """H8: a repository without sets answers noSetHierarchy to set=."""
+    flat = [
+        Item(f"oai:flat:{n}", START + timedelta(hours=n), fields={"title": ["t"]}) for n in range(5)
+    ]
+    for provider in running(Repository(flat, set_names={})):
+        with client_for(provider) as client, pytest.raises(NoSetHierarchy):
+            client.list_records("oai_dc", set_="anything")
+
+
+# --------------------------------------------------------------------------- flow control
+
+
+def test_retry_after_seconds_honoured(provider: Provider) -> None:
+    """H9: 503 + Retry-After (seconds) is flow control: wait what the server said, then go on."""
+    provider.faults.failing, provider.faults.retry_after = 2, "7"
+    sleeps = Sleeps()
+    with client_for(provider, sleeps) as client:
+        page = client.list_records("oai_dc")
+    assert sleeps == [7.0, 7.0]
+    assert len(page.records) == BATCH
+    assert [e.status for e in provider.faults.requests()] == [503, 503, 200]
+
+
+def test_retry_after_http_date_honoured(provider: Provider) -> None:
+    """H9: Retry-After as an HTTP date is the time until that date."""
+    provider.faults.failing = 1
+    provider.faults.retry_after = format_datetime(datetime.now(UTC) + timedelta(seconds=40), True)
+    sleeps = Sleeps()
+    with client_for(provider, sleeps) as client:
+        client.list_records("oai_dc")
+    assert len(sleeps) == 1 and 30 <= sleeps[0] <= 40
+
+
+def test_retry_after_capped_then_bounded(provider: Provider) -> None:
+    """H9: a huge Retry-After is capped per wait; past the total bound the client backs off
+    exponentially and then fails, naming the URL and the server's answer."""
+    provider.faults.failing, provider.faults.retry_after = 1000, "86400"
+    sleeps = Sleeps()
+    options = {"max_retry_after": 5.0, "retry_after_cap_total": 12.0, "retries": 3, "backoff": 1.0}
+    with client_for(provider, sleeps, **options) as client, pytest.raises(Throttled) as caught:
+        client.list_records("oai_dc")
+    assert sleeps == [5.0, 5.0, 1.0, 2.0, 4.0]
+    assert isinstance(caught.value, RemoteUnavailable)
+    message = str(caught.value)
+    assert provider.url in message and "503" in message and "86400" in message
+    assert "come back later" in message and "metadataPrefix=oai_dc" in message
+    assert len(provider.faults.requests()) == 6
+
+
+def test_503_without_retry_after_backs_off(provider: Provider) -> None:
+    """H10: a 5xx without Retry-After is retried with backoff * 2**n."""
+    provider.faults.failing, provider.faults.fail_status = 3, 500
+    provider.faults.retry_after = None
+    sleeps = Sleeps()
+    with client_for(provider, sleeps, backoff=3.0) as client:
+        page = client.list_records("oai_dc")
+    assert sleeps == [3.0, 6.0, 12.0] and page.records
+
+
+def test_forbidden_is_not_retried(provider: Provider) -> None:
+    """H10: a 4xx is a refusal; the guidelines say stop, so no retry."""
+    provider.faults.failing, provider.faults.fail_status = 5, 403
+    sleeps = Sleeps()
+    with client_for(provider, sleeps) as client, pytest.raises(AuthFailed):
+        client.list_records("oai_dc")
+    assert sleeps == [] and len(provider.faults.requests()) == 1
+
+
+def test_network_errors_back_off_then_succeed(provider: Provider) -> None:
+    """H10: a dropped connection is retried with exponential backoff (3 s, 6 s...)."""
+    provider.faults.dropped = 2
+    sleeps = Sleeps()
+    with client_for(provider, sleeps) as client:
+        page = client.list_records("oai_dc")
+    assert sleeps == [3.0, 6.0]
+    assert len(page.records) == BATCH
+    assert [e.status for e in provider.faults.log] == [None, None, 200]
+
+
+def test_network_errors_give_up(provider: Provider) -> None:
+    """H10: past `retries` the failure is RemoteUnavailable naming the URL and the arguments."""
+    provider.faults.dropped = 100
+    sleeps = Sleeps()
+    with client_for(provider, sleeps, retries=2) as client, pytest.raises(RemoteUnavailable) as e:
+        client.list_records("oai_dc", set_="art")
+    assert sleeps == [3.0, 6.0]
+    assert provider.url in str(e.value) and "set=art" in str(e.value)
+
+
+def test_slow_page_beyond_timeout(provider: Provider) -> None:
+    """H11: a page slower than the timeout is retried, and fails as RemoteUnavailable if it
+    stays slow."""
+    provider.faults.slow, provider.faults.slow_seconds = 1, 1.0
+    sleeps = Sleeps()
+    with client_for(provider, sleeps, timeout=0.3) as client:
+        page = client.list_records("oai_dc")
+        assert sleeps == [3.0] and page.records
+        provider.faults.slow = 10
+        started = time.monotonic()
+        with pytest.raises(RemoteUnavailable) as caught:
+            client.list_records("oai_dc")
+    assert time.monotonic() - started < 3
+    assert "Timeout" in str(caught.value) and provider.url in str(caught.value)
+
+
+# ---------------------------------------------------------------------------- bad pages
+
+
+def test_illegal_characters_removed_and_counted(provider: Provider, items: list[Item]) -> None:
+    """H12: characters XML 1.0 forbids are removed before parsing and counted on the page."""
+    provider.faults.control_characters = 1
+    with client_for(provider) as client:
+        page = client.list_records("oai_dc")
+        clean = client.next_page(page.token) if page.token else None
+    live = [r for r in page.records if not r.deleted]
+    assert live and page.removed_characters == ILLEGAL_COUNT * len(live)
+    want = expected(items)
+    assert all(title(r) == want[r.identifier].fields["title"][0] for r in live)
+    assert clean is not None and clean.removed_characters == 0
+
+
+def test_truncated_page_retried(provider: Provider) -> None:
+    """H13: a truncated page is retried like a network error (often transient)."""
+    provider.faults.truncated = 1
+    sleeps = Sleeps()
+    with client_for(provider, sleeps) as client:
+        page = client.list_records("oai_dc")
+    assert sleeps == [3.0] and len(page.records) == BATCH
+
+
+def test_truncated_page_fails_as_bad_page(provider: Provider) -> None:
+    """H13: a page that stays broken ends in BadPage naming the URL, the line and an excerpt."""
+    provider.faults.truncated = 100
+    sleeps = Sleeps()
+    with client_for(provider, sleeps) as client, pytest.raises(BadPage) as caught:
+        client.list_records("oai_dc")
+    assert sleeps == [3.0, 6.0], "two retries, then failure"
+    error = caught.value
+    assert error.line is not None and error.line > 10
+    assert error.excerpt and error.excerpt in str(error)
+    assert provider.url in str(error) and "verb=ListRecords" in str(error)
+    assert len(provider.faults.requests()) == 3
+
+
+def test_doctype_refused(provider: Provider) -> None:
+    """H14: a page with a DOCTYPE (here an XXE) is refused at once and never resolved."""
+    provider.faults.doctype = 5
+    sleeps = Sleeps()
+    with client_for(provider, sleeps) as client, pytest.raises(UnsafePage) as caught:
+        client.list_records("oai_dc")
+    assert "DOCTYPE" in str(caught.value) and "root:" not in str(caught.value)
+    assert sleeps == [] and len(provider.faults.requests()) == 1
+
+
+# ------------------------------------------------------------------------- resumption
+
+
+def test_bad_resumption_token_names_the_token(provider: Provider, items: list[Item]) -> None:
+    """H15: badResumptionToken mid-harvest raises with the token, so the pipeline can restart
+    from its last `from` with an overlap (shown here: the restart gets the rest)."""
+    with client_for(provider) as client:
+        first = client.list_records("oai_dc")
+        second = client.next_page(first.token) if first.token else None
+        assert second is not None and second.token is not None
+        provider.faults.refuse_tokens = True
+        with pytest.raises(BadResumptionToken) as caught:
+            client.next_page(second.token)
+        provider.faults.refuse_tokens = False
+        last_seen = max(parse_datestamp(r.datestamp) for r in first.records + second.records)
+        restart_from = format_datestamp(last_seen - timedelta(seconds=1), "YYYY-MM-DDThh:mm:ssZ")
+        _, rest = harvest(client, from_=restart_from)
+    error = caught.value
+    assert error.token == second.token.value
+    assert second.token.value in str(error) and provider.url in str(error)
+    assert {r.identifier for r in first.records + second.records + rest} == set(expected(items))
+
+
+def test_repeated_token_detected(provider: Provider) -> None:
+    """H16: a repository that hands back the token it was sent is caught, not looped on."""
+    seen: list[Page] = []
+    with client_for(provider) as client, pytest.raises(RepeatedToken) as caught:
+        for page in client.pages("oai_dc"):
+            seen.append(page)
+            if len(seen) == 3:
+                provider.faults.repeated_tokens = 50
+    assert len(seen) == 4
+    assert seen[3].token == seen[2].token
+    assert seen[2].token is not None and caught.value.token == seen[2].token.value
+    assert seen[2].token.value in str(caught.value) and provider.url in str(caught.value)
+    assert len(provider.faults.requests()) == 4
+
+
+def test_resume_from_checkpointed_token(provider: Provider, items: list[Item]) -> None:
+    """H17: a harvest resumed from a stored token starts at that page, never re-fetching the
+    finished ones, and together they cover the list."""
+    with client_for(provider) as client:
+        walk = client.pages("oai_dc")
+        done = [next(walk), next(walk), next(walk)]
+        walk.close()
+        checkpoint = done[-1].token
+        assert checkpoint is not None
+        requests_before = len(provider.faults.requests())
+        rest = list(client.pages("oai_dc", resume=checkpoint))
+    resumed = provider.faults.requests()[requests_before:]
+    assert resumed[0].arguments == {"verb": "ListRecords", "resumptionToken": checkpoint.value}
+    check_records([r for p in done + rest for r in p.records], expected(items))
+
+
+# ------------------------------------------------------------------------------- parts
+
+
+def test_format_datestamp_is_utc_at_granularity() -> None:
+    """H18: incremental `from` is UTC at the repository's granularity; naive times refused."""
+    moment = datetime(2024, 3, 1, 1, 30, 5, tzinfo=timezone(timedelta(hours=3)))
+    assert format_datestamp(moment, "YYYY-MM-DDThh:mm:ssZ") == "2024-02-29T22:30:05Z"
+    assert format_datestamp(moment, "YYYY-MM-DD") == "2024-02-29"
+    assert parse_datestamp("2024-02-29T22:30:05Z") == moment
+    with pytest.raises(ValueError, match="timezone-aware"):
+        format_datestamp(datetime(2024, 3, 1), "YYYY-MM-DD")
+    with pytest.raises(ValueError, match="granularity"):
+        format_datestamp(moment, "YYYY")
+
+
+PIECES = st.sampled_from(
+    [b"a", b"<t>", b"&amp;", b"&#x1F;", b"&#11;", b"&#x41;", b"&#65;", b"\x0b", b"\x01", b"\t",
+     b"\xef\xbf\xbf", b"\xef\xbf\xbe", "é".encode(), "€".encode(), b"&#x0000B;", b"&#65535;"]
+)  # fmt: skip
+
+
+@given(st.lists(PIECES, max_size=40), st.lists(st.integers(0, 400), max_size=8))
+def test_illegal_character_filter_across_chunks(pieces: list[bytes], cuts: list[int]) -> None:
+    """H12: removal does not depend on where the network split the stream."""
+    data = b"".join(pieces)
+    whole = ILLEGAL_XML.sub(b"", data)
+    bounds = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
+    cleaner = IllegalCharacterFilter()
+    out = b"".join(cleaner.feed(data[a:b]) for a, b in itertools.pairwise(bounds))
+    out += cleaner.close()
+    assert out == whole
+    assert cleaner.removed == len(ILLEGAL_XML.findall(data))
+    etree.fromstring(b"<r>" + out.replace(b"<t>", b"") + b"</r>")
