@@ -1,0 +1,1 @@
+"""OAI-PMH network records: parsing, validation against rule sets, and (later) transformation."""

@@ -1,0 +1,184 @@
+"""One harvested metadata record, parsed once so every rule reads the same tree.
+
+Parsing is the trust boundary for what remote repositories send: lxml without entities, DTDs or
+network, any DOCTYPE refused, and only UTF-8 accepted. A record that fails raises `BadMetadata`,
+which the pipeline dead-letters with its reason while the run goes on.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any, Protocol
+
+from lxml import etree
+
+from ...errors import ShelfworkError
+
+#: prefixes a field name (`dc.title`) or an XPath expression may use without declaring them
+DEFAULT_NAMESPACES: dict[str, str] = {
+    "oai_dc": "http://www.openarchives.org/OAI/2.0/oai_dc/",
+    "dc": "http://purl.org/dc/elements/1.1/",
+    "dcterms": "http://purl.org/dc/terms/",
+    "xsi": "http://www.w3.org/2001/XMLSchema-instance",
+}
+
+#: `prefix.element` or `prefix.element.qualifier`
+FIELD_SYNTAX = re.compile(r"([A-Za-z_][\w-]*)\.([A-Za-z_][\w-]*)(?:\.([A-Za-z_][\w-]*))?")
+
+_DOCTYPE_MARKERS = ("<!DOCTYPE", "<!ENTITY")
+_DECLARED_ENCODING = re.compile(r"""^\s*<\?xml[^>]*?encoding\s*=\s*["']([^"']+)["']""")
+_UTF8_NAMES = {"utf-8", "utf8"}
+
+
+class BadMetadata(ShelfworkError):
+    """A record's metadata cannot be read safely; `problem` says why."""
+
+    def __init__(self, identifier: str, problem: str) -> None:
+        self.identifier = identifier
+        self.problem = problem
+        super().__init__(f"record {identifier!r}: {problem}")
+
+
+class HarvestedRecord(Protocol):
+    """What `from_harvest` needs of a harvested record (`connectors.oaipmh.Record` fits)."""
+
+    identifier: str
+    metadata: bytes | None
+
+
+def field_xpath(field: str) -> str:
+    """The XPath a field name stands for.
+
+    `dc.title` selects every `dc:title` element; `dc.date.issued` selects the `dc:date` elements
+    whose `type` attribute is `issued` (oai_dc has no qualifiers of its own, and this is how the
+    extended Dublin Core profiles repositories emit mark them).
+    """
+    match = FIELD_SYNTAX.fullmatch(field)
+    if match is None:
+        raise ValueError(
+            f"field {field!r} is not of the form prefix.element or prefix.element.qualifier"
+        )
+    prefix, element, qualifier = match.groups()
+    path = f"descendant-or-self::{prefix}:{element}"
+    return f"{path}[@type='{qualifier}']" if qualifier else path
+
+
+@lru_cache(maxsize=1024)
+def _compiled_xpath(expr: str, namespaces: tuple[tuple[str, str], ...]) -> etree.XPath:
+    # Compiling an XPath costs more than evaluating it on one small record; rule sets reuse a
+    # handful of expressions over many records. An etree.XPath takes its own lock per call,
+    # so sharing one between threads is safe.
+    return etree.XPath(expr, namespaces=dict(namespaces))
+
+
+def normalise_space(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _safe_parser() -> etree.XMLParser:
+    # A fresh parser per call: lxml parsers must not be shared between threads.
+    return etree.XMLParser(
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        dtd_validation=False,
+        huge_tree=False,
+        remove_comments=True,
+        remove_pis=True,
+    )
+
+
+def _checked_text(data: bytes, identifier: str) -> None:
+    """Refuse what is not plain UTF-8 XML without a DOCTYPE, before lxml sees it."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise BadMetadata(identifier, "metadata must be UTF-8; it starts with a UTF-16 mark")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadMetadata(
+            identifier,
+            f"metadata is not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start})",
+        ) from None
+    if "\x00" in text:
+        raise BadMetadata(identifier, "metadata holds NUL characters (not UTF-8 XML)")
+    declared = _DECLARED_ENCODING.match(text.removeprefix("\ufeff"))
+    if declared and declared.group(1).lower() not in _UTF8_NAMES:
+        raise BadMetadata(
+            identifier, f"metadata must be UTF-8; it declares encoding {declared.group(1)!r}"
+        )
+    upper = text.upper()
+    if any(marker in upper for marker in _DOCTYPE_MARKERS):
+        raise BadMetadata(
+            identifier, "metadata must not contain a DOCTYPE (DTDs and entities are refused)"
+        )
+
+
+class MetadataRecord:
+    """A parsed metadata record whose fields are addressed as `prefix.element[.qualifier]`."""
+
+    __slots__ = ("_values", "identifier", "namespaces", "root")
+
+    def __init__(
+        self,
+        identifier: str,
+        root: etree._Element,
+        namespaces: Mapping[str, str] | None = None,
+    ) -> None:
+        self.identifier = identifier
+        self.root = root
+        self.namespaces: dict[str, str] = {**DEFAULT_NAMESPACES, **(namespaces or {})}
+        # Rules of one set read the same fields over and over; each is resolved once.
+        self._values: dict[str, list[str]] = {}
+
+    @classmethod
+    def parse(
+        cls, data: bytes, identifier: str, *, namespaces: Mapping[str, str] | None = None
+    ) -> MetadataRecord:
+        if not data or not data.strip():
+            raise BadMetadata(identifier, "empty metadata (no bytes to parse)")
+        _checked_text(data, identifier)
+        try:
+            root = etree.fromstring(data, _safe_parser())
+        except etree.XMLSyntaxError as exc:
+            where = f" at line {exc.lineno}" if exc.lineno else ""
+            raise BadMetadata(identifier, f"malformed XML{where}: {exc.msg}") from None
+        docinfo = root.getroottree().docinfo
+        if docinfo.doctype or docinfo.internalDTD is not None:
+            raise BadMetadata(
+                identifier, "metadata must not contain a DOCTYPE (DTDs and entities are refused)"
+            )
+        if docinfo.encoding and docinfo.encoding.lower() not in _UTF8_NAMES | {"us-ascii"}:
+            raise BadMetadata(identifier, f"metadata must be UTF-8, not {docinfo.encoding}")
+        return cls(identifier, root, namespaces)
+
+    @classmethod
+    def from_harvest(
+        cls, record: HarvestedRecord, *, namespaces: Mapping[str, str] | None = None
+    ) -> MetadataRecord:
+        if record.metadata is None:
+            raise BadMetadata(record.identifier, "no metadata (a deleted record?)")
+        return cls.parse(record.metadata, record.identifier, namespaces=namespaces)
+
+    def use_namespaces(self, namespaces: Mapping[str, str]) -> None:
+        """Add or rebind prefixes (a rule set's own table); resolved fields are forgotten."""
+        if any(self.namespaces.get(prefix) != uri for prefix, uri in namespaces.items()):
+            self.namespaces.update(namespaces)
+            self._values.clear()
+
+    def values(self, field: str) -> list[str]:
+        """Each occurrence's text (descendants included), whitespace-normalised, in order."""
+        found = self._values.get(field)
+        if found is None:
+            nodes = self.xpath(field_xpath(field))
+            found = [normalise_space("".join(node.itertext())) for node in nodes]
+            self._values[field] = found
+        return list(found)
+
+    def xpath(self, expr: str) -> Any:
+        """`expr` evaluated on the root with the namespace table (a list for node sets)."""
+        return _compiled_xpath(expr, tuple(sorted(self.namespaces.items())))(self.root)
+
+    def to_bytes(self) -> bytes:
+        return etree.tostring(self.root, encoding="UTF-8")
