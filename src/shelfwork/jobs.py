@@ -238,6 +238,15 @@ class Jobs:
         with self.store.read() as conn:
             return {s.name: s for s in self._steps(conn, job_id)}
 
+    def checkpoints(self, step: str) -> list[Any]:
+        """The checkpoint of every job's step named `step` (for a step that must know what
+        other jobs' runs of it have recorded, e.g. ids of objects made on a remote system)."""
+        q = select(steps_t.c.checkpoint).where(
+            steps_t.c.name == step, steps_t.c.checkpoint.is_not(None)
+        )
+        with self.store.read() as conn:
+            return [row.checkpoint for row in conn.execute(q)]
+
     def list(
         self,
         *,

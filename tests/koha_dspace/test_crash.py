@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
 
 from shelfwork.config import Settings
 from shelfwork.engine import Engine
@@ -21,7 +20,6 @@ from shelfwork.pipelines.koha_dspace.marc import integration_state, parse_marcxm
 from shelfwork.sandbox.pdfs import text_pdf
 from shelfwork.sandbox.peers import Peers, start_peers
 from shelfwork.sandbox.records import Book, marcxml
-from shelfwork.store.models import JobStep
 
 REPO = Path(__file__).resolve().parents[2]
 SERVER = (
@@ -32,7 +30,6 @@ SERVER = (
     "threading.Event().wait()\n"
 )
 RECORDS = range(41, 47)
-steps_t = JobStep.__table__
 
 pytestmark = pytest.mark.slow
 
@@ -71,9 +68,7 @@ def wait_until(what: str, condition: Callable[[], bool], timeout: float = 60.0) 
 
 def unrecorded(client: Engine, peers: Peers) -> set[int]:
     """Workspace items DSpace holds that no job's deposit checkpoint names."""
-    with client.store.read() as conn:
-        rows = conn.execute(select(steps_t.c.checkpoint).where(steps_t.c.name == "deposit")).all()
-    recorded = {r.checkpoint.get("id") for r in rows if isinstance(r.checkpoint, dict)}
+    recorded = {c.get("id") for c in client.jobs.checkpoints("deposit") if isinstance(c, dict)}
     with peers.dspace.lock:
         return set(peers.dspace.workspace_items) - recorded
 

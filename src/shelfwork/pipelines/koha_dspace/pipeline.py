@@ -24,8 +24,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pymarc
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
 
 from ...connectors import RemoteUnavailable
 from ...connectors.dspace import Deposit, DSpace, Item
@@ -33,10 +33,9 @@ from ...connectors.koha import KohaRest, KohaStaff, opac_cover_url
 from ...context import StepContext
 from ...errors import ShelfworkError, describe
 from ...pipeline import Pipeline, Retry, branch, parallel, step
-from ...store.models import JobStep
 from .config import SYSTEM, IntegratorConfig, integrator_config
 from .crosswalk import crosswalk, load_rules
-from .files import MissingFile, claim_into, md5_of, move_to_error, resolve_in_inbox
+from .files import Folders, MissingFile, claim_into, md5_of, move_to_error, resolve_in_inbox
 from .marc import (
     STATUS_ERROR,
     STATUS_IMPORTED,
@@ -79,8 +78,6 @@ class Biblio(BaseModel):
 
     biblionumber: int = Field(ge=1, le=2**31 - 1, description="Koha biblionumber")
 
-
-steps_t = JobStep.__table__
 
 # Only a passing fault is worth another try; a refusal would be repeated.
 REMOTE_RETRY = Retry(attempts=4, delay=1.0, factor=2.0, max_delay=15.0, on=(RemoteUnavailable,))
@@ -141,6 +138,11 @@ def dspace_client(config: IntegratorConfig) -> DSpace:
     return DSpace(ds.url, ds.user, ds.password.get_secret_value(), timeout=ds.timeout)
 
 
+def read_record(koha: KohaRest, biblionumber: int) -> pymarc.Record:
+    """The record as Koha holds it now, parsed as untrusted input."""
+    return parse_marcxml(koha.get_marcxml(biblionumber), biblionumber=biblionumber)
+
+
 def write_integration(
     config: IntegratorConfig,
     biblionumber: int,
@@ -157,7 +159,7 @@ def write_integration(
     just before it is written. Returns whether a PUT was made.
     """
     with koha_rest(config) as koha:
-        record = parse_marcxml(koha.get_marcxml(biblionumber), biblionumber=biblionumber)
+        record = read_record(koha, biblionumber)
         before = integration_state(record)
         mark_integration(
             record,
@@ -171,7 +173,7 @@ def write_integration(
         if wanted == before:
             return False
         koha.put_marcxml(biblionumber, to_marcxml(record))
-        stored = parse_marcxml(koha.get_marcxml(biblionumber), biblionumber=biblionumber)
+        stored = read_record(koha, biblionumber)
         problems = check_marked(stored, wanted)
         if problems:
             raise NotStored(
@@ -192,8 +194,7 @@ def fetch_record(ctx: StepContext) -> dict[str, Any]:
     n: int = ctx.params.biblionumber  # type: ignore[attr-defined]
     ctx.progress(0, 5, f"reading biblio {n} from Koha", force=True)
     with koha_rest(config) as koha:
-        data = koha.get_marcxml(n)
-    record = parse_marcxml(data, biblionumber=n)
+        record = read_record(koha, n)
     state = integration_state(record)
     uuid = item_uuid(record)
     integrated = state.status == STATUS_IMPORTED and uuid is not None
@@ -229,8 +230,7 @@ def take_file(ctx: StepContext) -> dict[str, Any]:
     n = record["biblionumber"]
     if record["integrated"]:
         return {"skipped": f"already integrated as DSpace item {record['uuid']}"}
-    for folder in (config.inbox, config.processed, config.error):
-        folder.mkdir(parents=True, exist_ok=True)
+    Folders.from_config(config).ensure()
     ctx.progress(1, 5, f"taking {record['file']}", force=True)
     claimed = ctx.checkpoint if isinstance(ctx.checkpoint, dict) else None
     try:
@@ -503,16 +503,11 @@ def _create_by_submission(
 
 
 def _orphan_workspace(ctx: StepContext, ds: DSpace, collection: str) -> int | None:
-    recorded: set[int] = set()
-    with ctx.engine.store.read() as conn:
-        rows = conn.execute(
-            select(steps_t.c.checkpoint).where(
-                steps_t.c.name == "deposit", steps_t.c.checkpoint.is_not(None)
-            )
-        )
-        for (checkpoint,) in rows:
-            if isinstance(checkpoint, dict) and isinstance(checkpoint.get("id"), int):
-                recorded.add(checkpoint["id"])
+    recorded = {
+        checkpoint["id"]
+        for checkpoint in ctx.engine.jobs.checkpoints("deposit")
+        if isinstance(checkpoint, dict) and isinstance(checkpoint.get("id"), int)
+    }
     orphans = [
         ws.id
         for ws in ds.own_workspace_items()

@@ -14,13 +14,13 @@ from .marc import (
     STATUS_IMPORTED,
     IntegrationState,
     integration_state,
-    parse_marcxml,
 )
 from .pipeline import (
     REVIEW_NOTE,
     REVIEW_TRACKER,
     dspace_client,
     koha_rest,
+    read_record,
     write_integration,
 )
 
@@ -94,8 +94,7 @@ def review_tracker(engine: Engine) -> Tracker:
 
 def _current_state(config: IntegratorConfig, biblionumber: int) -> IntegrationState:
     with koha_rest(config) as koha:
-        record = parse_marcxml(koha.get_marcxml(biblionumber), biblionumber=biblionumber)
-    return integration_state(record)
+        return integration_state(read_record(koha, biblionumber))
 
 
 def _without_review_note(note: str | None) -> str | None:
