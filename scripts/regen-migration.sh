@@ -3,7 +3,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 db=$(mktemp -u /tmp/regen-XXXXXX.db)
-rm -f src/shelfwork/store/migrations/versions/0001_initial_schema.py
+versions=src/shelfwork/store/migrations/versions
+rm -f $versions/0001_initial_schema.py
+# later, hand-written revisions (0002_search...) build on 0001: kept aside while it is remade
+aside=$(mktemp -d)
+find $versions -maxdepth 1 -name '0*.py' -exec mv {} "$aside"/ \;
+trap 'mv "$aside"/*.py $versions/ 2>/dev/null || true; rmdir "$aside"' EXIT
 .venv/bin/python - "$db" <<'PY'
 import sys
 from alembic import command

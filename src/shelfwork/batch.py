@@ -189,8 +189,15 @@ def run_batches(
     min_items: int = 50,
     total: int | None = None,
     write: Callable[[], AbstractContextManager[Connection]] | None = None,
+    after_page: Callable[[Page[T], Connection], None] | None = None,
+    savepoints: bool = True,
 ) -> BatchSummary:
     """Run `process(item, tx)` over every item of every page, one transaction per page.
+
+    `after_page(page, tx)` runs in the page's transaction after its items, before the checkpoint:
+    for a caller's own per-page state (bulk writes, running totals) that must commit with it.
+    `savepoints=False` skips the per-item savepoint, for a `process` that writes nothing itself
+    (a failing item is still dead-lettered, but its own writes would not be rolled back alone).
 
     Resumes after the last committed page of an earlier run of this step. Raises ErrorRateExceeded
     when too many items fail, Cancelled (after committing the current page) when the job is
@@ -212,7 +219,7 @@ def run_batches(
         )
     source: Iterator[Page[T]] = iter(pages(state.position))
     try:
-        _run_pages(ctx, source, process, key, limit, open_tx, owner, state)
+        _run_pages(ctx, source, process, key, limit, open_tx, owner, state, after_page, savepoints)
     finally:
         close = getattr(source, "close", None)
         if close is not None:
@@ -231,6 +238,8 @@ def _run_pages(
     open_tx: Callable[[], AbstractContextManager[Connection]],
     owner: str,
     state: BatchState,
+    after_page: Callable[[Page[T], Connection], None] | None = None,
+    savepoints: bool = True,
 ) -> None:
     """Page after page until the source ends, a page says it is the last, or the job stops."""
     while True:
@@ -245,7 +254,9 @@ def _run_pages(
             return
         _check_page(ctx, page)
         with open_tx() as tx:
-            failures = _run_page(page, process, key, tx)
+            failures = _run_page(page, process, key, tx, savepoints)
+            if after_page is not None:
+                after_page(page, tx)
             _count(state, page, failures)
             exceeded = limit.exceeded(state.window_failed, state.window_items)
             if failures:
@@ -267,12 +278,16 @@ def _run_page(
     process: Callable[[T, Connection], Any],
     key: Callable[[T], str],
     tx: Connection,
+    savepoints: bool = True,
 ) -> list[ItemFailure]:
     """Each item in its own savepoint: a bad item is rolled back alone and reported."""
     failures: list[ItemFailure] = []
     for index, item in enumerate(page.items):
         try:
-            with tx.begin_nested():
+            if savepoints:
+                with tx.begin_nested():
+                    process(item, tx)
+            else:
                 process(item, tx)
         except PAGE_FATAL:
             raise

@@ -118,6 +118,7 @@ class Engine:
             from .scheduler import SchedulerLoop
 
             self.schedules.sync_from_config(self.settings.schedules)
+            self._run_startup_hooks()
             loop = SchedulerLoop(self)
             self._scheduler = threading.Thread(
                 target=loop.run, name="shelfwork-scheduler", daemon=True
@@ -125,6 +126,17 @@ class Engine:
             self._scheduler.start()
         self.started = True
         return self
+
+    def _run_startup_hooks(self) -> None:
+        """A pipeline module's `STARTUP` callables (engine -> None) run where the scheduler
+        does: they bring the module's own configuration into the database (networks, their
+        schedules) before the first firing, and a ConfigError there stops the start."""
+        import importlib
+
+        for name in self.settings.pipeline_modules:
+            module = importlib.import_module(name)
+            for hook in getattr(module, "STARTUP", []):
+                hook(self)
 
     def stop(self, *, wait: bool = True) -> None:
         self._stopping.set()

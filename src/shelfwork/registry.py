@@ -1,7 +1,8 @@
 """Which pipelines and trackers a process knows: the built-ins plus the modules named in settings.
 
 A module listed in `[pipelines] modules` exposes `PIPELINES` (a list of Pipeline) and may expose
-`TRACKERS` (a list of Tracker, or of callables that take the engine and return one).
+`TRACKERS` (a list of Tracker, or of callables that take the engine and return one) and
+`STARTUP` (callables that take the engine, run where the scheduler starts).
 """
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import random
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -39,37 +38,19 @@ from shelfwork.connectors.oaipmh import (
     format_datestamp,
     parse_datestamp,
 )
-from tests.support.oai_provider import ILLEGAL_COUNT, Item, Provider, Repository, running
+from tests.support.oai_provider import (
+    ILLEGAL_COUNT,
+    START,
+    Item,
+    Provider,
+    Repository,
+    generate_items,
+    running,
+)
 
 BATCH = 20
 TOTAL = 250
-START = datetime(2024, 3, 1, 6, 0, 0)
 DC = "{http://purl.org/dc/elements/1.1/}"
-SETS = ("hist", "hist:modern", "hist:ancient", "sci", "sci:physics", "art")
-
-
-def generate_items(count: int, seed: int = 5) -> list[Item]:
-    """Records spread over about three weeks, about one in eight deleted, most in one or two
-    sets (hierarchical, overlapping), a few in none."""
-    rng = random.Random(seed)
-    items = []
-    for n in range(count):
-        stamp = START + timedelta(minutes=rng.randrange(0, 21 * 24 * 60), seconds=n % 60)
-        sets = tuple(sorted(set(rng.sample(SETS, rng.choice((0, 1, 1, 2))))))
-        items.append(
-            Item(
-                identifier=f"oai:loopback:{n:05d}",
-                datestamp=stamp,
-                sets=sets,
-                deleted=rng.random() < 0.125,
-                fields={
-                    "title": [f"Título {n} — {rng.choice(['αβγ', 'ёж', 'x<y&z', 'plain'])}"],
-                    "creator": [f"Author {rng.randrange(40)}"],
-                    "date": [str(1900 + rng.randrange(120))],
-                },
-            )
-        )
-    return items
 
 
 @pytest.fixture(scope="module")

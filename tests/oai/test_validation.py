@@ -27,6 +27,7 @@ from shelfwork.pipelines.oai.validation import (
     RuleSetError,
     UrlChecker,
     ValidationStats,
+    _names_private_address,
     compile_guarded,
     parse_expression,
     validate,
@@ -675,7 +676,7 @@ def url_server() -> Iterator[UrlServer]:
 
 @pytest.fixture
 def checker() -> Iterator[UrlChecker]:
-    made = UrlChecker(max_concurrency=2, timeout=5.0)
+    made = UrlChecker(max_concurrency=2, timeout=5.0, allow_private=True)
     yield made
     made.close()
 
@@ -765,7 +766,32 @@ def test_url_exists_injected_call_failing_counts_as_invalid() -> None:
 def test_ruleset_default_url_checker_is_kept(url_server: UrlServer) -> None:
     rules = one_rule(type="url_exists", field="dc.identifier")
     record = dc_record(identifier=f"{url_server.url}/ok")
-    assert validate(record, rules).valid
-    assert validate(record, rules).valid
-    assert url_server.hits["/ok"] == 1
+    # the default checker refuses addresses outside the public internet (loopback here)
+    assert not validate(record, rules).valid
+    assert url_server.hits.get("/ok", 0) == 0
+    assert rules.url_checker() is rules.url_checker()
     rules.url_checker().close()
+    allowed = UrlChecker(allow_private=True)
+    assert validate(record, rules, url_checker=allowed).valid
+    assert validate(record, rules, url_checker=allowed).valid
+    assert url_server.hits["/ok"] == 1
+    allowed.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/x",
+        "http://localhost/x",
+        "http://10.1.2.3/",
+        "http://169.254.169.254/",
+        "http://[::1]/",
+        "http://192.168.0.10/",
+    ],
+)
+def test_private_addresses_are_recognised(url: str) -> None:
+    assert _names_private_address(url)
+
+
+def test_public_address_is_not_private() -> None:
+    assert not _names_private_address("http://93.184.215.14/x")

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import gzip
 import io
+import random
 import re
 import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from http import HTTPStatus
 from socketserver import ThreadingMixIn
 from typing import Any
@@ -47,6 +48,17 @@ TITLE = b"<dc:title>"
 ILLEGAL = b"\x0b&#x1F;\xef\xbf\xbf"
 ILLEGAL_COUNT = 3
 XXE_DOCTYPE = b'<!DOCTYPE OAI-PMH [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>\n'
+#: what `poisoned` puts in a page's first three records: malformed XML, an external entity
+#: declared inside the record, and a byte that is not UTF-8 (Latin-1 e-acute)
+POISONS = (
+    b"<unclosed>",
+    b'<!DOCTYPE t [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>&xxe;',
+    b"caf\xe9",
+)
+
+
+START = datetime(2024, 3, 1, 6, 0, 0)
+SETS = ("hist", "hist:modern", "hist:ancient", "sci", "sci:physics", "art")
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,30 @@ class Item:
 def in_set(item: Item, spec: str) -> bool:
     """Set membership with hierarchy: a record in a:b is also in a."""
     return any(s == spec or s.startswith(spec + ":") for s in item.sets)
+
+
+def generate_items(count: int, seed: int = 5) -> list[Item]:
+    """Records spread over about three weeks, about one in eight deleted, most in one or two
+    sets (hierarchical, overlapping), a few in none."""
+    rng = random.Random(seed)
+    items = []
+    for n in range(count):
+        stamp = START + timedelta(minutes=rng.randrange(0, 21 * 24 * 60), seconds=n % 60)
+        sets = tuple(sorted(set(rng.sample(SETS, rng.choice((0, 1, 1, 2))))))
+        items.append(
+            Item(
+                identifier=f"oai:loopback:{n:05d}",
+                datestamp=stamp,
+                sets=sets,
+                deleted=rng.random() < 0.125,
+                fields={
+                    "title": [f"Título {n} — {rng.choice(['αβγ', 'ёж', 'x<y&z', 'plain'])}"],
+                    "creator": [f"Author {rng.randrange(40)}"],
+                    "date": [str(1900 + rng.randrange(120))],
+                },
+            )
+        )
+    return items
 
 
 class Repository:
@@ -220,7 +256,9 @@ class Faults:
     truncated: int = 0  # the next N ListRecords pages are cut in half
     control_characters: int = 0  # the next N ListRecords pages get ILLEGAL in every title
     doctype: int = 0  # the next N ListRecords pages declare an external entity and use it
+    poisoned: int = 0  # the next N ListRecords pages carry POISONS in their first three titles
     refuse_tokens: bool = False  # every resumption token is unknown to the server
+    refused_tokens: int = 0  # the next N token requests are answered badResumptionToken
     repeated_tokens: int = 0  # the next N token requests answer with the token they were sent
     encodings: tuple[str, ...] = ("gzip", "deflate")  # in the order the provider prefers them
     log: list[Exchange] = field(default_factory=list)
@@ -265,7 +303,7 @@ def faulty(app: WSGIApp, faults: Faults) -> WSGIApp:
 
         token = arguments.get("resumptionToken")
         forwarded = dict(arguments)
-        if token is not None and faults.refuse_tokens:
+        if token is not None and (faults.refuse_tokens or faults.take("refused_tokens")):
             forwarded["resumptionToken"] = "expired"  # the server itself answers the error
         captured: dict[str, Any] = {}
 
@@ -297,6 +335,10 @@ def damaged(body: bytes, token: str | None, faults: Faults) -> bytes:
         body = TOKEN.sub(
             lambda _: b"<resumptionToken>" + token.encode() + b"</resumptionToken>", body
         )
+    if faults.take("poisoned"):
+        spots = [m.end() for m in re.finditer(re.escape(TITLE), body)][: len(POISONS)]
+        for at, poison in reversed(list(zip(spots, POISONS, strict=False))):
+            body = body[:at] + poison + body[at:]
     if faults.take("control_characters"):
         body = body.replace(TITLE, TITLE + ILLEGAL)
     if faults.take("doctype"):

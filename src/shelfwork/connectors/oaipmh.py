@@ -18,6 +18,7 @@ passes it back as `pages(..., resume=token)` after a crash.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import time
@@ -49,6 +50,8 @@ DAY_GRANULARITY = "YYYY-MM-DD"
 SECOND_GRANULARITY = "YYYY-MM-DDThh:mm:ssZ"
 #: pages up to this size stay in memory while they are parsed; larger ones go to disk
 SPOOL_IN_MEMORY = 8 << 20
+#: the largest malformed page kept in memory to be salvaged record by record
+SALVAGE_LIMIT = 64 << 20
 #: how much of an error answer is read to quote it
 ERROR_BODY_LIMIT = 4096
 
@@ -124,6 +127,17 @@ class Page:
     request: dict[str, str]
     #: characters XML 1.0 forbids that were removed before parsing
     removed_characters: int = 0
+    #: records of a malformed page that could not be read on their own (salvaged pages only)
+    broken: list[BrokenRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class BrokenRecord:
+    """One record of a page that did not parse, cut out and refused on its own."""
+
+    identifier: str | None
+    reason: str
+    excerpt: str = ""
 
 
 # ----------------------------------------------------------------------------------- errors
@@ -199,6 +213,8 @@ class BadPage(RemoteError):
         self.arguments = dict(arguments)
         self.line = line
         self.excerpt = excerpt
+        #: the page's bytes, kept for salvage (clients with `salvage=True` only)
+        self.raw: bytes | None = None
         where = f" at line {line}" if line is not None else ""
         super().__init__(
             SYSTEM,
@@ -339,6 +355,7 @@ class Response:
     token: Token | None = None
     identify: Identify | None = None
     removed_characters: int = 0
+    broken: list[BrokenRecord] = field(default_factory=list)
 
 
 class PageProblem(Exception):
@@ -497,6 +514,7 @@ class OaiClient:
         retries: int = 5,
         backoff: float = 3.0,
         bad_page_retries: int = 2,
+        salvage: bool = False,
         sleep: Callable[[float], None] = time.sleep,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
@@ -509,6 +527,7 @@ class OaiClient:
         self.retries = retries
         self.backoff = backoff
         self.bad_page_retries = bad_page_retries
+        self.salvage = salvage
         self._url = public_url(base_url)
         self._sleep = sleep
         self._client = httpx.Client(
@@ -605,6 +624,7 @@ class OaiClient:
             response_date=answer.response_date,
             request=arguments,
             removed_characters=answer.removed_characters,
+            broken=answer.broken,
         )
 
     def _raise_errors(self, answer: Response, arguments: dict[str, str]) -> None:
@@ -639,7 +659,10 @@ class OaiClient:
                         continue
             except BadPage as exc:
                 if not exc.transient or bad_pages >= self.bad_page_retries:
-                    raise
+                    salvaged = self._salvaged(exc)
+                    if salvaged is None:
+                        raise
+                    return salvaged
                 bad_pages += 1
                 failure = exc
             except RemoteUnavailable as exc:
@@ -651,11 +674,32 @@ class OaiClient:
             log.warning("%s; retry %d/%d in %.0f s", failure, failures, self.retries, delay)
             self._sleep(delay)
 
+    def _salvaged(self, exc: BadPage) -> Response | None:
+        """A complete page with some unreadable records, read record by record (when asked)."""
+        if not self.salvage or exc.raw is None:
+            return None
+        answer = salvage_page(exc.raw)
+        if answer is not None:
+            log.warning(
+                "%s: %s; salvaged %d records, %d refused",
+                self._url,
+                exc,
+                len(answer.records),
+                len(answer.broken),
+            )
+        return answer
+
     def _attempt(self, arguments: dict[str, str]) -> Response:
         with SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
             removed = self._download(arguments, spool)
             spool.seek(0)
-            answer = self._parse(arguments, spool)
+            try:
+                answer = self._parse(arguments, spool)
+            except BadPage as exc:
+                if self.salvage and spool.tell() <= SALVAGE_LIMIT:
+                    spool.seek(0)
+                    exc.raw = spool.read(SALVAGE_LIMIT + 1)
+                raise
         answer.removed_characters = removed
         if removed:
             log.debug(
@@ -750,3 +794,95 @@ class OaiClient:
         else:
             cls = RemoteRefused
         return cls(SYSTEM, message, method=self.method, url=self._url, status=status, body=text)
+
+
+# ---------------------------------------------------------------------------------- salvage
+
+_RECORD_START = re.compile(rb"<record>\s*<header[\s>/]")
+_LIST_END = re.compile(rb"</ListRecords>\s*</OAI-PMH>\s*$")
+_ROOT_TAG = re.compile(rb"<OAI-PMH\b[^>]*>")
+_XMLNS = re.compile(rb"""\sxmlns(?::[\w.-]+)?\s*=\s*("[^"]*"|'[^']*')""")
+_RESPONSE_DATE = re.compile(rb"<responseDate>\s*([^<\s]+)\s*</responseDate>")
+_TOKEN_ELEMENT = re.compile(rb"<resumptionToken\b[^>]*?(?:/>|>.*?</resumptionToken>)", re.S)
+_IDENTIFIER = re.compile(rb"<identifier>\s*([^<]{1,500}?)\s*</identifier>")
+_MARKUP_DECLARATION = re.compile(rb"<!(?:DOCTYPE|ENTITY)", re.I)
+
+
+def _fragment(declarations: bytes, chunk: bytes) -> etree._Element:
+    """Parse one piece of a page under the root's namespace declarations, safely."""
+    parser = etree.XMLParser(
+        resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False
+    )
+    wrapped = b"<wrap" + declarations + b">" + chunk + b"</wrap>"
+    return etree.fromstring(wrapped, parser)[0]
+
+
+def salvage_page(raw: bytes) -> Response | None:
+    """Read a ListRecords page that failed to parse one record at a time.
+
+    Only a page that is whole (it ends with </ListRecords></OAI-PMH>) is salvaged, so a
+    truncated page is never taken for the last one. Each record is cut at the next record's
+    start, checked (UTF-8, no markup declarations) and parsed alone; the ones that fail become
+    `BrokenRecord`s. None when the page is not a complete ListRecords page.
+    """
+    if not _LIST_END.search(raw[-4096:]):
+        return None
+    root = _ROOT_TAG.search(raw, 0, 8192)
+    starts = [m.start() for m in _RECORD_START.finditer(raw)]
+    if root is None:
+        return None
+    declarations = b"".join(m.group(0) for m in _XMLNS.finditer(root.group(0)))
+    head = raw[: starts[0]] if starts else raw
+    answer = Response()
+    date = _RESPONSE_DATE.search(head)
+    answer.response_date = date.group(1).decode("ascii", "replace") if date else ""
+    list_end = raw.rfind(b"</ListRecords>")
+    bounds = [*starts, list_end]
+    tail = raw[starts[-1] : list_end] if starts else raw[:list_end]
+    for begin, end in itertools.pairwise(bounds):
+        chunk = raw[begin:end].rstrip()
+        token_at = _TOKEN_ELEMENT.search(chunk) if end == list_end else None
+        if token_at is not None:
+            chunk = chunk[: token_at.start()].rstrip()
+        answer_record = _salvage_record(declarations, chunk)
+        if isinstance(answer_record, Record):
+            answer.records.append(answer_record)
+        else:
+            answer.broken.append(answer_record)
+    token = _TOKEN_ELEMENT.search(tail)
+    if token is not None:
+        try:
+            element = _fragment(declarations, token.group(0))
+        except etree.XMLSyntaxError:
+            return None
+        value = (element.text or "").strip()
+        if value:
+            answer.token = Token(
+                value=value,
+                cursor=optional_int(element.get("cursor")),
+                complete_list_size=optional_int(element.get("completeListSize")),
+                expiration=element.get("expirationDate"),
+            )
+    return answer
+
+
+def _salvage_record(declarations: bytes, chunk: bytes) -> Record | BrokenRecord:
+    found = _IDENTIFIER.search(chunk)
+    identifier = found.group(1).decode("utf-8", "replace") if found else None
+    excerpt = chunk[:200].decode("utf-8", "replace")
+    try:
+        chunk.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return BrokenRecord(identifier, f"not valid UTF-8 (byte 0x{chunk[exc.start]:02x})", excerpt)
+    if _MARKUP_DECLARATION.search(chunk):
+        return BrokenRecord(identifier, "holds a DOCTYPE or ENTITY declaration; refused", excerpt)
+    try:
+        element = _fragment(declarations, chunk)
+    except etree.XMLSyntaxError as exc:
+        return BrokenRecord(identifier, f"malformed XML: {exc.msg}", excerpt)
+    if element.tag != RECORD:
+        return BrokenRecord(identifier, f"not a record element: {element.tag}", excerpt)
+    try:
+        return record_from(element)
+    except PageProblem as exc:
+        return BrokenRecord(identifier, exc.reason, excerpt)

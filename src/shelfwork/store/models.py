@@ -405,3 +405,131 @@ class LoginAttempt(Base):
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+# --- OAI-PMH harvesting (shelfwork.pipelines.oai) -----------------------------------------------
+
+_id = BigInteger().with_variant(Integer, "sqlite")
+
+
+class OaiNetwork(Base):
+    """A repository harvested on its own schedule; `origin` says whether the config file or the
+    API owns it (a file's network is changed in the file)."""
+
+    __tablename__ = "oai_networks"
+
+    acronym: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(300))
+    base_url: Mapped[str] = mapped_column(String(2000))
+    metadata_prefix: Mapped[str] = mapped_column(String(100), default="oai_dc")
+    sets: Mapped[list[Any]] = mapped_column(default=list)
+    cron: Mapped[str | None] = mapped_column(String(200))
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    method: Mapped[str] = mapped_column(String(8), default="GET")
+    properties: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    validation: Mapped[str | None] = mapped_column(String(300))
+    transformation: Mapped[str | None] = mapped_column(String(300))
+    origin: Mapped[str] = mapped_column(String(16), default="api")
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class OaiSnapshot(Base):
+    """One harvest of a network and what became of it (validated, indexed). The latest `valid`
+    snapshot is the network's last good known one."""
+
+    __tablename__ = "oai_snapshots"
+
+    id: Mapped[int] = mapped_column(_id, primary_key=True)
+    network: Mapped[str] = mapped_column(
+        String(64), ForeignKey("oai_networks.acronym", ondelete="CASCADE")
+    )
+    state: Mapped[str] = mapped_column(String(32))
+    incremental: Mapped[bool] = mapped_column(Boolean, default=False)
+    previous_id: Mapped[int | None] = mapped_column(_id)
+    job_id: Mapped[int | None] = mapped_column(_id)
+    harvest_from: Mapped[str | None] = mapped_column(String(40))
+    response_date: Mapped[str | None] = mapped_column(String(40))
+    granularity: Mapped[str | None] = mapped_column(String(40))
+    identify: Mapped[dict[str, Any] | None] = mapped_column()
+    resume: Mapped[dict[str, Any] | None] = mapped_column()
+    pages: Mapped[int] = mapped_column(Integer, default=0)
+    harvested: Mapped[int] = mapped_column(Integer, default=0)
+    deleted: Mapped[int] = mapped_column(Integer, default=0)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    valid: Mapped[int] = mapped_column(Integer, default=0)
+    invalid: Mapped[int] = mapped_column(Integer, default=0)
+    transformed: Mapped[int] = mapped_column(Integer, default=0)
+    bad: Mapped[int] = mapped_column(Integer, default=0)
+    ruleset: Mapped[str | None] = mapped_column(String(300))
+    stats: Mapped[dict[str, Any] | None] = mapped_column()
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime]
+    harvested_at: Mapped[datetime | None]
+    validated_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    __table_args__ = (Index("ix_oai_snapshots_network", "network", "id"),)
+
+
+class OaiRecord(Base):
+    """A snapshot's catalog: each record's header and the hashes of its stored metadata
+    (`metadata_hash` as harvested, `published_hash` after transformation)."""
+
+    __tablename__ = "oai_records"
+
+    snapshot_id: Mapped[int] = mapped_column(
+        _id, ForeignKey("oai_snapshots.id", ondelete="CASCADE"), primary_key=True
+    )
+    identifier: Mapped[str] = mapped_column(String(500), primary_key=True)
+    datestamp: Mapped[str] = mapped_column(String(40))
+    sets: Mapped[list[Any]] = mapped_column(default=list)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    metadata_hash: Mapped[str | None] = mapped_column(String(64))
+    published_hash: Mapped[str | None] = mapped_column(String(64))
+    #: the identifier the record is published under, when a transformer rewrote it
+    published_identifier: Mapped[str | None] = mapped_column(String(500))
+    # None: not validated yet
+    valid: Mapped[bool | None] = mapped_column(Boolean)
+    transformed: Mapped[bool] = mapped_column(Boolean, default=False)
+    failed_rules: Mapped[list[Any] | None] = mapped_column()
+    problem: Mapped[str | None] = mapped_column(Text)
+
+
+class OaiSnapshotLog(Base):
+    """A snapshot's own audit trail, readable without the jobs that wrote it."""
+
+    __tablename__ = "oai_snapshot_log"
+
+    id: Mapped[int] = mapped_column(_id, primary_key=True)
+    snapshot_id: Mapped[int] = mapped_column(
+        _id, ForeignKey("oai_snapshots.id", ondelete="CASCADE")
+    )
+    at: Mapped[datetime]
+    level: Mapped[str] = mapped_column(String(10), default="info")
+    message: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_oai_snapshot_log_snapshot", "snapshot_id", "id"),)
+
+
+class OaiIndexEntry(Base):
+    """What an index target holds of a network, so the next indexing sends only the difference.
+    For the OAI provider it is also the exposed list: `changed_at` is the provider's datestamp
+    and deletions stay as deleted entries."""
+
+    __tablename__ = "oai_index_entries"
+
+    network: Mapped[str] = mapped_column(
+        String(64), ForeignKey("oai_networks.acronym", ondelete="CASCADE"), primary_key=True
+    )
+    target: Mapped[str] = mapped_column(String(32), primary_key=True)
+    identifier: Mapped[str] = mapped_column(String(500), primary_key=True)
+    published_hash: Mapped[str | None] = mapped_column(String(64))
+    sets: Mapped[list[Any]] = mapped_column(default=list)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    changed_at: Mapped[datetime]
+    snapshot_id: Mapped[int | None] = mapped_column(_id)
+
+    __table_args__ = (
+        Index("ix_oai_index_entries_changed", "network", "target", "changed_at", "identifier"),
+    )

@@ -182,3 +182,109 @@ class MetadataRecord:
 
     def to_bytes(self) -> bytes:
         return etree.tostring(self.root, encoding="UTF-8")
+
+    # --- changes (transformer rules); each forgets the resolved field values ---------------
+
+    def forget_values(self) -> None:
+        """Drop resolved field values; the tree changed, so they may be stale."""
+        self._values.clear()
+
+    def elements(self, field: str) -> list[etree._Element]:
+        """The elements holding `field`'s occurrences, in document order."""
+        return [node for node in self.xpath(field_xpath(field)) if isinstance(node, etree._Element)]
+
+    def _tag(self, field: str) -> tuple[str, str, str, str | None]:
+        """(prefix, namespace URI, Clark tag, qualifier) of a field name."""
+        match = FIELD_SYNTAX.fullmatch(field)
+        if match is None:
+            raise ValueError(
+                f"field {field!r} is not of the form prefix.element or prefix.element.qualifier"
+            )
+        prefix, element, qualifier = match.groups()
+        uri = self.namespaces.get(prefix)
+        if uri is None:
+            raise ValueError(f"unknown namespace prefix {prefix!r} in field {field!r}")
+        return prefix, uri, f"{{{uri}}}{element}", qualifier
+
+    def add_value(self, field: str, value: str) -> etree._Element:
+        """A new occurrence of `field`, placed after the last element of the same name (so
+        repeated fields stay together), else after the root's last child."""
+        prefix, uri, tag, qualifier = self._tag(field)
+        same_name = self.root.xpath(
+            "descendant::*[namespace-uri()=$uri and local-name()=$name]",
+            uri=uri,
+            name=etree.QName(tag).localname,
+        )
+        anchor = same_name[-1] if same_name else (self.root[-1] if len(self.root) else None)
+        parent = anchor.getparent() if anchor is not None else self.root
+        element = etree.Element(tag, nsmap=None if uri in parent.nsmap.values() else {prefix: uri})
+        if qualifier:
+            element.set("type", qualifier)
+        element.text = value
+        if anchor is None:
+            self.root.append(element)
+        else:
+            layout = anchor.tail
+            anchor.addnext(element)
+            if layout is None or not layout.strip():
+                # Keep the indentation of pretty-printed records: the newcomer takes the
+                # anchor's trailing space and the anchor takes the space that precedes it.
+                element.tail = layout
+                if layout is not None:
+                    anchor.tail = _space_before(anchor) or layout
+            else:
+                element.tail = None
+        self.forget_values()
+        return element
+
+    def set_value(self, element: etree._Element, value: str) -> None:
+        """Replace an occurrence's content with plain text (child elements are dropped)."""
+        for child in list(element):
+            element.remove(child)
+        element.text = value
+        self.forget_values()
+
+    def remove_element(self, element: etree._Element) -> None:
+        """Remove an occurrence, keeping the text that followed it in its parent."""
+        parent = element.getparent()
+        if parent is None:
+            raise ValueError("the root element cannot be removed")
+        tail = element.tail
+        previous = element.getprevious()
+        parent.remove(element)
+        if tail and tail.strip():
+            if previous is not None:
+                previous.tail = (previous.tail or "") + tail
+            else:
+                parent.text = (parent.text or "") + tail
+        self.forget_values()
+
+    def rename_element(self, element: etree._Element, field: str) -> etree._Element:
+        """Make an occurrence one of `field`, in place: its qualifier becomes the `type`
+        attribute (dropped when `field` has none). Returns the element now in the tree."""
+        prefix, uri, tag, qualifier = self._tag(field)
+        renamed = element
+        parent = element.getparent()
+        if uri in element.nsmap.values() or parent is None:
+            element.tag = tag
+        else:
+            # A fresh element declares the field's prefix; retagging alone would invent `ns0`.
+            renamed = etree.Element(tag, attrib=dict(element.attrib), nsmap={prefix: uri})
+            renamed.text = element.text
+            renamed.tail = element.tail
+            renamed.extend(list(element))
+            parent.replace(element, renamed)
+        if qualifier:
+            renamed.set("type", qualifier)
+        elif "type" in renamed.attrib:
+            del renamed.attrib["type"]
+        self.forget_values()
+        return renamed
+
+
+def _space_before(element: etree._Element) -> str | None:
+    """The whitespace-only text just before `element` (its indentation), if any."""
+    previous = element.getprevious()
+    parent = element.getparent()
+    space = previous.tail if previous is not None else (parent.text if parent is not None else None)
+    return space if space is not None and not space.strip() else None

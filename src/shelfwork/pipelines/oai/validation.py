@@ -10,8 +10,10 @@ mistake is reported with the rule's position and id before any record is read.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import json
 import re
+import socket
 import threading
 import tomllib
 from collections.abc import Callable, Iterable
@@ -330,6 +332,25 @@ def _is_web_url(url: str) -> bool:
     return parts.scheme.lower() in ("http", "https") and bool(parts.netloc)
 
 
+def _names_private_address(url: str) -> bool:
+    """True when the URL's host is, or resolves to, an address outside the public internet.
+
+    (The connection resolves the name again; a DNS answer that changes in between is not
+    guarded against.)"""
+    host = urlsplit(url).hostname
+    if not host:
+        return True
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return False  # unresolvable: the request fails on its own
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0].split("%", 1)[0])
+        if not address.is_global or address.is_multicast:
+            return True
+    return False
+
+
 class UrlChecker:
     """Answers "does this URL exist?" (HEAD 200, after at most one redirect), each URL once.
 
@@ -339,10 +360,17 @@ class UrlChecker:
     """
 
     def __init__(
-        self, *, head: HeadCall | None = None, max_concurrency: int = 8, timeout: float = 10.0
+        self,
+        *,
+        head: HeadCall | None = None,
+        max_concurrency: int = 8,
+        timeout: float = 10.0,
+        allow_private: bool = False,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
+        #: private, loopback, link-local and reserved addresses count as "does not exist"
+        self.allow_private = allow_private
         self.max_concurrency = max_concurrency
         self.timeout = timeout
         self._head = head or self._httpx_head
@@ -355,6 +383,8 @@ class UrlChecker:
         self.cache_hits = 0
 
     def _httpx_head(self, url: str) -> tuple[int, str | None]:
+        if not self.allow_private and _names_private_address(url):
+            return 0, None  # a harvested record must not make the server probe its own network
         with self._lock:
             if self._client is None:
                 self._client = httpx.Client(
@@ -871,8 +901,12 @@ def validate(
     *,
     url_checker: UrlChecker | None = None,
     year: int | None = None,
+    keep_occurrences: bool = False,
 ) -> RecordVerdict:
-    """Judge `record` by every rule; it is valid when every mandatory rule is."""
+    """Judge `record` by every rule; it is valid when every mandatory rule is.
+
+    `keep_occurrences` keeps every rule's values (a detailed diagnose), not only those of
+    rules that ask to store them."""
     if ruleset.namespaces:
         record.use_namespaces(ruleset.namespaces)
     checks = Checks(
@@ -883,6 +917,7 @@ def validate(
     )
     results = []
     valid = True
+    keep = keep_occurrences
     for rule in ruleset.rules:
         judged = rule.occurrences(record, checks)
         good = [value for value, ok in judged if ok]
@@ -897,8 +932,8 @@ def validate(
                 mandatory=rule.mandatory,
                 valid_count=len(good),
                 invalid_count=len(bad),
-                valid_occurrences=tuple(good) if rule.store_occurrences else (),
-                invalid_occurrences=tuple(bad) if rule.store_occurrences else (),
+                valid_occurrences=tuple(good) if keep or rule.store_occurrences else (),
+                invalid_occurrences=tuple(bad) if keep or rule.store_occurrences else (),
             )
         )
     return RecordVerdict(record.identifier, valid, tuple(results))

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 12:13:46.136522
+Create Date: 2026-11-23 16:35:05.930561
 """
 
 from __future__ import annotations
@@ -165,6 +165,24 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_nodes")),
     )
     op.create_table(
+        "oai_networks",
+        sa.Column("acronym", sa.String(length=64), nullable=False),
+        sa.Column("name", sa.String(length=300), nullable=False),
+        sa.Column("base_url", sa.String(length=2000), nullable=False),
+        sa.Column("metadata_prefix", sa.String(length=100), nullable=False),
+        sa.Column("sets", sa.JSON(), nullable=False),
+        sa.Column("cron", sa.String(length=200), nullable=True),
+        sa.Column("timezone", sa.String(length=64), nullable=False),
+        sa.Column("method", sa.String(length=8), nullable=False),
+        sa.Column("properties", sa.JSON(), nullable=False),
+        sa.Column("validation", sa.String(length=300), nullable=True),
+        sa.Column("transformation", sa.String(length=300), nullable=True),
+        sa.Column("origin", sa.String(length=16), nullable=False),
+        sa.Column("created_at", shelfwork.store.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", shelfwork.store.models.UTCDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("acronym", name=op.f("pk_oai_networks")),
+    )
+    op.create_table(
         "schedules",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("name", sa.String(length=200), nullable=False),
@@ -284,6 +302,76 @@ def upgrade() -> None:
         sa.UniqueConstraint("job_id", "name", name=op.f("uq_job_steps_job_id")),
     )
     op.create_table(
+        "oai_index_entries",
+        sa.Column("network", sa.String(length=64), nullable=False),
+        sa.Column("target", sa.String(length=32), nullable=False),
+        sa.Column("identifier", sa.String(length=500), nullable=False),
+        sa.Column("published_hash", sa.String(length=64), nullable=True),
+        sa.Column("sets", sa.JSON(), nullable=False),
+        sa.Column("deleted", sa.Boolean(), nullable=False),
+        sa.Column("changed_at", shelfwork.store.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column(
+            "snapshot_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
+        ),
+        sa.ForeignKeyConstraint(
+            ["network"],
+            ["oai_networks.acronym"],
+            name=op.f("fk_oai_index_entries_network_oai_networks"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint(
+            "network", "target", "identifier", name=op.f("pk_oai_index_entries")
+        ),
+    )
+    with op.batch_alter_table("oai_index_entries", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_oai_index_entries_changed",
+            ["network", "target", "changed_at", "identifier"],
+            unique=False,
+        )
+
+    op.create_table(
+        "oai_snapshots",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("network", sa.String(length=64), nullable=False),
+        sa.Column("state", sa.String(length=32), nullable=False),
+        sa.Column("incremental", sa.Boolean(), nullable=False),
+        sa.Column(
+            "previous_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
+        ),
+        sa.Column("job_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True),
+        sa.Column("harvest_from", sa.String(length=40), nullable=True),
+        sa.Column("response_date", sa.String(length=40), nullable=True),
+        sa.Column("granularity", sa.String(length=40), nullable=True),
+        sa.Column("identify", sa.JSON(), nullable=True),
+        sa.Column("resume", sa.JSON(), nullable=True),
+        sa.Column("pages", sa.Integer(), nullable=False),
+        sa.Column("harvested", sa.Integer(), nullable=False),
+        sa.Column("deleted", sa.Integer(), nullable=False),
+        sa.Column("total", sa.Integer(), nullable=False),
+        sa.Column("valid", sa.Integer(), nullable=False),
+        sa.Column("invalid", sa.Integer(), nullable=False),
+        sa.Column("transformed", sa.Integer(), nullable=False),
+        sa.Column("bad", sa.Integer(), nullable=False),
+        sa.Column("ruleset", sa.String(length=300), nullable=True),
+        sa.Column("stats", sa.JSON(), nullable=True),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("started_at", shelfwork.store.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("harvested_at", shelfwork.store.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("validated_at", shelfwork.store.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("finished_at", shelfwork.store.models.UTCDateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["network"],
+            ["oai_networks.acronym"],
+            name=op.f("fk_oai_snapshots_network_oai_networks"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_oai_snapshots")),
+    )
+    with op.batch_alter_table("oai_snapshots", schema=None) as batch_op:
+        batch_op.create_index("ix_oai_snapshots_network", ["network", "id"], unique=False)
+
+    op.create_table(
         "schedule_runs",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("schedule_id", sa.Integer(), nullable=False),
@@ -349,11 +437,60 @@ def upgrade() -> None:
     with op.batch_alter_table("user_sessions", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_user_sessions_user_id"), ["user_id"], unique=False)
 
+    op.create_table(
+        "oai_records",
+        sa.Column(
+            "snapshot_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.Column("identifier", sa.String(length=500), nullable=False),
+        sa.Column("datestamp", sa.String(length=40), nullable=False),
+        sa.Column("sets", sa.JSON(), nullable=False),
+        sa.Column("deleted", sa.Boolean(), nullable=False),
+        sa.Column("metadata_hash", sa.String(length=64), nullable=True),
+        sa.Column("published_hash", sa.String(length=64), nullable=True),
+        sa.Column("published_identifier", sa.String(length=500), nullable=True),
+        sa.Column("valid", sa.Boolean(), nullable=True),
+        sa.Column("transformed", sa.Boolean(), nullable=False),
+        sa.Column("failed_rules", sa.JSON(), nullable=True),
+        sa.Column("problem", sa.Text(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["snapshot_id"],
+            ["oai_snapshots.id"],
+            name=op.f("fk_oai_records_snapshot_id_oai_snapshots"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("snapshot_id", "identifier", name=op.f("pk_oai_records")),
+    )
+    op.create_table(
+        "oai_snapshot_log",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column(
+            "snapshot_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.Column("at", shelfwork.store.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("level", sa.String(length=10), nullable=False),
+        sa.Column("message", sa.Text(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["snapshot_id"],
+            ["oai_snapshots.id"],
+            name=op.f("fk_oai_snapshot_log_snapshot_id_oai_snapshots"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_oai_snapshot_log")),
+    )
+    with op.batch_alter_table("oai_snapshot_log", schema=None) as batch_op:
+        batch_op.create_index("ix_oai_snapshot_log_snapshot", ["snapshot_id", "id"], unique=False)
+
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
+    with op.batch_alter_table("oai_snapshot_log", schema=None) as batch_op:
+        batch_op.drop_index("ix_oai_snapshot_log_snapshot")
+
+    op.drop_table("oai_snapshot_log")
+    op.drop_table("oai_records")
     with op.batch_alter_table("user_sessions", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_user_sessions_user_id"))
 
@@ -366,6 +503,14 @@ def downgrade() -> None:
         batch_op.drop_index("ix_schedule_runs_schedule")
 
     op.drop_table("schedule_runs")
+    with op.batch_alter_table("oai_snapshots", schema=None) as batch_op:
+        batch_op.drop_index("ix_oai_snapshots_network")
+
+    op.drop_table("oai_snapshots")
+    with op.batch_alter_table("oai_index_entries", schema=None) as batch_op:
+        batch_op.drop_index("ix_oai_index_entries_changed")
+
+    op.drop_table("oai_index_entries")
     op.drop_table("job_steps")
     with op.batch_alter_table("job_events", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_job_events_job_id"))
@@ -381,6 +526,7 @@ def downgrade() -> None:
         batch_op.drop_index("ix_schedules_due")
 
     op.drop_table("schedules")
+    op.drop_table("oai_networks")
     op.drop_table("nodes")
     with op.batch_alter_table("login_attempts", schema=None) as batch_op:
         batch_op.drop_index("ix_login_attempts_user")

@@ -1,0 +1,259 @@
+"""OAI-PMH harvesting settings: `[systems.oai]` in shelfwork.toml.
+
+    [systems.oai]
+    data_dir = "/srv/shelfwork/oai"     # the metadata store (gzipped blobs by hash)
+    rules_dir = "/etc/shelfwork/rules"  # rule and transformer sets; vocabulary files
+    provider_secret = "env:OAI_TOKEN_SECRET"  # signs the provider's resumption tokens
+
+    [systems.oai.solr]                  # only for networks with index_solr
+    url = "http://127.0.0.1:8983/solr"
+    core = "oai"
+
+    [[systems.oai.networks]]
+    acronym = "RI"
+    name = "Repositorio Institucional"
+    base_url = "https://repository.example/oai/request"
+    metadata_prefix = "oai_dc"
+    sets = ["col_1", "col_2"]           # harvested in turn; none = the whole repository
+    cron = "0 3 * * *"
+    timezone = "America/Argentina/Buenos_Aires"
+    validation = "driver.toml"          # in rules_dir
+    transformation = "driver-transform.toml"
+    properties = { index_builtin = true, index_oai = true, detailed_diagnose = false }
+
+Actions come from the package's `actions.toml` unless `actions_file` names another. A network's
+properties must be ones some action declares, so a typo is an error, not a switch that does
+nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from ...config import Settings
+from ...errors import ConfigError
+from .storage import ACRONYM
+
+SYSTEM = "oai"
+#: properties every network has, whether or not an action declares them
+BASE_PROPERTIES = ("force_full_harvest", "detailed_diagnose")
+
+
+def _secret(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith("env:"):
+        name = value[4:]
+        if name not in os.environ:
+            raise ValueError(f"environment variable {name} (named by {value!r}) is not set")
+        return os.environ[name]
+    return value
+
+
+class PipelineCall(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pipeline: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Action(BaseModel):
+    """A named group of pipelines run in order for one network (the reference platform's
+    NetworkAction)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Z][A-Z0-9_]{0,63}$")
+    description: str = ""
+    properties: tuple[str, ...] = ()
+    incremental: bool = False
+    run_on_schedule: bool = False
+    always_run_on_schedule: bool = False
+    pipelines: tuple[PipelineCall, ...] = Field(min_length=1)
+
+    def runs_on_schedule(self, properties: dict[str, bool]) -> bool:
+        if not self.run_on_schedule:
+            return False
+        return self.always_run_on_schedule or any(properties.get(p) for p in self.properties)
+
+
+class NetworkConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    acronym: str
+    name: str = Field(min_length=1, max_length=300)
+    base_url: str
+    metadata_prefix: str = Field(default="oai_dc", pattern=r"^[A-Za-z0-9_.!~*'()-]+$")
+    sets: list[str] = Field(default_factory=list)
+    cron: str | None = None
+    timezone: str = "UTC"
+    method: Literal["GET", "POST"] = "GET"
+    properties: dict[str, bool] = Field(default_factory=dict)
+    validation: str | None = None
+    transformation: str | None = None
+
+    @field_validator("acronym")
+    @classmethod
+    def _acronym(cls, value: str) -> str:
+        if not ACRONYM.match(value):
+            raise ValueError("use letters, digits, '-' or '_' (up to 64, no leading '-' or '_')")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")) or "?" in value or "#" in value:
+            raise ValueError("must be an http(s) URL without a query or fragment")
+        return value
+
+    @field_validator("validation", "transformation")
+    @classmethod
+    def _file_name(cls, value: str | None) -> str | None:
+        if value is not None and (
+            Path(value).is_absolute() or ".." in Path(value).parts or not value.strip()
+        ):
+            raise ValueError("must be a file name inside rules_dir (no absolute path or '..')")
+        return value
+
+
+class SolrConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str
+    core: str = Field(default="oai", pattern=r"^[A-Za-z0-9_.-]+$")
+    user: str | None = None
+    password: SecretStr | None = None
+    batch: int = Field(default=500, ge=1, le=10_000)
+
+    _env = field_validator("password", mode="before")(classmethod(lambda cls, v: _secret(v)))
+
+
+class OaiConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data_dir: Path = Path("./oai-data")
+    rules_dir: Path = Path("./oai-rules")
+    provider_secret: SecretStr | None = None
+    provider_page_size: int = Field(default=100, ge=1, le=5000)
+    #: how far back a restarted list (after badResumptionToken) reaches before its `from`
+    restart_overlap: float = Field(default=3600.0, ge=0)
+    #: first wait (seconds, doubling) before a failed request is tried again
+    retry_backoff: float = Field(default=3.0, ge=0)
+    #: restarts allowed per list before the harvest fails
+    max_restarts: int = Field(default=3, ge=0)
+    #: catalog rows and blobs written per transaction while validating or indexing
+    batch: int = Field(default=500, ge=1, le=20_000)
+    solr: SolrConfig | None = None
+    actions_file: Path | None = None
+    networks: list[NetworkConfig] = Field(default_factory=list)
+    actions: tuple[Action, ...] = ()
+
+    _env = field_validator("provider_secret", mode="before")(classmethod(lambda cls, v: _secret(v)))
+
+    @model_validator(mode="after")
+    def _checked(self) -> OaiConfig:
+        if not self.actions:
+            self.actions = load_actions(self.actions_file)
+        known = set(BASE_PROPERTIES) | {p for a in self.actions for p in a.properties}
+        seen: set[str] = set()
+        for network in self.networks:
+            if network.acronym in seen:
+                raise ValueError(f"network {network.acronym!r} is defined twice")
+            seen.add(network.acronym)
+            unknown = sorted(set(network.properties) - known)
+            if unknown:
+                raise ValueError(
+                    f"network {network.acronym!r}: unknown properties {unknown}; "
+                    f"known: {sorted(known)}"
+                )
+        return self
+
+    def action(self, name: str) -> Action:
+        for action in self.actions:
+            if action.name == name:
+                return action
+        raise ConfigError(
+            f"no OAI action {name!r}; known: {', '.join(a.name for a in self.actions)}"
+        )
+
+    def known_properties(self) -> list[str]:
+        found = list(BASE_PROPERTIES)
+        for action in self.actions:
+            found.extend(p for p in action.properties if p not in found)
+        return found
+
+    def token_secret(self) -> bytes:
+        """The provider's signing key: configured, or made once and kept in data_dir (0600)."""
+        if self.provider_secret is not None:
+            return self.provider_secret.get_secret_value().encode()
+        path = self.data_dir / ".provider-secret"
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            pass
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        fresh = secrets.token_hex(32).encode()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path.read_bytes()
+        with os.fdopen(fd, "wb") as out:
+            out.write(fresh)
+        return fresh
+
+
+def load_actions(path: Path | None = None) -> tuple[Action, ...]:
+    if path is None:
+        text = (resources.files(__package__) / "actions.toml").read_text(encoding="utf-8")
+        where = "the shipped actions.toml"
+    else:
+        where = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"actions_file {where} cannot be read: {exc}") from None
+    try:
+        raw = tomllib.loads(text)
+        actions = tuple(Action.model_validate(a) for a in raw.get("actions", []))
+    except (tomllib.TOMLDecodeError, ValidationError) as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    names = [a.name for a in actions]
+    if not actions or len(set(names)) != len(names):
+        raise ValueError(f"{where}: needs at least one action and unique names; has {names}")
+    return actions
+
+
+_cache: dict[int, tuple[Settings, OaiConfig]] = {}
+
+
+def oai_config(settings: Settings) -> OaiConfig:
+    """The checked `[systems.oai]` table (an empty table is valid: no networks yet)."""
+    cached = _cache.get(id(settings))
+    if cached is not None and cached[0] is settings:
+        return cached[1]
+    raw = settings.systems.get(SYSTEM, {})
+    where = f"config file {settings.source}" if settings.source else "settings"
+    try:
+        config = OaiConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(table)'}: "
+            f"{str(err['msg']).removeprefix('Value error, ')}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"{where}: [systems.{SYSTEM}]: {problems}") from None
+    _cache[id(settings)] = (settings, config)
+    return config

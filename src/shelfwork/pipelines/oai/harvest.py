@@ -1,0 +1,331 @@
+"""The HARVEST action's pipeline, `oai-harvest`: a network's repository into a new snapshot.
+
+    begin (Identify, choose `from`, open the snapshot) -> harvest (ListRecords, page by page)
+        -> finish (counts, state) -> hand_over (the next action's job)
+
+Each page is one transaction: its catalog rows, the snapshot's counters and the position after
+the page (the resumption token, or the next set) commit together, so a harvest killed at any
+moment resumes from its stored token without fetching a finished page again (the blobs of the
+page in flight may already be in the store; they are content-addressed, so writing them again
+is harmless). `badResumptionToken` restarts the list from the harvest's `from` less an overlap
+instead of failing; a page that does not parse is salvaged record by record when it is whole,
+and each unreadable record becomes a dead letter while the run goes on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func
+
+from ...batch import Page as BatchPage
+from ...batch import run_batches
+from ...connectors import RemoteUnavailable
+from ...connectors.oaipmh import (
+    DAY_GRANULARITY,
+    BadResumptionToken,
+    BrokenRecord,
+    OaiClient,
+    Record,
+    RepeatedToken,
+    Token,
+    format_datestamp,
+    parse_datestamp,
+)
+from ...context import StepContext
+from ...errors import Cancelled, ShelfworkError, describe
+from ...pipeline import Pipeline, Retry, step
+from ...store.database import utcnow
+from .actions import HAND_OVER_RETRY, NetworkParams, hand_over, network_context
+from .config import OaiConfig, oai_config
+from .snapshots import (
+    EMPTY,
+    HARVEST_DONE,
+    HARVEST_FAILED,
+    HARVEST_STOPPED,
+    HARVESTED,
+    Network,
+    Networks,
+    Snapshots,
+    records_t,
+    snapshots_t,
+    upsert,
+)
+from .storage import MAX_RECORD_BYTES, MetadataStore
+
+REMOTE_RETRY = Retry(attempts=3, delay=5.0, factor=2.0, max_delay=60.0, on=(RemoteUnavailable,))
+
+
+class HarvestParams(NetworkParams):
+    #: harvest only what changed since the previous finished harvest (if there is one)
+    incremental: bool = True
+
+
+class BadRecord(ShelfworkError):
+    """A harvested record that cannot be stored; it is dead-lettered and the run goes on."""
+
+    def __init__(self, network: str, identifier: str | None, problem: str) -> None:
+        self.identifier = identifier
+        super().__init__(f"network {network}: record {identifier or '(no identifier)'}: {problem}")
+
+
+class HarvestFailed(ShelfworkError):
+    pass
+
+
+def client_for(network: Network, ctx: StepContext) -> OaiClient:
+    """A client whose waits (Retry-After, backoff) wake up when the job is cancelled."""
+    return OaiClient(
+        network.base_url,
+        method="POST" if network.method == "POST" else "GET",
+        salvage=True,
+        backoff=oai_config(ctx.engine.settings).retry_backoff,
+        sleep=ctx.sleep,
+    )
+
+
+def begin(ctx: StepContext) -> dict[str, Any]:
+    network = Networks(ctx.engine.store).get(ctx.params.network)
+    snapshots = Snapshots(ctx.engine.store)
+    with client_for(network, ctx) as oai:
+        identify = oai.identify()
+    previous = snapshots.latest(network.acronym, HARVEST_DONE)
+    incremental = bool(ctx.params.incremental and previous is not None and previous.response_date)
+    harvest_from = None
+    if incremental:
+        harvest_from = format_datestamp(
+            parse_datestamp(previous.response_date), identify.granularity
+        )
+    info = asdict(identify)
+
+    def open_snapshot() -> int:
+        return snapshots.create(
+            network.acronym,
+            incremental=incremental,
+            previous_id=previous.id if incremental else None,
+            job_id=ctx.job_id,
+            harvest_from=harvest_from,
+            identify=info,
+        )
+
+    snapshot_id = ctx.effect("snapshot", open_snapshot)
+    ctx.log.info(
+        f"snapshot {snapshot_id}: {'incremental from ' + harvest_from if harvest_from else 'full'}"
+        f" harvest of {network.base_url} ({identify.granularity})"
+    )
+    return {
+        "snapshot": snapshot_id,
+        "from": harvest_from,
+        "granularity": identify.granularity,
+        "earliest": identify.earliest_datestamp,
+        "incremental": incremental,
+    }
+
+
+def restart_from(harvest_from: str | None, granularity: str, overlap: float) -> str | None:
+    """Where a list restarts after its token was refused: the harvest's `from`, less the
+    overlap (a full harvest restarts from the beginning)."""
+    if harvest_from is None:
+        return None
+    moment = parse_datestamp(harvest_from) - timedelta(seconds=overlap)
+    return format_datestamp(moment, granularity)
+
+
+def harvest(ctx: StepContext) -> dict[str, Any]:
+    started = ctx.results["begin"]
+    snapshot_id: int = started["snapshot"]
+    network = Networks(ctx.engine.store).get(ctx.params.network)
+    config = oai_config(ctx.engine.settings)
+    blobs = MetadataStore(config.data_dir)
+    snapshots = Snapshots(ctx.engine.store)
+    sets: list[str | None] = list(network.sets) or [None]
+    granularity = started["granularity"] or DAY_GRANULARITY
+    waiting: list[Record] = []
+    current: dict[str, Any] = {}
+
+    def pages(position: Any) -> Any:
+        here = position or {"set": 0, "token": None, "from": started["from"], "restarts": 0}
+        followed: set[str] = set()
+        with client_for(network, ctx) as oai:
+            while here is not None:
+                set_spec = sets[here["set"]]
+                try:
+                    if here["token"]:
+                        page = oai.next_page(Token(**here["token"]))
+                    else:
+                        page = oai.list_records(
+                            network.metadata_prefix, from_=here["from"], set_=set_spec
+                        )
+                except BadResumptionToken as exc:
+                    here = _restarted(here, exc, started, granularity, config, snapshots)
+                    followed.clear()  # a restarted list may hand out the same tokens again
+                    continue
+                token = page.token
+                if token is not None:
+                    if token.value in followed:
+                        raise RepeatedToken(
+                            token.value, method=oai.method, url=oai.base_url, arguments=page.request
+                        )
+                    followed.add(token.value)
+                    after: Any = {**here, "token": asdict(token)}
+                elif here["set"] + 1 < len(sets):
+                    after = {
+                        "set": here["set"] + 1,
+                        "token": None,
+                        "from": started["from"],
+                        "restarts": 0,
+                    }
+                else:
+                    after = None
+                current.update(response_date=page.response_date, removed=page.removed_characters)
+                total = token.complete_list_size if token is not None and len(sets) == 1 else None
+                yield BatchPage([*page.records, *page.broken], after=after, total=total)
+                here = after
+
+    def take(item: Record | BrokenRecord, _tx: Any) -> None:
+        if isinstance(item, BrokenRecord):
+            raise BadRecord(network.acronym, item.identifier, item.reason)
+        if not item.deleted:
+            if item.metadata is None:
+                raise BadRecord(network.acronym, item.identifier, "no <metadata> in the record")
+            if len(item.metadata) > MAX_RECORD_BYTES:
+                raise BadRecord(
+                    network.acronym,
+                    item.identifier,
+                    f"metadata of {len(item.metadata)} bytes is over {MAX_RECORD_BYTES}",
+                )
+        waiting.append(item)
+
+    def store_page(page: BatchPage[Any], tx: Any) -> None:
+        try:
+            latest: dict[str, Record] = {}
+            for record in waiting:  # a repository may repeat a record within a page
+                latest[record.identifier] = record
+            rows = []
+            deleted = 0
+            for record in latest.values():
+                digest = None if record.deleted else blobs.put(network.acronym, record.metadata)
+                deleted += record.deleted
+                rows.append(
+                    {
+                        "snapshot_id": snapshot_id,
+                        "identifier": record.identifier,
+                        "datestamp": record.datestamp,
+                        "sets": list(record.sets),
+                        "deleted": record.deleted,
+                        "metadata_hash": digest,
+                        "published_hash": None,
+                        "published_identifier": None,
+                        "valid": None,
+                        "transformed": False,
+                        "failed_rules": None,
+                        "problem": None,
+                    }
+                )
+            upsert(tx, records_t, rows, ("snapshot_id", "identifier"))
+            values: dict[str, Any] = {
+                "pages": snapshots_t.c.pages + 1,
+                "harvested": snapshots_t.c.harvested + (len(rows) - deleted),
+                "deleted": snapshots_t.c.deleted + deleted,
+                "bad": snapshots_t.c.bad + (len(page.items) - len(waiting)),
+                "resume": page.after,
+            }
+            if current.get("response_date"):
+                values["response_date"] = _first(current["response_date"])
+            snapshots.set(snapshot_id, tx, **values)
+        finally:
+            waiting.clear()
+
+    summary = run_batches(
+        ctx,
+        pages,
+        take,
+        key=lambda item: item.identifier or "(no identifier)",
+        max_error_rate=0.5,
+        min_items=200,
+        after_page=store_page,
+        savepoints=False,
+    )
+    return summary.as_dict()
+
+
+def _first(response_date: str) -> Any:
+    """Keep the first page's responseDate: later pages must not move the next `from`."""
+    return func.coalesce(snapshots_t.c.response_date, response_date)
+
+
+def _restarted(
+    here: dict[str, Any],
+    exc: BadResumptionToken,
+    started: dict[str, Any],
+    granularity: str,
+    config: OaiConfig,
+    snapshots: Snapshots,
+) -> dict[str, Any]:
+    if here["restarts"] >= config.max_restarts:
+        raise HarvestFailed(
+            f"the repository refused resumption tokens {here['restarts'] + 1} times in one "
+            f"list; last: {exc}"
+        ) from exc
+    from_ = restart_from(started["from"], granularity, config.restart_overlap)
+    snapshots.log(
+        started["snapshot"],
+        f"resumption token refused ({describe(exc)}); "
+        f"list restarted from {from_ or 'the beginning'}",
+        "warning",
+    )
+    return {**here, "token": None, "from": from_, "restarts": here["restarts"] + 1}
+
+
+def finish(ctx: StepContext) -> dict[str, Any]:
+    started = ctx.results["begin"]
+    snapshot_id = started["snapshot"]
+    snapshots = Snapshots(ctx.engine.store)
+    row = snapshots.get(snapshot_id)
+    counts = snapshots.counts(snapshot_id)
+    nothing_new = started["incremental"] and row.harvested == 0 and row.deleted == 0
+    state = EMPTY if nothing_new else HARVESTED
+    snapshots.set(
+        snapshot_id, state=state, total=counts["total"], harvested_at=utcnow(), resume=None
+    )
+    message = (
+        "incremental harvest found nothing new"
+        if nothing_new
+        else f"harvested {row.harvested} records, {row.deleted} deletions, {row.bad} refused, "
+        f"in {row.pages} pages; {counts['total']} records in the snapshot"
+    )
+    snapshots.log(snapshot_id, message)
+    if row.bad:
+        ctx.warn(f"{row.bad} records could not be stored; they are in the dead letters")
+    return {"snapshot": snapshot_id, "state": state, **counts, "bad": row.bad}
+
+
+def on_failure(ctx: StepContext, exc: BaseException) -> None:
+    started = ctx.results.get("begin")
+    if not started:
+        return
+    snapshots = Snapshots(ctx.engine.store)
+    row = snapshots.get(started["snapshot"])
+    if row.state != "harvesting":
+        return  # the harvest itself finished; a later step (the hand-over) failed
+    state = HARVEST_STOPPED if isinstance(exc, Cancelled) else HARVEST_FAILED
+    snapshots.set(started["snapshot"], state=state, error=describe(exc), finished_at=utcnow())
+    snapshots.log(started["snapshot"], f"{state}: {describe(exc)}", "error")
+
+
+pipeline = Pipeline(
+    "oai-harvest",
+    params=HarvestParams,
+    system="oai",
+    description="Harvest a network's OAI-PMH repository into a new snapshot",
+    context=network_context,
+    steps=[
+        step(begin, retry=REMOTE_RETRY),
+        step(harvest, retry=REMOTE_RETRY),
+        step(finish),
+        step(hand_over, retry=HAND_OVER_RETRY),
+    ],
+    compensate=on_failure,
+)
