@@ -26,6 +26,7 @@ from . import (
     jobs,
     locks,
     login,
+    networks,
     pipelines,
     schedules,
     tokens,
@@ -74,12 +75,24 @@ def create_app(
     install(app)
 
     api = APIRouter(prefix=API_PREFIX)
-    for module in (jobs, pipelines, schedules, trackers, dead_letters, locks, tokens):
+    for module in (jobs, pipelines, schedules, trackers, dead_letters, locks, tokens, networks):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(health.router)
     app.include_router(integrate.router)  # /integrate, /status: paths Koha scripts already call
     app.include_router(login.router)
+    if "oai-run" in engine.registry:  # shelfwork's own OAI-PMH provider, at /oai/<network>
+        from ..pipelines.oai import config_for, exposure
+        from .oai import oai_router
+
+        config = config_for(engine)
+        app.include_router(
+            oai_router(
+                exposure.sources_for(engine.store, config),
+                token_secret=config.token_secret(),
+                page_size=config.provider_page_size,
+            )
+        )
     from ..dashboard import mount as mount_dashboard  # here: the dashboard imports this package
 
     mount_dashboard(app)

@@ -13,13 +13,17 @@ from typing import TYPE_CHECKING
 
 from ...errors import ConfigError, ShelfworkError
 from . import actions, clean, harvest, indexing, publish
-from .config import oai_config
+from .config import OaiConfig, oai_config
 from .snapshots import Network, Networks
 
 if TYPE_CHECKING:
     from ...engine import Engine
 
 PIPELINES = [actions.run, harvest.pipeline, publish.pipeline, indexing.pipeline, clean.pipeline]
+
+
+def config_for(engine: Engine) -> OaiConfig:
+    return oai_config(engine.settings)
 
 
 def schedule_name(acronym: str) -> str:

@@ -148,6 +148,11 @@ class OaiConfig(BaseModel):
     rules_dir: Path = Path("./oai-rules")
     provider_secret: SecretStr | None = None
     provider_page_size: int = Field(default=100, ge=1, le=5000)
+    #: where harvesters reach this server (the provider's baseURL is <public_url>/oai/<acronym>);
+    #: unset: the URL each request came to
+    public_url: str | None = Field(default=None, pattern=r"^https?://[^?#]+$")
+    #: the provider's Identify adminEmail(s)
+    admin_emails: list[str] = Field(default_factory=lambda: ["oai-admin@localhost"], min_length=1)
     #: how far back a restarted list (after badResumptionToken) reaches before its `from`
     restart_overlap: float = Field(default=3600.0, ge=0)
     #: first wait (seconds, doubling) before a failed request is tried again

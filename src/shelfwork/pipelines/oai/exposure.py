@@ -1,0 +1,172 @@
+"""What shelfwork's OAI-PMH provider serves: the `oai` index target's entries of a network.
+
+The INDEX_OAI action keeps `oai_index_entries` (target `oai`) equal to the valid records of the
+last good known snapshot; each entry's `changed_at` is its datestamp here (the moment shelfwork
+published the change, so incremental harvesters of shelfwork see every change), and a record
+that left is kept as deleted (deletedRecord: persistent). Metadata comes from the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import String, and_, cast, func, or_, select
+
+from ...store.database import Store
+from .config import OaiConfig
+from .provider import OAI_DC, ExposedRecord, MetadataFormat, RecordSource, RepositoryInfo
+from .snapshots import Network, Networks, UnknownNetwork, entries_t
+from .storage import MetadataStore
+
+TARGET = "oai"
+KNOWN_FORMATS = {
+    "oai_dc": OAI_DC,
+    "marcxml": MetadataFormat(
+        "marcxml",
+        "http://www.loc.gov/standards/marcxml/schema/MARC21slim.xsd",
+        "http://www.loc.gov/MARC21/slim",
+    ),
+}
+
+
+def _like_escaped(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+class ExposedNetwork:
+    """A `RecordSource` over one network's entries (see provider.RecordSource)."""
+
+    def __init__(
+        self, store: Store, blobs: MetadataStore, network: Network, base_url: str, config: OaiConfig
+    ) -> None:
+        self.store = store
+        self.blobs = blobs
+        self.network = network
+        self.base_url = base_url
+        self.config = config
+        self.format = KNOWN_FORMATS.get(network.metadata_prefix) or MetadataFormat(
+            network.metadata_prefix, "", ""
+        )
+        self._mine = and_(entries_t.c.network == network.acronym, entries_t.c.target == TARGET)
+
+    def info(self) -> RepositoryInfo:
+        with self.store.read() as conn:
+            earliest = conn.execute(
+                select(func.min(entries_t.c.changed_at)).where(self._mine)
+            ).scalar_one()
+        return RepositoryInfo(
+            name=f"{self.network.name} (shelfwork)",
+            base_url=self.base_url,
+            admin_emails=tuple(self.config.admin_emails),
+            earliest_datestamp=(earliest or datetime.now(UTC)).replace(microsecond=0),
+            deleted_record="persistent",
+        )
+
+    def formats(self, identifier: str | None = None) -> Sequence[MetadataFormat] | None:
+        if identifier is not None and self._entry(identifier) is None:
+            return None
+        return [self.format]
+
+    def sets(self) -> Sequence[tuple[str, str]]:
+        specs: set[str] = set(self.network.sets)
+        with self.store.read() as conn:
+            for (sets,) in conn.execute(select(entries_t.c.sets).where(self._mine)):
+                specs.update(sets or ())
+        return [(spec, spec) for spec in sorted(specs)]
+
+    def _window(self, prefix: str, set_spec: str | None, start: Any, before: Any) -> list[Any]:
+        where = [self._mine]
+        if prefix != self.format.prefix:
+            where.append(entries_t.c.identifier.is_(None))  # nothing in another format
+        if set_spec is not None:
+            text = cast(entries_t.c.sets, String)
+            exact = f'%"{_like_escaped(set_spec)}"%'
+            below = f'%"{_like_escaped(set_spec)}:%'
+            where.append(or_(text.like(exact, escape="\\"), text.like(below, escape="\\")))
+        if start is not None:
+            where.append(entries_t.c.changed_at >= start)
+        if before is not None:
+            where.append(entries_t.c.changed_at < before)
+        return where
+
+    def count(
+        self, *, prefix: str, set_spec: str | None, start: datetime | None, before: datetime | None
+    ) -> int:
+        with self.store.read() as conn:
+            return int(
+                conn.execute(
+                    select(func.count()).where(*self._window(prefix, set_spec, start, before))
+                ).scalar_one()
+            )
+
+    def page(
+        self,
+        *,
+        prefix: str,
+        set_spec: str | None,
+        start: datetime | None,
+        before: datetime | None,
+        after: tuple[datetime, str] | None,
+        limit: int,
+    ) -> Sequence[ExposedRecord]:
+        where = self._window(prefix, set_spec, start, before)
+        if after is not None:
+            moment, identifier = after
+            where.append(
+                or_(
+                    entries_t.c.changed_at > moment,
+                    and_(entries_t.c.changed_at == moment, entries_t.c.identifier > identifier),
+                )
+            )
+        q = (
+            select(entries_t)
+            .where(*where)
+            .order_by(entries_t.c.changed_at, entries_t.c.identifier)
+            .limit(limit)
+        )
+        with self.store.read() as conn:
+            rows = conn.execute(q).all()
+        return [self._record(row) for row in rows]
+
+    def get(self, identifier: str, prefix: str) -> ExposedRecord | None:
+        if prefix != self.format.prefix:
+            return None
+        row = self._entry(identifier)
+        return None if row is None else self._record(row)
+
+    def _entry(self, identifier: str) -> Any | None:
+        with self.store.read() as conn:
+            return conn.execute(
+                select(entries_t).where(self._mine, entries_t.c.identifier == identifier)
+            ).first()
+
+    def _record(self, row: Any) -> ExposedRecord:
+        metadata = None
+        if not row.deleted and row.published_hash:
+            metadata = self.blobs.get(self.network.acronym, row.published_hash)
+        return ExposedRecord(
+            identifier=row.identifier,
+            datestamp=row.changed_at,
+            sets=tuple(row.sets or ()),
+            deleted=bool(row.deleted),
+            metadata=metadata,
+        )
+
+
+def sources_for(store: Store, config: OaiConfig) -> Callable[[str, str], RecordSource | None]:
+    """The provider's lookup: a network's source, announced at the configured public URL (or
+    the URL the request came to)."""
+    blobs = MetadataStore(config.data_dir)
+    networks = Networks(store)
+
+    def source(acronym: str, url: str) -> RecordSource | None:
+        try:
+            network = networks.get(acronym)
+        except UnknownNetwork:
+            return None
+        base = f"{config.public_url.rstrip('/')}/oai/{acronym}" if config.public_url else url
+        return ExposedNetwork(store, blobs, network, base, config)
+
+    return source
