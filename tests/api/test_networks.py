@@ -105,7 +105,7 @@ def wait_idle(api: Api, timeout: float = 60.0) -> list[Any]:
     raise AssertionError("jobs still live after the timeout")
 
 
-def test_run_chains_actions_and_diagnose_reports(api: Api, items: list[Item]) -> None:
+def test_run_chains_actions_and_diagnose_reports(backend: str, api: Api, items: list[Item]) -> None:
     answer = api.client.post("/api/v1/oai/networks/LB/run", headers=api.operator)
     assert answer.status_code == 202, answer.text
     assert answer.json()["actions"] == ["HARVEST", "VALIDATE", "INDEX_OAI"]
@@ -204,7 +204,7 @@ def test_network_rules(api: Api, provider: Provider) -> None:
 
 
 def test_own_provider_reexposes_valid_records_to_sickle(
-    api: Api, provider: Provider, items: list[Item]
+    backend: str, api: Api, provider: Provider, items: list[Item]
 ) -> None:
     from sickle import Sickle
 

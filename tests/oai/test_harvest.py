@@ -91,7 +91,7 @@ def check_catalog(engine: Engine, snapshot_id: int, items: list[Item]) -> None:
 
 
 def test_full_harvest_fills_catalog_and_store(
-    engine: Engine, provider: Provider, items: list[Item]
+    backend: str, engine: Engine, provider: Provider, items: list[Item]
 ) -> None:
     job = run_harvest(engine)
     assert job.state == "succeeded", job.error
@@ -123,7 +123,7 @@ def test_network_from_config_gets_schedule_and_identical_blobs_are_shared(
 
 
 def test_incremental_uses_previous_response_date_and_copies_forward(
-    engine: Engine, provider: Provider, items: list[Item]
+    backend: str, engine: Engine, provider: Provider, items: list[Item]
 ) -> None:
     assert run_harvest(engine).state == "succeeded"
     first = newest(engine)
@@ -217,7 +217,7 @@ def test_repeated_token_fails_the_harvest_not_loops(engine: Engine, provider: Pr
 
 
 def test_poisoned_records_go_to_dead_letters_and_the_run_goes_on(
-    engine: Engine, provider: Provider, items: list[Item]
+    backend: str, engine: Engine, provider: Provider, items: list[Item]
 ) -> None:
     provider.faults.poisoned = 3  # the page and its two retries: then it is salvaged
     job = run_harvest(engine)
