@@ -63,6 +63,18 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/tokens"): "admin",
     ("POST", "/api/v1/tokens"): "admin",
     ("DELETE", "/api/v1/tokens/{token_id}"): "admin",
+    ("GET", "/api/v1/oai/networks"): "viewer",
+    ("GET", "/api/v1/oai/networks/{acronym}"): "viewer",
+    ("PUT", "/api/v1/oai/networks/{acronym}"): "operator",
+    ("DELETE", "/api/v1/oai/networks/{acronym}"): "operator",
+    ("GET", "/api/v1/oai/actions"): "viewer",
+    ("POST", "/api/v1/oai/networks/{acronym}/run"): "operator",
+    ("GET", "/api/v1/oai/networks/{acronym}/snapshots"): "viewer",
+    ("GET", "/api/v1/oai/snapshots/{snapshot_id}"): "viewer",
+    ("GET", "/api/v1/oai/snapshots/{snapshot_id}/diagnose"): "viewer",
+    ("GET", "/api/v1/oai/snapshots/{snapshot_id}/records"): "viewer",
+    ("GET", "/api/v1/oai/snapshots/{snapshot_id}/record"): "viewer",
+    ("GET", "/api/v1/search"): "viewer",
     ("POST", "/integrate"): "operator",
     ("GET", "/status/{task_id}"): "viewer",
 }
@@ -76,6 +88,8 @@ SAMPLE = {
     "{letter_id}": "987654",
     "{token_id}": "987654",
     "{task_id}": "987654",
+    "{acronym}": "NONE",
+    "{snapshot_id}": "987654",
 }
 
 

@@ -29,6 +29,7 @@ from . import (
     networks,
     pipelines,
     schedules,
+    search,
     tokens,
     trackers,
 )
@@ -75,7 +76,17 @@ def create_app(
     install(app)
 
     api = APIRouter(prefix=API_PREFIX)
-    for module in (jobs, pipelines, schedules, trackers, dead_letters, locks, tokens, networks):
+    for module in (
+        jobs,
+        pipelines,
+        schedules,
+        trackers,
+        dead_letters,
+        locks,
+        tokens,
+        networks,
+        search,
+    ):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(health.router)

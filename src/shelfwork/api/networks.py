@@ -8,7 +8,7 @@ queue is a 429, never a silent drop.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
@@ -17,6 +17,9 @@ from ..errors import ConfigError, ShelfworkError
 from .auth import Operator, Viewer
 from .errors import ApiError, responses
 from .jobs import engine_of
+
+if TYPE_CHECKING:
+    from ..engine import Engine
 
 router = APIRouter(prefix="/oai", tags=["oai"])
 Acronym = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
@@ -122,13 +125,13 @@ def _get(request: Request, acronym: str) -> Any:
         raise ApiError(404, "not_found", str(exc)) from None
 
 
-@router.get("/networks", response_model=list[NetworkOut], responses=responses(401, 403, 404))
+@router.get("/networks", response_model=list[NetworkOut], responses=responses(401, 403, 404, 422))
 def list_networks(request: Request, _who: Viewer) -> list[NetworkOut]:
     oai = _oai(request)
     return [_network_out(request, n) for n in oai.Networks(engine_of(request).store).list()]
 
 
-@router.get("/networks/{acronym}", response_model=NetworkOut, responses=responses(401, 403, 404))
+@router.get("/networks/{acronym}", response_model=NetworkOut, responses=responses(401, 403, 404, 422))
 def get_network(request: Request, acronym: Acronym, _who: Viewer) -> NetworkOut:
     return _network_out(request, _get(request, acronym))
 
@@ -161,7 +164,7 @@ def put_network(request: Request, acronym: Acronym, body: NetworkIn, _who: Opera
     return _network_out(request, saved)
 
 
-@router.delete("/networks/{acronym}", status_code=204, responses=responses(401, 403, 404, 409))
+@router.delete("/networks/{acronym}", status_code=204, responses=responses(401, 403, 404, 409, 422))
 def delete_network(request: Request, acronym: Acronym, _who: Operator) -> None:
     oai = _oai(request)
     engine = engine_of(request)
@@ -179,7 +182,7 @@ class RunOut(BaseModel):
     actions: list[str]
 
 
-@router.get("/actions", responses=responses(401, 403, 404))
+@router.get("/actions", responses=responses(401, 403, 404, 422))
 def list_actions(request: Request, _who: Viewer) -> list[dict[str, Any]]:
     oai = _oai(request)
     return [a.model_dump(mode="json") for a in oai.config_for(engine_of(request)).actions]
@@ -199,19 +202,33 @@ def run_actions(
     action: Annotated[list[str] | None, Query()] = None,
     incremental: bool | None = None,
 ) -> RunOut:
-    oai = _oai(request)
-    engine = engine_of(request)
     network = _get(request, acronym)
     try:
-        links = oai.actions.plan_chain(engine.settings, network, action, incremental)
+        return run_network(engine_of(request), network, action, incremental)
     except ConfigError as exc:
         raise ApiError(422, "invalid", str(exc)) from None
+
+
+def run_network(
+    engine: Engine,
+    network: Any,
+    actions: list[str] | None,
+    incremental: bool | None,
+    *,
+    by: str | None = None,
+) -> RunOut:
+    """Submit the `oai-run` job for `network` (this API's run and the dashboard's run form).
+    ConfigError: an unknown action, or no action applies; QueueFull: the queue is full."""
+    from ..pipelines import oai
+
+    links = oai.actions.plan_chain(engine.settings, network, actions, incremental)
     if not links:
-        raise ApiError(422, "invalid", f"network {acronym}: no action applies")
+        raise ConfigError(f"network {network.acronym}: no action applies")
+    note = f"run by hand: {', '.join(actions or ['scheduled actions'])}"
     submitted = engine.submit(
         "oai-run",
-        {"network": network.acronym, "actions": action, "incremental": incremental},
-        note=f"run by hand: {', '.join(action or ['scheduled actions'])}",
+        {"network": network.acronym, "actions": actions, "incremental": incremental},
+        note=f"{note} (by {by})" if by else note,
     )
     return RunOut(
         job_id=submitted.job_id,
@@ -223,7 +240,7 @@ def run_actions(
 @router.get(
     "/networks/{acronym}/snapshots",
     response_model=list[SnapshotOut],
-    responses=responses(401, 403, 404),
+    responses=responses(401, 403, 404, 422),
 )
 def list_snapshots(
     request: Request,
@@ -245,7 +262,7 @@ def _snapshot(request: Request, snapshot_id: int) -> Any:
         raise ApiError(404, "not_found", str(exc)) from None
 
 
-@router.get("/snapshots/{snapshot_id}", responses=responses(401, 403, 404))
+@router.get("/snapshots/{snapshot_id}", responses=responses(401, 403, 404, 422))
 def get_snapshot(request: Request, snapshot_id: int, _who: Viewer) -> dict[str, Any]:
     oai = _oai(request)
     row = _snapshot(request, snapshot_id)
@@ -262,7 +279,7 @@ def get_snapshot(request: Request, snapshot_id: int, _who: Viewer) -> dict[str, 
 
 @router.get(
     "/snapshots/{snapshot_id}/diagnose",
-    responses=responses(401, 403, 404),
+    responses=responses(401, 403, 404, 422),
     summary="Validation and transformation statistics, per rule",
 )
 def diagnose(request: Request, snapshot_id: int, _who: Viewer) -> dict[str, Any]:
@@ -280,7 +297,7 @@ def diagnose(request: Request, snapshot_id: int, _who: Viewer) -> dict[str, Any]
     }
 
 
-@router.get("/snapshots/{snapshot_id}/records", responses=responses(401, 403, 404))
+@router.get("/snapshots/{snapshot_id}/records", responses=responses(401, 403, 404, 422))
 def list_records(
     request: Request,
     snapshot_id: int,
@@ -314,7 +331,7 @@ def _record_out(row: Any) -> dict[str, Any]:
     }
 
 
-@router.get("/snapshots/{snapshot_id}/record", responses=responses(401, 403, 404))
+@router.get("/snapshots/{snapshot_id}/record", responses=responses(401, 403, 404, 422))
 def get_record(request: Request, snapshot_id: int, identifier: str, _who: Viewer) -> dict[str, Any]:
     """One record's diagnose: its verdict, and its metadata as harvested and as published."""
     oai = _oai(request)
@@ -323,18 +340,24 @@ def get_record(request: Request, snapshot_id: int, identifier: str, _who: Viewer
     row = oai.snapshots.Snapshots(engine.store).record(snapshot_id, identifier)
     if row is None:
         raise ApiError(404, "not_found", f"snapshot {snapshot_id} has no record {identifier!r}")
+    original, published = record_metadata(engine, snapshot.network, row)
+    return {**_record_out(row), "original": original, "published": published}
+
+
+def record_metadata(engine: Engine, network: str, row: Any) -> tuple[str | None, str | None]:
+    """A catalog row's metadata as harvested and as published (None when the same, or none);
+    a blob that cannot be read says so in place of its text."""
+    from ..pipelines import oai
+
     blobs = oai.storage.MetadataStore(oai.config_for(engine).data_dir)
 
     def text(digest: str | None) -> str | None:
         if digest is None:
             return None
         try:
-            return blobs.get(snapshot.network, digest).decode("utf-8", "replace")
+            return blobs.get(network, digest).decode("utf-8", "replace")
         except ShelfworkError as exc:
             return f"(unavailable: {exc})"
 
-    return {
-        **_record_out(row),
-        "original": text(row.metadata_hash),
-        "published": text(row.published_hash) if row.published_hash != row.metadata_hash else None,
-    }
+    published = text(row.published_hash) if row.published_hash != row.metadata_hash else None
+    return text(row.metadata_hash), published

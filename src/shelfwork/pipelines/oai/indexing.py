@@ -81,7 +81,7 @@ def target_for(name: str, ctx: StepContext, config: OaiConfig) -> IndexTarget:
             if solr.user and solr.password is not None
             else None
         )
-        return SolrTarget(SolrClient(solr.url, solr.core, auth=auth))
+        return SolrTarget(SolrClient(solr.url, solr.core, auth=auth, batch=solr.batch))
     return ExposureTarget()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
+from shelfwork.search import include_in_autogenerate
 from shelfwork.store.database import migration_engine
 from shelfwork.store.models import Base
 
@@ -19,6 +20,7 @@ def run() -> None:
             target_metadata=Base.metadata,
             render_as_batch=conn.dialect.name == "sqlite",
             compare_type=True,
+            include_object=include_in_autogenerate,
         )
         with context.begin_transaction():
             context.run_migrations()
