@@ -18,6 +18,17 @@ from .errors import ConfigError
 DEFAULT_CONFIG = "shelfwork.toml"
 
 
+def env_secret(value: Any) -> Any:
+    """Resolve "env:NAME" to the variable's value (a secret kept out of config files); a missing
+    variable is an error that names it."""
+    if isinstance(value, str) and value.startswith("env:"):
+        name = value[4:]
+        if name not in os.environ:
+            raise ValueError(f"environment variable {name} (named by {value!r}) is not set")
+        return os.environ[name]
+    return value
+
+
 class ScheduleConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -28,7 +28,6 @@ they print as '**********' in logs, reprs and errors.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,21 +41,11 @@ from pydantic import (
     model_validator,
 )
 
-from ...config import Settings
+from ...config import Settings, env_secret
 from ...errors import ConfigError
 from .crosswalk import CrosswalkError, load_rules
 
 SYSTEM = "koha-dspace"
-
-
-def _secret(value: Any) -> Any:
-    """Resolve "env:NAME" to the variable's value; a missing variable is a config error."""
-    if isinstance(value, str) and value.startswith("env:"):
-        name = value[4:]
-        if name not in os.environ:
-            raise ValueError(f"environment variable {name} (named by {value!r}) is not set")
-        return os.environ[name]
-    return value
 
 
 class KohaConfig(BaseModel):
@@ -75,7 +64,7 @@ class KohaConfig(BaseModel):
     timeout: float = Field(default=30.0, gt=0)
 
     _secrets = field_validator("password", "client_secret", "staff_password", mode="before")(
-        lambda cls, v: _secret(v)
+        lambda cls, v: env_secret(v)
     )
 
     @field_validator("url", "opac_url", "staff_url")
@@ -114,7 +103,7 @@ class DSpaceConfig(BaseModel):
     deposit: Literal["submission", "admin"] = "submission"
     timeout: float = Field(default=60.0, gt=0)
 
-    _secrets = field_validator("password", mode="before")(lambda cls, v: _secret(v))
+    _secrets = field_validator("password", mode="before")(lambda cls, v: env_secret(v))
 
     @field_validator("url")
     @classmethod

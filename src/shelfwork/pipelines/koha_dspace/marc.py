@@ -25,6 +25,7 @@ from lxml import etree
 from pymarc import Field, Indicators, Subfield
 
 from ...errors import ShelfworkError
+from ...safexml import parser as safe_parser
 
 MARC_NS = "http://www.loc.gov/MARC21/slim"
 
@@ -84,19 +85,6 @@ class IntegrationState:
 # --- reading -----------------------------------------------------------------------------------
 
 
-def _safe_parser() -> etree.XMLParser:
-    # A fresh parser per call: lxml parsers are not safe to share between threads.
-    return etree.XMLParser(
-        resolve_entities=False,
-        no_network=True,
-        load_dtd=False,
-        dtd_validation=False,
-        huge_tree=False,
-        remove_comments=True,
-        remove_pis=True,
-    )
-
-
 def parse_marcxml(data: bytes, *, biblionumber: int | None = None) -> pymarc.Record:
     """One MARC21 record from MARCXML bytes (`<record>` or a `<collection>` holding one)."""
     if not data or not data.strip():
@@ -109,7 +97,7 @@ def parse_marcxml(data: bytes, *, biblionumber: int | None = None) -> pymarc.Rec
             biblionumber, "MARCXML must not contain a DOCTYPE (DTDs and entities are refused)"
         )
     try:
-        root = etree.fromstring(data, _safe_parser())
+        root = etree.fromstring(data, safe_parser())
     except etree.XMLSyntaxError as exc:
         where = f" at line {exc.lineno}" if exc.lineno else ""
         raise BadRecord(biblionumber, f"malformed XML{where}: {exc.msg}") from None

@@ -45,22 +45,13 @@ from pydantic import (
     model_validator,
 )
 
-from ...config import Settings
+from ...config import Settings, env_secret
 from ...errors import ConfigError
 from .storage import ACRONYM
 
 SYSTEM = "oai"
 #: properties every network has, whether or not an action declares them
 BASE_PROPERTIES = ("force_full_harvest", "detailed_diagnose")
-
-
-def _secret(value: Any) -> Any:
-    if isinstance(value, str) and value.startswith("env:"):
-        name = value[4:]
-        if name not in os.environ:
-            raise ValueError(f"environment variable {name} (named by {value!r}) is not set")
-        return os.environ[name]
-    return value
 
 
 class PipelineCall(BaseModel):
@@ -138,7 +129,7 @@ class SolrConfig(BaseModel):
     password: SecretStr | None = None
     batch: int = Field(default=500, ge=1, le=10_000)
 
-    _env = field_validator("password", mode="before")(classmethod(lambda cls, v: _secret(v)))
+    _env = field_validator("password", mode="before")(classmethod(lambda cls, v: env_secret(v)))
 
 
 class OaiConfig(BaseModel):
@@ -166,7 +157,9 @@ class OaiConfig(BaseModel):
     networks: list[NetworkConfig] = Field(default_factory=list)
     actions: tuple[Action, ...] = ()
 
-    _env = field_validator("provider_secret", mode="before")(classmethod(lambda cls, v: _secret(v)))
+    _env = field_validator("provider_secret", mode="before")(
+        classmethod(lambda cls, v: env_secret(v))
+    )
 
     @model_validator(mode="after")
     def _checked(self) -> OaiConfig:

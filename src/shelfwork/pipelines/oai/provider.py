@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from lxml import etree
 
 from ...errors import ConfigError, ShelfworkError
+from ...safexml import parser as safe_parser
 
 OAI_NS = "http://www.openarchives.org/OAI/2.0/"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
@@ -495,25 +496,12 @@ def check_secret(secret: bytes) -> None:
         )
 
 
-def _safe_parser() -> etree.XMLParser:
-    # A fresh parser per call: lxml parsers must not be shared between threads.
-    return etree.XMLParser(
-        resolve_entities=False,
-        no_network=True,
-        load_dtd=False,
-        dtd_validation=False,
-        huge_tree=False,
-        remove_comments=True,
-        remove_pis=True,
-    )
-
-
 def metadata_element(call: Call, record: ExposedRecord) -> etree._Element:
     """The record's metadata as an element, parsed safely."""
     if not record.metadata:
         raise call.broken(record.identifier, "a record that is not deleted has no metadata")
     try:
-        root = etree.fromstring(record.metadata, _safe_parser())
+        root = etree.fromstring(record.metadata, safe_parser())
     except etree.XMLSyntaxError as exc:
         raise call.broken(record.identifier, f"malformed metadata XML: {exc.msg}") from None
     docinfo = root.getroottree().docinfo

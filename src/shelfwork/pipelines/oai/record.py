@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from lxml import etree
 
 from ...errors import ShelfworkError
+from ...safexml import parser as safe_parser
 
 #: prefixes a field name (`dc.title`) or an XPath expression may use without declaring them
 DEFAULT_NAMESPACES: dict[str, str] = {
@@ -77,19 +78,6 @@ def normalise_space(text: str) -> str:
     return " ".join(text.split())
 
 
-def _safe_parser() -> etree.XMLParser:
-    # A fresh parser per call: lxml parsers must not be shared between threads.
-    return etree.XMLParser(
-        resolve_entities=False,
-        no_network=True,
-        load_dtd=False,
-        dtd_validation=False,
-        huge_tree=False,
-        remove_comments=True,
-        remove_pis=True,
-    )
-
-
 def _checked_text(data: bytes, identifier: str) -> None:
     """Refuse what is not plain UTF-8 XML without a DOCTYPE, before lxml sees it."""
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
@@ -140,7 +128,7 @@ class MetadataRecord:
             raise BadMetadata(identifier, "empty metadata (no bytes to parse)")
         _checked_text(data, identifier)
         try:
-            root = etree.fromstring(data, _safe_parser())
+            root = etree.fromstring(data, safe_parser())
         except etree.XMLSyntaxError as exc:
             where = f" at line {exc.lineno}" if exc.lineno else ""
             raise BadMetadata(identifier, f"malformed XML{where}: {exc.msg}") from None

@@ -15,14 +15,12 @@ raises `TransformFailed`; the record is then partly transformed and is meant to 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
-import tomllib
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, ClassVar, Literal
 
 from lxml import etree
 from pydantic import (
@@ -30,7 +28,6 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -38,13 +35,11 @@ from pydantic import (
 
 from ...errors import ConfigError, ShelfworkError
 from .record import DEFAULT_NAMESPACES, FIELD_SYNTAX, MetadataRecord, normalise_space
+from .rulefile import RuleFile, RuleFileError, rules_context
 from .validation import (
     MAX_MATCH_CHARS,
     Expression,
     ExpressionError,
-    _context,
-    _duplicate_ids,
-    _problems,
     compile_guarded,
     parse_expression,
 )
@@ -60,14 +55,10 @@ MAX_IDENTIFIER_CHARS = 1_000
 _NOT_XML_CHAR = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
-class TransformerSetError(ConfigError):
+class TransformerSetError(RuleFileError):
     """A transformer set is wrong; each problem names the rule (position and id) and the key."""
 
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.source = source
-        self.problems = problems
-        listed = "\n  - ".join(problems)
-        super().__init__(f"transformer set {source}: {len(problems)} problem(s):\n  - {listed}")
+    kind = "transformer set"
 
 
 class TransformFailed(ShelfworkError):
@@ -188,7 +179,7 @@ def _addressable(value: str, info: ValidationInfo) -> str:
     match = FIELD_SYNTAX.fullmatch(value)
     if match is None:
         raise ValueError(f"{value!r} is not of the form prefix.element[.qualifier]")
-    known = _context(info).get("namespaces", DEFAULT_NAMESPACES)
+    known = rules_context(info).get("namespaces", DEFAULT_NAMESPACES)
     if match.group(1) not in known:
         raise ValueError(
             f"unknown namespace prefix {match.group(1)!r} in {value!r}; "
@@ -199,7 +190,7 @@ def _addressable(value: str, info: ValidationInfo) -> str:
 
 def _confined_file(value: str, info: ValidationInfo) -> str:
     """The absolute path of a list file, which must lie inside the rules folder."""
-    rules_dir = _context(info).get("rules_dir")
+    rules_dir = rules_context(info).get("rules_dir")
     if rules_dir is None:
         raise ValueError("a list file needs a rules folder (load the set from a file)")
     folder = Path(rules_dir).resolve()
@@ -261,7 +252,7 @@ class Transformer(BaseModel):
         if value is None:
             return None
         try:
-            parse_expression(value, _context(info).get("namespaces", DEFAULT_NAMESPACES))
+            parse_expression(value, rules_context(info).get("namespaces", DEFAULT_NAMESPACES))
         except ExpressionError as exc:
             raise ValueError(str(exc)) from None
         return value
@@ -806,74 +797,13 @@ AnyTransformer = Annotated[
 ]
 
 
-class TransformerSet(BaseModel):
+class TransformerSet(RuleFile):
     """A named list of transformer rules; load with `load`, `from_toml`, `from_json` or
     `from_dict`. Rules run in the order given."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    error: ClassVar[type[RuleFileError]] = TransformerSetError
 
-    name: str = Field(min_length=1)
-    description: str = ""
-    #: prefixes beyond `record.DEFAULT_NAMESPACES` the rules' fields use
-    namespaces: dict[str, str] = Field(default_factory=dict)
     rules: list[AnyTransformer]
-
-    @classmethod
-    def load(cls, path: str | Path, *, rules_dir: str | Path | None = None) -> TransformerSet:
-        """A transformer set file (.toml or .json); list files resolve in `rules_dir`, by
-        default the file's folder."""
-        path = Path(path)
-        folder = Path(rules_dir) if rules_dir is not None else path.parent
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise TransformerSetError(str(path), [f"cannot be read: {exc}"]) from None
-        if path.suffix.lower() == ".toml":
-            return cls.from_toml(text, rules_dir=folder, source=str(path))
-        if path.suffix.lower() == ".json":
-            return cls.from_json(text, rules_dir=folder, source=str(path))
-        raise TransformerSetError(str(path), ["the file name must end in .toml or .json"])
-
-    @classmethod
-    def from_toml(
-        cls, text: str, *, rules_dir: str | Path | None = None, source: str = "<toml>"
-    ) -> TransformerSet:
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise TransformerSetError(source, [f"not valid TOML: {exc}"]) from None
-        return cls.from_dict(data, rules_dir=rules_dir, source=source)
-
-    @classmethod
-    def from_json(
-        cls, text: str, *, rules_dir: str | Path | None = None, source: str = "<json>"
-    ) -> TransformerSet:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise TransformerSetError(source, [f"not valid JSON: {exc}"]) from None
-        return cls.from_dict(data, rules_dir=rules_dir, source=source)
-
-    @classmethod
-    def from_dict(
-        cls, data: Any, *, rules_dir: str | Path | None = None, source: str = "<dict>"
-    ) -> TransformerSet:
-        if not isinstance(data, dict):
-            raise TransformerSetError(source, ["the top level must be a table/object"])
-        extra = data.get("namespaces")
-        namespaces = {**DEFAULT_NAMESPACES, **(extra if isinstance(extra, dict) else {})}
-        context = {"rules_dir": rules_dir, "namespaces": namespaces}
-        try:
-            transformers = cls.model_validate(data, context=context)
-        except ValidationError as exc:
-            raise TransformerSetError(source, _problems(exc, data)) from None
-        duplicates = _duplicate_ids(transformers.rules)
-        if duplicates:
-            raise TransformerSetError(source, duplicates)
-        return transformers
-
-    def namespace_table(self) -> dict[str, str]:
-        return {**DEFAULT_NAMESPACES, **self.namespaces}
 
 
 def apply(

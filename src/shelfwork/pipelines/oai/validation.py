@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import json
 import re
 import socket
 import threading
-import tomllib
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,7 +29,6 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -40,6 +37,7 @@ from pydantic import (
 from ...connectors import tls_context
 from ...errors import ConfigError
 from .record import DEFAULT_NAMESPACES, FIELD_SYNTAX, MetadataRecord
+from .rulefile import RuleFile, RuleFileError, rules_context
 
 #: longest regular expression a rule set may hold (a guard on compile cost and backtracking)
 MAX_PATTERN_CHARS = 500
@@ -47,14 +45,10 @@ MAX_PATTERN_CHARS = 500
 MAX_MATCH_CHARS = 10_000
 
 
-class RuleSetError(ConfigError):
+class RuleSetError(RuleFileError):
     """A rule set is wrong; each problem names the rule (position and id) and the key."""
 
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.source = source
-        self.problems = problems
-        listed = "\n  - ".join(problems)
-        super().__init__(f"rule set {source}: {len(problems)} problem(s):\n  - {listed}")
+    kind = "rule set"
 
 
 class ExpressionError(ConfigError):
@@ -490,8 +484,7 @@ class Checks:
     url_checker: UrlChecker | None = None
 
 
-def _context(info: ValidationInfo) -> dict[str, Any]:
-    return info.context if isinstance(info.context, dict) else {}
+_context = rules_context
 
 
 class Rule(BaseModel):
@@ -737,74 +730,13 @@ AnyRule = Annotated[
 ]
 
 
-class RuleSet(BaseModel):
+class RuleSet(RuleFile):
     """A named list of rules; load with `load`, `from_toml`, `from_json` or `from_dict`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    error: ClassVar[type[RuleFileError]] = RuleSetError
 
-    name: str = Field(min_length=1)
-    description: str = ""
-    #: prefixes beyond `record.DEFAULT_NAMESPACES` the rules' fields and XPaths use
-    namespaces: dict[str, str] = Field(default_factory=dict)
     rules: list[AnyRule]
     _url_checker: UrlChecker | None = PrivateAttr(default=None)
-
-    @classmethod
-    def load(cls, path: str | Path, *, rules_dir: str | Path | None = None) -> RuleSet:
-        """A rule set file (.toml or .json); vocabulary files resolve in `rules_dir`, by
-        default the file's folder."""
-        path = Path(path)
-        folder = Path(rules_dir) if rules_dir is not None else path.parent
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise RuleSetError(str(path), [f"cannot be read: {exc}"]) from None
-        if path.suffix.lower() == ".toml":
-            return cls.from_toml(text, rules_dir=folder, source=str(path))
-        if path.suffix.lower() == ".json":
-            return cls.from_json(text, rules_dir=folder, source=str(path))
-        raise RuleSetError(str(path), ["the file name must end in .toml or .json"])
-
-    @classmethod
-    def from_toml(
-        cls, text: str, *, rules_dir: str | Path | None = None, source: str = "<toml>"
-    ) -> RuleSet:
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise RuleSetError(source, [f"not valid TOML: {exc}"]) from None
-        return cls.from_dict(data, rules_dir=rules_dir, source=source)
-
-    @classmethod
-    def from_json(
-        cls, text: str, *, rules_dir: str | Path | None = None, source: str = "<json>"
-    ) -> RuleSet:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise RuleSetError(source, [f"not valid JSON: {exc}"]) from None
-        return cls.from_dict(data, rules_dir=rules_dir, source=source)
-
-    @classmethod
-    def from_dict(
-        cls, data: Any, *, rules_dir: str | Path | None = None, source: str = "<dict>"
-    ) -> RuleSet:
-        if not isinstance(data, dict):
-            raise RuleSetError(source, ["the top level must be a table/object"])
-        extra = data.get("namespaces")
-        namespaces = {**DEFAULT_NAMESPACES, **(extra if isinstance(extra, dict) else {})}
-        context = {"rules_dir": rules_dir, "namespaces": namespaces}
-        try:
-            ruleset = cls.model_validate(data, context=context)
-        except ValidationError as exc:
-            raise RuleSetError(source, _problems(exc, data)) from None
-        duplicates = _duplicate_ids(ruleset.rules)
-        if duplicates:
-            raise RuleSetError(source, duplicates)
-        return ruleset
-
-    def namespace_table(self) -> dict[str, str]:
-        return {**DEFAULT_NAMESPACES, **self.namespaces}
 
     def url_checker(self) -> UrlChecker:
         """The checker URL rules use by default, created on first use and kept with the set."""
@@ -814,50 +746,6 @@ class RuleSet(BaseModel):
 
     def needs_urls(self) -> bool:
         return any(isinstance(rule, UrlExistsRule) for rule in self.rules)
-
-
-def _problems(exc: ValidationError, data: dict[str, Any]) -> list[str]:
-    """Each pydantic error as 'rules[i] (id ...): key ...: reason'."""
-    raw_rules = data.get("rules") if isinstance(data.get("rules"), list) else []
-    problems = []
-    for error in exc.errors(include_url=False):
-        loc = list(error["loc"])
-        message = str(error["msg"]).removeprefix("Value error, ")
-        if error["type"] == "union_tag_invalid":
-            ctx = error.get("ctx") or {}
-            message = f"unknown rule type {ctx.get('tag')!r}; known: {ctx.get('expected_tags')}"
-        elif error["type"] == "union_tag_not_found":
-            message = "'type' is missing"
-        if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):
-            position = loc[1]
-            raw = raw_rules[position] if position < len(raw_rules) else None
-            rule_id = raw.get("id") if isinstance(raw, dict) else None
-            keys = loc[2:]
-            if keys and isinstance(raw, dict) and keys[0] == raw.get("type"):
-                keys = keys[1:]  # the discriminator's tag, not a key
-            where = f"rules[{position}] (id {rule_id!r})"
-            key = ".".join(str(part) for part in keys)
-            if error["type"] == "extra_forbidden":
-                message = "unknown key"
-            problems.append(f"{where}: key {key!r}: {message}" if key else f"{where}: {message}")
-        else:
-            key = ".".join(str(part) for part in loc)
-            problems.append(f"key {key!r}: {message}" if key else message)
-    return problems
-
-
-def _duplicate_ids(rules: list[Rule]) -> list[str]:
-    first: dict[str, int] = {}
-    problems = []
-    for position, rule in enumerate(rules):
-        if rule.id in first:
-            problems.append(
-                f"rules[{position}] (id {rule.id!r}): duplicate id, "
-                f"already used by rules[{first[rule.id]}]"
-            )
-        else:
-            first[rule.id] = position
-    return problems
 
 
 # --- verdicts ---------------------------------------------------------------------------------
