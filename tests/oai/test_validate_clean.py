@@ -1,0 +1,127 @@
+"""VALIDATE's bad records and identifier rewrites, and CLEAN: a record whose stored metadata is
+gone or that a transformer cannot handle is invalid with its reason and dead-lettered while the
+run goes on; CLEAN keeps the last good known and the latest snapshot and the blobs they use."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shelfwork.batch import dead_letters
+from shelfwork.engine import Engine
+from shelfwork.pipelines import oai
+from shelfwork.pipelines.oai.snapshots import Snapshots
+from shelfwork.pipelines.oai.storage import MetadataStore
+from tests.support.oai_provider import Item, Provider, Repository, generate_items, running
+
+TRANSFORM = """
+name = "ids"
+[[rules]]
+id = "network-ids"
+type = "rewrite_identifier"
+pattern = '^oai:loopback:(\\d+)$'
+replacement = 'oai:net:\\1'
+
+[[rules]]
+id = "no-space"
+type = "rewrite_identifier"
+pattern = '^oai:net:00007$'
+replacement = 'bad id'
+"""
+
+
+@pytest.fixture
+def items() -> list[Item]:
+    return generate_items(40, seed=31)
+
+
+@pytest.fixture
+def provider(items: list[Item]) -> Iterator[Provider]:
+    yield from running(Repository(list(items)), batch_size=15)
+
+
+@pytest.fixture
+def engine(make_engine: Any, tmp_path: Path, provider: Provider) -> Engine:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "ids.toml").write_text(TRANSFORM, encoding="utf-8")
+    return make_engine(
+        oai.PIPELINES,
+        pipeline_modules=["shelfwork.pipelines.oai"],
+        systems={
+            "oai": {
+                "data_dir": str(tmp_path / "data"),
+                "rules_dir": str(rules),
+                "networks": [
+                    {
+                        "acronym": "VC",
+                        "name": "VC",
+                        "base_url": provider.url,
+                        "transformation": "ids.toml",
+                    }
+                ],
+            }
+        },
+    )
+
+
+def run(engine: Engine, pipeline: str, **params: Any) -> Any:
+    job = engine.wait(engine.submit(pipeline, {"network": "VC", **params}).job_id, timeout=60)
+    assert job.state == "succeeded", job.error
+    return job
+
+
+def test_bad_records_are_dead_lettered_and_ids_rewritten(
+    engine: Engine, tmp_path: Path, items: list[Item]
+) -> None:
+    run(engine, "oai-harvest")
+    snapshots = Snapshots(engine.store)
+    snap = snapshots.list("VC", limit=1)[0]
+    live = sorted(i.identifier for i in items if not i.deleted)
+    lost = next(i for i in live if i != "oai:loopback:00007")
+    blobs = MetadataStore(tmp_path / "data")
+    blobs.path("VC", snapshots.record(snap.id, lost).metadata_hash).unlink()
+    job = run(engine, "oai-validate")
+    letters = {
+        letter.item_key: letter.reason for letter in dead_letters(engine.store, job_id=job.id)
+    }
+    assert "oai:loopback:00007" in live  # the seed makes it a live record
+    expected = {lost, "oai:loopback:00007"}
+    assert set(letters) == expected
+    assert "missing from the store" in letters[lost]
+    assert "no-space" in letters["oai:loopback:00007"]
+    done = snapshots.get(snap.id)
+    assert done.state == "valid"
+    assert done.invalid == len(expected) and done.valid == len(live) - len(expected)
+    row = snapshots.record(snap.id, lost)
+    assert row.valid is False and "missing" in row.problem
+    good = next(i for i in live if i not in expected)
+    assert snapshots.record(snap.id, good).published_identifier == good.replace(
+        "oai:loopback:", "oai:net:"
+    )
+
+
+def test_clean_keeps_last_good_and_latest(engine: Engine, tmp_path: Path) -> None:
+    run(engine, "oai-harvest", incremental=False)
+    run(engine, "oai-validate")  # snapshot 1: last good known
+    run(engine, "oai-harvest", incremental=False)  # 2: harvested, superseded
+    run(engine, "oai-harvest", incremental=False)  # 3: the latest
+    snapshots = Snapshots(engine.store)
+    ids = [s.id for s in snapshots.list("VC")][::-1]
+    assert len(ids) == 3
+    blobs = MetadataStore(tmp_path / "data")
+    orphan = blobs.put("VC", b"<nobody-refers-to-this/>")
+    job = run(engine, "oai-clean")
+    kept = [s.id for s in snapshots.list("VC")][::-1]
+    assert kept == [ids[0], ids[2]]
+    assert snapshots.records(ids[1]) == []
+    assert not blobs.path("VC", orphan).exists()
+    for snapshot_id in kept:  # every blob a kept snapshot names is still there
+        for row in snapshots.records(snapshot_id, limit=1000):
+            for digest in {row.metadata_hash, row.published_hash} - {None}:
+                assert blobs.path("VC", digest).exists()
+    step = next(s for s in engine.jobs.get(job.id).steps if s.name == "clean")
+    assert step.result["deleted"] == [ids[1]] and step.result["blobs_removed"] >= 1
