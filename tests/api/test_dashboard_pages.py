@@ -535,3 +535,11 @@ def seed(api: Api) -> None:
             )
         )
         conn.execute(insert(Job.__table__), [_finished("noop", "succeeded", utcnow(), 1.0)])
+
+
+def test_ids_that_are_digits_but_not_ascii_are_not_found(
+    dashboard: Callable[[str], LoggedIn],
+) -> None:
+    viewer = dashboard("viewer")
+    for path in ("/jobs/²", "/jobs/١٢", "/fragments/jobs/²"):
+        assert viewer.get(path).status_code == 404, path

@@ -131,7 +131,9 @@ def list_networks(request: Request, _who: Viewer) -> list[NetworkOut]:
     return [_network_out(request, n) for n in oai.Networks(engine_of(request).store).list()]
 
 
-@router.get("/networks/{acronym}", response_model=NetworkOut, responses=responses(401, 403, 404, 422))
+@router.get(
+    "/networks/{acronym}", response_model=NetworkOut, responses=responses(401, 403, 404, 422)
+)
 def get_network(request: Request, acronym: Acronym, _who: Viewer) -> NetworkOut:
     return _network_out(request, _get(request, acronym))
 

@@ -36,7 +36,7 @@ from ..errors import (
 from ..schedules import ScheduleNotFound
 from ..store.database import utcnow
 from ..store.models import JOB_STATES
-from . import charts, snapshots
+from . import charts, harvesting, snapshots
 from .access import (
     FragmentUser,
     LoginNeeded,
@@ -77,6 +77,7 @@ def mount(app: FastAPI, *, refresh: float = REFRESH) -> None:
     app.state.dashboard = pages
     app.state.login_page = pages.login_page
     app.include_router(router)
+    harvesting.mount(app, pages)
     app.mount("/static", StaticFiles(directory=STATIC), name="dashboard-static")
     app.add_exception_handler(LoginNeeded, to_login)  # type: ignore[arg-type]
     app.add_exception_handler(PageRefused, refused_page)  # type: ignore[arg-type]
@@ -85,7 +86,13 @@ def mount(app: FastAPI, *, refresh: float = REFRESH) -> None:
 
 def _id(value: str | None) -> int | None:
     """A positive id from a query or path, or None for anything else."""
-    if value and value.isdigit() and len(value) < 19 and 0 < int(value) <= MAX_ID:
+    if (
+        value
+        and value.isascii()
+        and value.isdigit()
+        and len(value) < 19
+        and 0 < int(value) <= MAX_ID
+    ):
         return int(value)
     return None
 
