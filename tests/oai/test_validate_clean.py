@@ -125,3 +125,24 @@ def test_clean_keeps_last_good_and_latest(engine: Engine, tmp_path: Path) -> Non
                 assert blobs.path("VC", digest).exists()
     step = next(s for s in engine.jobs.get(job.id).steps if s.name == "clean")
     assert step.result["deleted"] == [ids[1]] and step.result["blobs_removed"] >= 1
+
+
+def test_validate_again_only_when_rules_or_records_changed(engine: Engine, tmp_path: Path) -> None:
+    run(engine, "oai-harvest")
+    first = run(engine, "oai-validate")
+    snapshots = Snapshots(engine.store)
+    snap = snapshots.list("VC", limit=1)[0]
+    assert snap.state == "valid" and snap.ruleset.startswith("(no rules) [")
+
+    def begun(job: Any) -> Any:
+        return next(s for s in engine.jobs.get(job.id).steps if s.name == "begin").result
+
+    assert begun(first)["snapshot"] == snap.id
+    again = run(engine, "oai-validate")
+    assert begun(again) == {"snapshot": None, "unchanged": snap.id}
+    assert snapshots.get(snap.id).validated_at == snap.validated_at
+    rules = tmp_path / "rules" / "ids.toml"
+    rules.write_text(rules.read_text() + "\n# changed\n", encoding="utf-8")
+    third = run(engine, "oai-validate")
+    assert begun(third)["snapshot"] == snap.id
+    assert snapshots.get(snap.id).validated_at > snap.validated_at

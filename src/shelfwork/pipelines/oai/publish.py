@@ -13,6 +13,7 @@ loses nor double-counts a record.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from typing import Any
 
@@ -64,6 +65,10 @@ _ROW_UPDATE = (
 )
 
 
+#: bytes of each rules-folder file that count for the fingerprint
+FINGERPRINT_LIMIT = 16 << 20
+
+
 class ValidateParams(NetworkParams):
     pass
 
@@ -84,6 +89,20 @@ def rule_sets(network: Network, config: OaiConfig) -> tuple[RuleSet, Transformer
     return ruleset, transformers
 
 
+def rules_fingerprint(network: Network, config: OaiConfig) -> str:
+    """What the verdicts depend on besides the records: the network's choice of sets, the
+    detailed flag, and every file in the rules folder (vocabularies included)."""
+    digest = hashlib.sha256()
+    chosen = (network.validation, network.transformation, network.on("detailed_diagnose"))
+    digest.update(repr(chosen).encode())
+    folder = config.rules_dir
+    if folder.is_dir():
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            digest.update(str(path.relative_to(folder)).encode() + b"\0")
+            digest.update(path.read_bytes()[:FINGERPRINT_LIMIT])
+    return digest.hexdigest()[:16]
+
+
 def begin(ctx: StepContext) -> dict[str, Any]:
     network = Networks(ctx.engine.store).get(ctx.params.network)
     snapshots = Snapshots(ctx.engine.store)
@@ -91,11 +110,17 @@ def begin(ctx: StepContext) -> dict[str, Any]:
     if row is None:
         ctx.warn(f"network {network.acronym}: no finished harvest to validate")
         return {"snapshot": None}
-    ruleset, _ = rule_sets(network, oai_config(ctx.engine.settings))  # broken sets fail here
+    config = oai_config(ctx.engine.settings)
+    ruleset, _ = rule_sets(network, config)  # broken sets fail here
+    label = f"{ruleset.name} [{rules_fingerprint(network, config)}]"
+    if row.state == VALID and row.ruleset == label:
+        # nothing new was harvested (an empty incremental harvest) and the rules are the same
+        ctx.log.info(f"snapshot {row.id} is already validated with these rules; nothing to do")
+        return {"snapshot": None, "unchanged": row.id}
     snapshots.set(
         row.id,
         state=VALIDATING,
-        ruleset=ruleset.name,
+        ruleset=label,
         valid=0,
         invalid=0,
         transformed=0,
