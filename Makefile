@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench bench-koha services browser venv
+.PHONY: demo demo-oai test lint bench bench-koha services browser venv
 
 $(BIN)/shelfwork: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ browser:
 
 demo: venv
 	$(BIN)/shelfwork demo
+
+demo-oai: venv
+	$(BIN)/shelfwork oai-demo
 
 test: venv services browser
 	$(BIN)/ruff check src tests bench

@@ -964,6 +964,27 @@ def demo(
     raise typer.Exit(run_demo(folder.resolve(), keep=keep, console=out))
 
 
+@app.command("oai-demo")
+def oai_demo(
+    folder: Annotated[
+        Path, typer.Option("--dir", help="Folder for the demo's database and files (made afresh).")
+    ] = Path("shelfwork-oai-demo"),
+    keep: Annotated[
+        bool | None,
+        typer.Option(
+            "--keep/--no-keep",
+            help="Keep the servers up afterwards (default: when run from a terminal).",
+        ),
+    ] = None,
+) -> None:
+    """OAI-PMH network harvesting end to end: an upstream repository in the sandbox, a shelfwork
+    server (SQLite) running HARVEST, VALIDATE, INDEX_BUILTIN and INDEX_OAI twice (full, then
+    incremental), a search, and shelfwork's own OAI-PMH provider harvested back."""
+    from .pipelines.oai.demo import run_oai_demo
+
+    raise typer.Exit(run_oai_demo(folder.resolve(), keep=keep, console=out))
+
+
 @app.command()
 def sandbox(
     koha_port: Annotated[int, typer.Option(help="Port of the emulated Koha (0: any free).")] = 8081,

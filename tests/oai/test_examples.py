@@ -14,7 +14,7 @@ from shelfwork.pipelines.oai.transform import TransformContext, TransformerSet, 
 from shelfwork.pipelines.oai.validation import RuleSet, validate
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = REPO / "examples" / "oai"
+EXAMPLES = REPO / "src" / "shelfwork" / "pipelines" / "oai" / "examples"
 RECORD = """<oai_dc:dc xmlns:oai_dc="http://www.openarchives.org/OAI/2.0/oai_dc/"
  xmlns:dc="http://purl.org/dc/elements/1.1/">
   <dc:title>Historia de la imprenta.</dc:title>

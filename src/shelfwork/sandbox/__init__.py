@@ -9,10 +9,12 @@ expired tokens, CSRF rotation.
 
 from __future__ import annotations
 
+import shutil
 import socket
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -64,3 +66,19 @@ def serve(
             raise SandboxError(f"sandbox {name}: server on {host}:{chosen} not up in {timeout} s")
         time.sleep(0.02)
     return RunningServer(name, f"http://{host}:{chosen}", server, thread)
+
+
+#: the file that marks a folder a demo made (and may therefore empty)
+DEMO_MARKER = ".shelfwork-demo"
+
+
+def fresh_folder(folder: Path) -> None:
+    """Start a demo from an empty folder; only a folder an earlier demo made is ever emptied."""
+    if folder.exists() and any(folder.iterdir()):
+        if not (folder / DEMO_MARKER).exists():
+            raise SandboxError(
+                f"{folder} exists and was not made by a shelfwork demo; choose another with --dir"
+            )
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / DEMO_MARKER).write_text("made by a shelfwork demo; emptied by the next demo run\n")

@@ -11,7 +11,6 @@ scan missing from the inbox, a record already in DSpace, a corrupt PDF, a cover 
 from __future__ import annotations
 
 import contextlib
-import shutil
 import sys
 import threading
 import time
@@ -26,14 +25,13 @@ from rich.table import Table
 from ...config import Settings
 from ...engine import Engine
 from ...errors import ShelfworkError
-from ...sandbox import RunningServer, serve
+from ...sandbox import RunningServer, fresh_folder, serve
 from ...sandbox.pdfs import corrupt_pdf, scanned_pdf, text_pdf
 from ...sandbox.peers import KOHA_USER, Peers, start_peers
 from ...sandbox.records import Book, marcxml
 from .button import button_script
 from .config import SYSTEM
 
-MARKER = ".shelfwork-demo"
 DEADLINE = 120.0
 
 
@@ -116,7 +114,7 @@ def cases() -> list[Case]:
 def run_demo(folder: Path, *, keep: bool | None = None, console: Console | None = None) -> int:
     """Run the demo in `folder` (made afresh); returns the exit code (0: every outcome as planned)."""
     out = console or Console()
-    _fresh(folder)
+    fresh_folder(folder)
     peers = start_peers()
     servers: list[RunningServer] = []
     engine: Engine | None = None
@@ -191,18 +189,6 @@ def run_demo(folder: Path, *, keep: bool | None = None, console: Console | None 
             engine.stop()
             engine.store.dispose()
         peers.stop()
-
-
-def _fresh(folder: Path) -> None:
-    """Start from an empty folder; only a folder an earlier demo made is ever emptied."""
-    if folder.exists() and any(folder.iterdir()):
-        if not (folder / MARKER).exists():
-            raise ShelfworkError(
-                f"{folder} exists and was not made by the demo; choose another with --dir"
-            )
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / MARKER).write_text("made by `shelfwork demo`; emptied by the next demo run\n")
 
 
 def seed_books(peers: Peers, folder: Path, plan: list[Case]) -> dict[int, str]:
