@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo demo-oai test lint bench bench-koha services browser venv
+.PHONY: demo demo-oai bench-oai test lint bench bench-koha services browser venv
 
 $(BIN)/shelfwork: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ browser:
 
 demo: venv
 	$(BIN)/shelfwork demo
+
+bench-oai: venv
+	$(BIN)/python bench/oai.py all
 
 demo-oai: venv
 	$(BIN)/shelfwork oai-demo

@@ -351,7 +351,7 @@ def record_metadata(engine: Engine, network: str, row: Any) -> tuple[str | None,
     a blob that cannot be read says so in place of its text."""
     from ..pipelines import oai
 
-    blobs = oai.storage.MetadataStore(oai.config_for(engine).data_dir)
+    blobs = oai.storage.MetadataStore(engine.store)
 
     def text(digest: str | None) -> str | None:
         if digest is None:

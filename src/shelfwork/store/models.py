@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -494,6 +495,20 @@ class OaiRecord(Base):
     transformed: Mapped[bool] = mapped_column(Boolean, default=False)
     failed_rules: Mapped[list[Any] | None] = mapped_column()
     problem: Mapped[str | None] = mapped_column(Text)
+
+
+class OaiBlob(Base):
+    """The content-addressed metadata store: a network's distinct records, gzipped, by the
+    SHA-256 of their bytes (see pipelines/oai/storage.py)."""
+
+    __tablename__ = "oai_blobs"
+
+    network: Mapped[str] = mapped_column(
+        String(64), ForeignKey("oai_networks.acronym", ondelete="CASCADE"), primary_key=True
+    )
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class OaiSnapshotLog(Base):

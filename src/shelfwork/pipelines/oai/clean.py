@@ -13,7 +13,6 @@ from sqlalchemy import delete, select, union
 from ...context import StepContext
 from ...pipeline import Pipeline, step
 from .actions import HAND_OVER_RETRY, NetworkParams, hand_over, network_context
-from .config import oai_config
 from .snapshots import Networks, Snapshots, entries_t, log_t, records_t, snapshots_t
 from .storage import MetadataStore
 
@@ -45,11 +44,11 @@ def clean(ctx: StepContext) -> dict[str, Any]:
         select(records_t.c.published_hash.label("h")).where(records_t.c.snapshot_id.in_(kept)),
         select(entries_t.c.published_hash.label("h")).where(entries_t.c.network == network),
     )
-    with store.read() as conn:
-        hashes = {r.h for r in conn.execute(referenced).all() if r.h}
-    removed = MetadataStore(oai_config(ctx.engine.settings).data_dir).remove_unreferenced(
-        network, hashes
-    )
+    with store.write() as conn:
+        hashes = referenced.subquery()
+        # NOT IN over a list holding NULL would keep everything: the NULLs are left out
+        used = select(hashes.c.h).where(hashes.c.h.is_not(None))
+        removed = MetadataStore.remove_unreferenced(conn, network, used)
     for snapshot_id in keep:
         snapshots.log(
             snapshot_id,

@@ -128,7 +128,9 @@ class ExposedNetwork:
         )
         with self.store.read() as conn:
             rows = conn.execute(q).all()
-        return [self._record(row) for row in rows]
+        live = [r.published_hash for r in rows if not r.deleted and r.published_hash]
+        metadata = self.blobs.get_many(self.network.acronym, live)
+        return [self._record(row, metadata) for row in rows]
 
     def get(self, identifier: str, prefix: str) -> ExposedRecord | None:
         if prefix != self.format.prefix:
@@ -142,10 +144,12 @@ class ExposedNetwork:
                 select(entries_t).where(self._mine, entries_t.c.identifier == identifier)
             ).first()
 
-    def _record(self, row: Any) -> ExposedRecord:
+    def _record(self, row: Any, fetched: dict[str, bytes] | None = None) -> ExposedRecord:
         metadata = None
         if not row.deleted and row.published_hash:
-            metadata = self.blobs.get(self.network.acronym, row.published_hash)
+            metadata = (fetched or {}).get(row.published_hash) or self.blobs.get(
+                self.network.acronym, row.published_hash
+            )
         return ExposedRecord(
             identifier=row.identifier,
             datestamp=row.changed_at,
@@ -158,7 +162,7 @@ class ExposedNetwork:
 def sources_for(store: Store, config: OaiConfig) -> Callable[[str, str], RecordSource | None]:
     """The provider's lookup: a network's source, announced at the configured public URL (or
     the URL the request came to)."""
-    blobs = MetadataStore(config.data_dir)
+    blobs = MetadataStore(store)
     networks = Networks(store)
 
     def source(acronym: str, url: str) -> RecordSource | None:

@@ -125,7 +125,7 @@ def index(ctx: StepContext) -> dict[str, Any] | None:
     network = ctx.params.network
     target_name = ctx.params.target
     config = oai_config(ctx.engine.settings)
-    blobs = MetadataStore(config.data_dir)
+    blobs = MetadataStore(ctx.engine.store)
     target = target_for(target_name, ctx, config)
     store = ctx.engine.store
     mine = and_(entries_t.c.network == network, entries_t.c.target == target_name)
@@ -174,8 +174,9 @@ def index(ctx: StepContext) -> dict[str, Any] | None:
                 here = {"phase": "delete", "after": None}
                 break
             docs = []
+            metadata = blobs.get_many(network, [row.published_hash for row in rows])
             for row in rows:
-                record = MetadataRecord.parse(blobs.get(network, row.published_hash), row.pid)
+                record = MetadataRecord.parse(metadata[row.published_hash], row.pid)
                 docs.append(
                     IndexDocument(
                         network=network,

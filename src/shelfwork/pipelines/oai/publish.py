@@ -38,7 +38,7 @@ from .snapshots import (
     Snapshots,
     records_t,
 )
-from .storage import MetadataStore
+from .storage import MetadataStore, MissingMetadata, digest_of
 from .transform import (
     TransformContext,
     TransformerSet,
@@ -139,7 +139,7 @@ def validate_records(ctx: StepContext) -> dict[str, Any] | None:
     network = Networks(ctx.engine.store).get(ctx.params.network)
     config = oai_config(ctx.engine.settings)
     ruleset, transformers = rule_sets(network, config)
-    blobs = MetadataStore(config.data_dir)
+    blobs = MetadataStore(ctx.engine.store)
     snapshots = Snapshots(ctx.engine.store)
     snapshot = snapshots.get(snapshot_id)
     detailed = network.on("detailed_diagnose")
@@ -164,6 +164,8 @@ def validate_records(ctx: StepContext) -> dict[str, Any] | None:
     namespaces = ruleset.namespace_table()
     year = datetime.now().year
     updates: list[dict[str, Any]] = []
+    published_now: list[bytes] = []  # transformed metadata, stored with its page
+    metadata: dict[str, bytes] = {}  # the page's stored metadata, read before its transaction
 
     def pages(position: Any) -> Any:
         after = position
@@ -175,6 +177,10 @@ def validate_records(ctx: StepContext) -> dict[str, Any] | None:
                 return
             after = rows[-1].identifier
             last = len(rows) < config.batch
+            metadata.clear()
+            metadata.update(
+                blobs.get_many(network.acronym, [r.metadata_hash for r in rows], strict=False)
+            )
             yield BatchPage(rows, after=None if last else after, total=snapshot.total or None)
             if last:
                 return
@@ -189,7 +195,9 @@ def validate_records(ctx: StepContext) -> dict[str, Any] | None:
             "failed_rules": None,
         }
         try:
-            data = blobs.get(network.acronym, row.metadata_hash)
+            data = metadata.get(row.metadata_hash or "")
+            if data is None:
+                raise MissingMetadata(network.acronym, str(row.metadata_hash))
             record = MetadataRecord.parse(data, row.identifier, namespaces=namespaces)
             changed = False
             identifier = row.identifier
@@ -209,7 +217,11 @@ def validate_records(ctx: StepContext) -> dict[str, Any] | None:
             updates.append({**result, "valid": False, "problem": describe(exc)})
             raise
         stats.add(verdict)
-        published = blobs.put(network.acronym, record.to_bytes()) if changed else row.metadata_hash
+        published = row.metadata_hash
+        if changed:
+            data = record.to_bytes()
+            published = digest_of(data)
+            published_now.append(data)
         updates.append(
             {
                 **result,
@@ -224,6 +236,7 @@ def validate_records(ctx: StepContext) -> dict[str, Any] | None:
 
     def save_page(page: BatchPage[Any], tx: Any) -> None:
         try:
+            MetadataStore.add(tx, network.acronym, published_now)
             if updates:
                 tx.execute(_ROW_UPDATE, updates)
             snapshots.set(
@@ -239,6 +252,7 @@ def validate_records(ctx: StepContext) -> dict[str, Any] | None:
             )
         finally:
             updates.clear()
+            published_now.clear()
 
     try:
         summary = run_batches(

@@ -12,11 +12,26 @@ incremental harvest that brings nothing is `empty`: later actions pass it over.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Integer, cast, delete, func, insert, literal, select, update
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Connection,
+    Integer,
+    String,
+    Text,
+    cast,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ...errors import ShelfworkError
@@ -56,6 +71,9 @@ def upsert(conn: Connection, table: Any, rows: Sequence[dict[str, Any]], keys: S
     """Insert rows, replacing the non-key columns of rows whose keys exist (both backends)."""
     if not rows:
         return
+    if conn.dialect.name == "sqlite" and _plain_columns(table, rows[0]):
+        _sqlite_upsert(conn, table, rows, keys)
+        return
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     stmt = dialect.insert(table)
     columns = [c for c in rows[0] if c not in keys]
@@ -63,6 +81,40 @@ def upsert(conn: Connection, table: Any, rows: Sequence[dict[str, Any]], keys: S
         index_elements=list(keys), set_={c: stmt.excluded[c] for c in columns}
     )
     conn.execute(stmt, list(rows))
+
+
+def _plain_columns(table: Any, row: dict[str, Any]) -> bool:
+    """Whether every column of `row` is text, a number, a boolean or JSON (no datetimes, whose
+    SQLite storage format SQLAlchemy owns)."""
+    return all(
+        isinstance(table.c[name].type, (String, Text, Integer, Boolean, JSON)) for name in row
+    )
+
+
+def _sqlite_upsert(
+    conn: Connection, table: Any, rows: Sequence[dict[str, Any]], keys: Sequence[str]
+) -> None:
+    """The same upsert as one executemany on the driver: a harvest writes a catalog row per
+    record, and SQLAlchemy's per-row parameter processing cost as much as the write itself
+    (bench/oai.py)."""
+    names = list(rows[0])
+    json_columns = {n for n in names if isinstance(table.c[n].type, JSON)}
+    quoted = [f'"{n}"' for n in names]
+    updates = ", ".join(f'"{n}" = excluded."{n}"' for n in names if n not in keys)
+    conflict = ", ".join(f'"{k}"' for k in keys)
+    sql = (
+        f'INSERT INTO "{table.name}" ({", ".join(quoted)}) '
+        f"VALUES ({', '.join('?' for _ in names)}) "
+        f"ON CONFLICT ({conflict}) DO UPDATE SET {updates}"
+    )
+    values = [
+        tuple(
+            (None if row[n] is None else json.dumps(row[n])) if n in json_columns else row[n]
+            for n in names
+        )
+        for row in rows
+    ]
+    conn.exec_driver_sql(sql, values)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 16:35:05.930561
+Create Date: 2026-11-23 17:37:43.777014
 """
 
 from __future__ import annotations
@@ -302,6 +302,20 @@ def upgrade() -> None:
         sa.UniqueConstraint("job_id", "name", name=op.f("uq_job_steps_job_id")),
     )
     op.create_table(
+        "oai_blobs",
+        sa.Column("network", sa.String(length=64), nullable=False),
+        sa.Column("digest", sa.String(length=64), nullable=False),
+        sa.Column("size", sa.Integer(), nullable=False),
+        sa.Column("data", sa.LargeBinary(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["network"],
+            ["oai_networks.acronym"],
+            name=op.f("fk_oai_blobs_network_oai_networks"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("network", "digest", name=op.f("pk_oai_blobs")),
+    )
+    op.create_table(
         "oai_index_entries",
         sa.Column("network", sa.String(length=64), nullable=False),
         sa.Column("target", sa.String(length=32), nullable=False),
@@ -511,6 +525,7 @@ def downgrade() -> None:
         batch_op.drop_index("ix_oai_index_entries_changed")
 
     op.drop_table("oai_index_entries")
+    op.drop_table("oai_blobs")
     op.drop_table("job_steps")
     with op.batch_alter_table("job_events", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_job_events_job_id"))
