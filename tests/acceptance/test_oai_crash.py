@@ -36,7 +36,6 @@ def test_killed_harvest_resumes_from_its_token(tmp_path: Path) -> None:
             pipeline_modules=["shelfwork.pipelines.oai"],
             systems={
                 "oai": {
-                    "data_dir": str(tmp_path / "data"),
                     "rules_dir": str(tmp_path / "rules"),
                     "retry_backoff": 0.01,
                     "networks": [{"acronym": "LB", "name": "LB", "base_url": provider.url}],

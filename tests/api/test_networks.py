@@ -73,7 +73,6 @@ def api(api_for: ApiFactory, tmp_path: Path, provider: Provider) -> Api:
         pipeline_modules=["shelfwork.pipelines.oai"],
         systems={
             "oai": {
-                "data_dir": str(tmp_path / "data"),
                 "rules_dir": str(rules),
                 "retry_backoff": 0.01,
                 "networks": [

@@ -115,7 +115,6 @@ def engine_with_network(root: Path, provider_url: str, **settings: Any) -> Engin
         pipeline_modules=["shelfwork.pipelines.oai"],
         systems={
             "oai": {
-                "data_dir": str(root / "data"),
                 "rules_dir": str(rules),
                 "retry_backoff": 0.01,
                 "networks": [network],

@@ -45,7 +45,6 @@ def oai_settings(tmp_path: Path, url: str, **network: Any) -> dict[str, Any]:
         "pipeline_modules": ["shelfwork.pipelines.oai"],
         "systems": {
             "oai": {
-                "data_dir": str(tmp_path / "oai-data"),
                 "rules_dir": str(tmp_path / "rules"),
                 "retry_backoff": 0.01,
                 "networks": [

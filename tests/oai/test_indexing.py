@@ -98,7 +98,6 @@ def test_builtin_and_solr_get_only_what_changed(
         pipeline_modules=["shelfwork.pipelines.oai"],
         systems={
             "oai": {
-                "data_dir": str(tmp_path / "data"),
                 "rules_dir": str(rules),
                 "solr": {"url": solr.url, "core": "oai", "batch": 7},
                 "networks": [

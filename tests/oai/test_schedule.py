@@ -49,7 +49,6 @@ def test_cron_runs_respect_context_and_lanes(
         pipeline_modules=["shelfwork.pipelines.oai"],
         systems={
             "oai": {
-                "data_dir": str(tmp_path / "data"),
                 "rules_dir": str(tmp_path / "rules"),
                 "networks": [
                     {"acronym": "A", "name": "A", **network},

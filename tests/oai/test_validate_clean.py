@@ -53,7 +53,6 @@ def engine(make_engine: Any, tmp_path: Path, provider: Provider) -> Engine:
         pipeline_modules=["shelfwork.pipelines.oai"],
         systems={
             "oai": {
-                "data_dir": str(tmp_path / "data"),
                 "rules_dir": str(rules),
                 "networks": [
                     {

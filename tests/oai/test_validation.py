@@ -637,21 +637,23 @@ class UrlServer:
                 try:
                     if self.path.startswith("/slow/"):
                         time.sleep(0.1)
-                    if self.path == "/once":
-                        self.send_response(302)
-                        self.send_header("Location", "/ok")
-                    elif self.path == "/twice":
-                        self.send_response(301)
-                        self.send_header("Location", f"http://127.0.0.1:{owner.port}/once")
-                    elif self.path == "/ok" or self.path.startswith("/slow/"):
-                        self.send_response(200)
-                    else:
-                        self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
                 finally:
+                    # counted out before answering: once the answer is on its way the client
+                    # may use its slot again, and that request must not overlap this one
                     with owner.lock:
                         owner.in_flight -= 1
+                if self.path == "/once":
+                    self.send_response(302)
+                    self.send_header("Location", "/ok")
+                elif self.path == "/twice":
+                    self.send_response(301)
+                    self.send_header("Location", f"http://127.0.0.1:{owner.port}/once")
+                elif self.path == "/ok" or self.path.startswith("/slow/"):
+                    self.send_response(200)
+                else:
+                    self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

@@ -100,7 +100,7 @@ def create_app(
         app.include_router(
             oai_router(
                 exposure.sources_for(engine.store, config),
-                token_secret=config.token_secret(),
+                token_secret=config.token_secret(engine.store),
                 page_size=config.provider_page_size,
             )
         )

@@ -1,9 +1,9 @@
 """OAI-PMH harvesting settings: `[systems.oai]` in shelfwork.toml.
 
     [systems.oai]
-    data_dir = "/srv/shelfwork/oai"     # the metadata store (gzipped blobs by hash)
     rules_dir = "/etc/shelfwork/rules"  # rule and transformer sets; vocabulary files
-    provider_secret = "env:OAI_TOKEN_SECRET"  # signs the provider's resumption tokens
+    provider_secret = "env:OAI_TOKEN_SECRET"  # signs the provider's resumption tokens (default:
+                                        # made once and kept in the metadata database)
 
     [systems.oai.solr]                  # only for networks with index_solr
     url = "http://127.0.0.1:8983/solr"
@@ -28,7 +28,6 @@ nothing.
 
 from __future__ import annotations
 
-import os
 import secrets
 import tomllib
 from importlib import resources
@@ -47,9 +46,13 @@ from pydantic import (
 
 from ...config import Settings, env_secret
 from ...errors import ConfigError
+from ...locks import UNSET, EntityValues
+from ...store.database import Store
 from .storage import ACRONYM
 
 SYSTEM = "oai"
+#: where a generated provider secret is kept (EntityValues)
+SECRET_ENTITY = "oai:provider"
 #: properties every network has, whether or not an action declares them
 BASE_PROPERTIES = ("force_full_harvest", "detailed_diagnose")
 
@@ -135,7 +138,6 @@ class SolrConfig(BaseModel):
 class OaiConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    data_dir: Path = Path("./oai-data")
     rules_dir: Path = Path("./oai-rules")
     provider_secret: SecretStr | None = None
     provider_page_size: int = Field(default=100, ge=1, le=5000)
@@ -193,24 +195,17 @@ class OaiConfig(BaseModel):
             found.extend(p for p in action.properties if p not in found)
         return found
 
-    def token_secret(self) -> bytes:
-        """The provider's signing key: configured, or made once and kept in data_dir (0600)."""
+    def token_secret(self, store: Store) -> bytes:
+        """The provider's signing key: configured, or made once and kept in the metadata
+        database, so every server behind one URL signs and checks tokens alike."""
         if self.provider_secret is not None:
             return self.provider_secret.get_secret_value().encode()
-        path = self.data_dir / ".provider-secret"
-        try:
-            return path.read_bytes()
-        except FileNotFoundError:
-            pass
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        fresh = secrets.token_hex(32).encode()
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return path.read_bytes()
-        with os.fdopen(fd, "wb") as out:
-            out.write(fresh)
-        return fresh
+        values = EntityValues(store)
+        found = values.get(SECRET_ENTITY, "token-secret", None)
+        if found is None:
+            values.compare_and_set(SECRET_ENTITY, "token-secret", UNSET, secrets.token_hex(32))
+            found = values.get(SECRET_ENTITY, "token-secret")
+        return str(found).encode()
 
 
 def load_actions(path: Path | None = None) -> tuple[Action, ...]:

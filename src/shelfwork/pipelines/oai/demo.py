@@ -133,7 +133,6 @@ def run_oai_demo(folder: Path, *, keep: bool | None = None, console: Console | N
             poll_interval=0.2,
             systems={
                 "oai": {
-                    "data_dir": str(folder / "oai-data"),
                     "rules_dir": str(rules),
                     "networks": [
                         {

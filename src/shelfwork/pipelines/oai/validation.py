@@ -433,16 +433,25 @@ class UrlChecker:
         return result
 
     def exist_many(self, urls: Iterable[str]) -> dict[str, bool]:
-        """Check several URLs at once (bounded by `max_concurrency`)."""
+        """Check several URLs at once (bounded by `max_concurrency`); answers already known
+        come from the cache without a trip through the pool."""
         unique = list(dict.fromkeys(urls))
+        known: dict[str, bool] = {}
+        with self._lock:
+            for url in unique:
+                answer = self._answers.get(url)
+                if answer is not None and answer.done() and answer.exception() is None:
+                    known[url] = answer.result()
+                    self.cache_hits += 1
+        unique = [url for url in unique if url not in known]
         if len(unique) <= 1:
-            return {url: self.exists(url) for url in unique}
+            return {**known, **{url: self.exists(url) for url in unique}}
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.max_concurrency, "url-exists")
             pool = self._pool
         futures = {url: pool.submit(self.exists, url) for url in unique}
-        return {url: future.result() for url, future in futures.items()}
+        return {**known, **{url: future.result() for url, future in futures.items()}}
 
     def close(self) -> None:
         if self._pool is not None:
