@@ -9,10 +9,13 @@ expired tokens, CSRF rotation.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
+import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,3 +85,13 @@ def fresh_folder(folder: Path) -> None:
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / DEMO_MARKER).write_text("made by a shelfwork demo; emptied by the next demo run\n")
+
+
+def stay_up(keep: bool | None, say: Callable[[str], object]) -> None:
+    """Keep a demo's servers up until Ctrl-C when asked (by default: run from a terminal)."""
+    if keep is None:
+        keep = sys.stdin.isatty()
+    if keep:
+        say("Servers stay up for you to look around; press Ctrl-C to stop.")
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()

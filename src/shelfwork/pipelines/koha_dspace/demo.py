@@ -10,9 +10,6 @@ scan missing from the inbox, a record already in DSpace, a corrupt PDF, a cover 
 
 from __future__ import annotations
 
-import contextlib
-import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +22,7 @@ from rich.table import Table
 from ...config import Settings
 from ...engine import Engine
 from ...errors import ShelfworkError
-from ...sandbox import RunningServer, fresh_folder, serve
+from ...sandbox import RunningServer, fresh_folder, serve, stay_up
 from ...sandbox.pdfs import corrupt_pdf, scanned_pdf, text_pdf
 from ...sandbox.peers import KOHA_USER, Peers, start_peers
 from ...sandbox.records import Book, marcxml
@@ -175,12 +172,7 @@ def run_demo(folder: Path, *, keep: bool | None = None, console: Console | None 
             if ok
             else "[red]Some records did not end as expected.[/]"
         )
-        if keep is None:
-            keep = sys.stdin.isatty()
-        if keep:
-            out.print("Servers stay up for you to look around; press Ctrl-C to stop.")
-            with contextlib.suppress(KeyboardInterrupt):
-                threading.Event().wait()
+        stay_up(keep, out.print)
         return 0 if ok else 1
     finally:
         for running in servers:

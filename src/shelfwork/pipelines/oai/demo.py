@@ -12,11 +12,8 @@ own OAI-PMH provider serves, checked with shelfwork's harvesting client.
 
 from __future__ import annotations
 
-import contextlib
 import random
 import shutil
-import sys
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -31,7 +28,7 @@ from rich.table import Table
 from ...config import Settings
 from ...connectors.oaipmh import OaiClient
 from ...engine import Engine
-from ...sandbox import RunningServer, fresh_folder, serve
+from ...sandbox import RunningServer, fresh_folder, serve, stay_up
 from ...sandbox.oai import MemorySource
 from .provider import ExposedRecord, RepositoryInfo
 
@@ -196,12 +193,7 @@ def run_oai_demo(folder: Path, *, keep: bool | None = None, console: Console | N
         )
         ok = all(checks)
         out.print("[green]Every step went as planned.[/]" if ok else "[red]Something differed.[/]")
-        if keep is None:
-            keep = sys.stdin.isatty()
-        if keep:
-            out.print("Servers stay up for you to look around; press Ctrl-C to stop.")
-            with contextlib.suppress(KeyboardInterrupt):
-                threading.Event().wait()
+        stay_up(keep, out.print)
         return 0 if ok else 1
     finally:
         for running in reversed(servers):
