@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo
 
 from ...errors import ConfigError
-from .record import DEFAULT_NAMESPACES
+from .record import DEFAULT_NAMESPACES, FIELD_SYNTAX
 
 
 class RuleFileError(ConfigError):
@@ -29,6 +29,39 @@ class RuleFileError(ConfigError):
 def rules_context(info: ValidationInfo) -> dict[str, Any]:
     """What a rule's validators may read while its file loads: rules_dir and namespaces."""
     return info.context if isinstance(info.context, dict) else {}
+
+
+def addressable_field(value: str, info: ValidationInfo) -> str:
+    """A rule's field name: `prefix.element[.qualifier]` with a prefix the file knows."""
+    match = FIELD_SYNTAX.fullmatch(value)
+    if match is None:
+        raise ValueError(f"{value!r} is not of the form prefix.element[.qualifier]")
+    known = rules_context(info).get("namespaces", DEFAULT_NAMESPACES)
+    if match.group(1) not in known:
+        raise ValueError(
+            f"unknown namespace prefix {match.group(1)!r} in {value!r}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+    return value
+
+
+def confined_file(
+    value: str, info: ValidationInfo, *, kind: str, max_bytes: int | None = None
+) -> str:
+    """The absolute path of a file a rule names (a vocabulary, a list), which must lie inside
+    the rules folder."""
+    rules_dir = rules_context(info).get("rules_dir")
+    if rules_dir is None:
+        raise ValueError(f"a {kind} file needs a rules folder (load the set from a file)")
+    folder = Path(rules_dir).resolve()
+    path = (folder / value).resolve()
+    if not path.is_relative_to(folder):
+        raise ValueError(f"{value!r} lies outside the rules folder {folder}")
+    if not path.is_file():
+        raise ValueError(f"{kind} file {path} does not exist")
+    if max_bytes is not None and path.stat().st_size > max_bytes:
+        raise ValueError(f"{kind} file {path} is larger than {max_bytes} bytes")
+    return str(path)
 
 
 class RuleFile(BaseModel):

@@ -35,7 +35,13 @@ from pydantic import (
 
 from ...errors import ConfigError, ShelfworkError
 from .record import DEFAULT_NAMESPACES, FIELD_SYNTAX, MetadataRecord, normalise_space
-from .rulefile import RuleFile, RuleFileError, rules_context
+from .rulefile import (
+    RuleFile,
+    RuleFileError,
+    addressable_field,
+    confined_file,
+    rules_context,
+)
 from .validation import (
     MAX_MATCH_CHARS,
     Expression,
@@ -175,33 +181,8 @@ def _add(record: MetadataRecord, field: str, value: str) -> None:
     record.add_value(field, _checked_output(value))
 
 
-def _addressable(value: str, info: ValidationInfo) -> str:
-    match = FIELD_SYNTAX.fullmatch(value)
-    if match is None:
-        raise ValueError(f"{value!r} is not of the form prefix.element[.qualifier]")
-    known = rules_context(info).get("namespaces", DEFAULT_NAMESPACES)
-    if match.group(1) not in known:
-        raise ValueError(
-            f"unknown namespace prefix {match.group(1)!r} in {value!r}; "
-            f"known: {', '.join(sorted(known))}"
-        )
-    return value
-
-
 def _confined_file(value: str, info: ValidationInfo) -> str:
-    """The absolute path of a list file, which must lie inside the rules folder."""
-    rules_dir = rules_context(info).get("rules_dir")
-    if rules_dir is None:
-        raise ValueError("a list file needs a rules folder (load the set from a file)")
-    folder = Path(rules_dir).resolve()
-    path = (folder / value).resolve()
-    if not path.is_relative_to(folder):
-        raise ValueError(f"{value!r} lies outside the rules folder {folder}")
-    if not path.is_file():
-        raise ValueError(f"file {path} does not exist")
-    if path.stat().st_size > MAX_LIST_FILE_BYTES:
-        raise ValueError(f"file {path} is larger than {MAX_LIST_FILE_BYTES} bytes")
-    return str(path)
+    return confined_file(value, info, kind="list", max_bytes=MAX_LIST_FILE_BYTES)
 
 
 def _read_lines(path: str) -> list[str]:
@@ -279,7 +260,7 @@ class FieldTransformer(Transformer):
     @field_validator("field")
     @classmethod
     def _field_is_addressable(cls, value: str, info: ValidationInfo) -> str:
-        return _addressable(value, info)
+        return addressable_field(value, info)
 
 
 class AddFieldRule(FieldTransformer):
@@ -439,7 +420,7 @@ class RenameFieldRule(FieldTransformer):
     @field_validator("to")
     @classmethod
     def _to_is_addressable(cls, value: str, info: ValidationInfo) -> str:
-        return _addressable(value, info)
+        return addressable_field(value, info)
 
     @model_validator(mode="after")
     def _not_to_itself(self) -> RenameFieldRule:
@@ -478,7 +459,7 @@ class RenameFieldsRule(Transformer):
         for source, target in value.items():
             for name in (source, target):
                 try:
-                    _addressable(name, info)
+                    addressable_field(name, info)
                 except ValueError as exc:
                     raise ValueError(f"renames[{source!r}]: {exc}") from None
         return value
@@ -515,7 +496,7 @@ class RegexReplaceRule(FieldTransformer):
     @field_validator("target_field")
     @classmethod
     def _target_is_addressable(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return None if value is None else _addressable(value, info)
+        return None if value is None else addressable_field(value, info)
 
     @model_validator(mode="after")
     def _compile(self) -> RegexReplaceRule:
@@ -573,7 +554,7 @@ class RewriteIdentifierRule(Transformer):
     @field_validator("field")
     @classmethod
     def _field_is_addressable(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return None if value is None else _addressable(value, info)
+        return None if value is None else addressable_field(value, info)
 
     @model_validator(mode="after")
     def _compile(self) -> RewriteIdentifierRule:
@@ -748,7 +729,7 @@ class AddProvenanceRule(Transformer):
     @field_validator(*_PROVENANCE)
     @classmethod
     def _fields_are_addressable(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return None if value is None else _addressable(value, info)
+        return None if value is None else addressable_field(value, info)
 
     @model_validator(mode="after")
     def _writes_something(self) -> AddProvenanceRule:

@@ -37,7 +37,13 @@ from pydantic import (
 from ...connectors import tls_context
 from ...errors import ConfigError
 from .record import DEFAULT_NAMESPACES, FIELD_SYNTAX, MetadataRecord
-from .rulefile import RuleFile, RuleFileError, rules_context
+from .rulefile import (
+    RuleFile,
+    RuleFileError,
+    addressable_field,
+    confined_file,
+    rules_context,
+)
 
 #: longest regular expression a rule set may hold (a guard on compile cost and backtracking)
 MAX_PATTERN_CHARS = 500
@@ -493,9 +499,6 @@ class Checks:
     url_checker: UrlChecker | None = None
 
 
-_context = rules_context
-
-
 class Rule(BaseModel):
     """What every rule has; subclasses say how one occurrence is judged."""
 
@@ -513,18 +516,7 @@ class Rule(BaseModel):
     @field_validator("field")
     @classmethod
     def _field_is_addressable(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None:
-            return None
-        match = FIELD_SYNTAX.fullmatch(value)
-        if match is None:
-            raise ValueError(f"{value!r} is not of the form prefix.element[.qualifier]")
-        known = _context(info).get("namespaces", DEFAULT_NAMESPACES)
-        if match.group(1) not in known:
-            raise ValueError(
-                f"unknown namespace prefix {match.group(1)!r} in {value!r}; "
-                f"known: {', '.join(sorted(known))}"
-            )
-        return value
+        return None if value is None else addressable_field(value, info)
 
     @model_validator(mode="after")
     def _has_field_if_needed(self) -> Rule:
@@ -573,18 +565,7 @@ class ControlledVocabularyRule(Rule):
     @field_validator("file")
     @classmethod
     def _file_inside_rules_folder(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None:
-            return None
-        rules_dir = _context(info).get("rules_dir")
-        if rules_dir is None:
-            raise ValueError("a vocabulary file needs a rules folder (load the set from a file)")
-        folder = Path(rules_dir).resolve()
-        path = (folder / value).resolve()
-        if not path.is_relative_to(folder):
-            raise ValueError(f"{value!r} lies outside the rules folder {folder}")
-        if not path.is_file():
-            raise ValueError(f"vocabulary file {path} does not exist")
-        return str(path)
+        return None if value is None else confined_file(value, info, kind="vocabulary")
 
     @model_validator(mode="after")
     def _one_source(self) -> ControlledVocabularyRule:
@@ -666,7 +647,7 @@ class FieldExpressionRule(Rule):
     @classmethod
     def _parses(cls, value: str, info: ValidationInfo) -> str:
         try:
-            parse_expression(value, _context(info).get("namespaces", DEFAULT_NAMESPACES))
+            parse_expression(value, rules_context(info).get("namespaces", DEFAULT_NAMESPACES))
         except ExpressionError as exc:
             raise ValueError(str(exc)) from None
         return value
@@ -691,7 +672,7 @@ class XPathOccurrenceRule(Rule):
     @field_validator("xpath")
     @classmethod
     def _evaluates(cls, value: str, info: ValidationInfo) -> str:
-        namespaces = _context(info).get("namespaces", DEFAULT_NAMESPACES)
+        namespaces = rules_context(info).get("namespaces", DEFAULT_NAMESPACES)
         try:
             etree.XPath(value, namespaces=namespaces)(etree.Element("probe"))
         except etree.XPathError as exc:
