@@ -68,19 +68,22 @@ class NotFound(RemoteRefused):
     """The remote has no such record or item (404)."""
 
 
+def error_class(status: int) -> type[RemoteError]:
+    """Which RemoteError an HTTP error status means: passing (5xx, 429) or not."""
+    if status >= 500 or status == 429:
+        return RemoteUnavailable
+    if status in (401, 403):
+        return AuthFailed
+    if status == 404:
+        return NotFound
+    return RemoteRefused
+
+
 def error_for(system: str, response: httpx.Response, message: str) -> RemoteError:
     """The RemoteError subclass that fits `response`'s status, quoting its body."""
     status = response.status_code
     request = response.request
-    cls: type[RemoteError]
-    if status >= 500 or status == 429:
-        cls = RemoteUnavailable
-    elif status in (401, 403):
-        cls = AuthFailed
-    elif status == 404:
-        cls = NotFound
-    else:
-        cls = RemoteRefused
+    cls = error_class(status)
     try:
         body = response.text
     except Exception:  # a streamed or undecodable body

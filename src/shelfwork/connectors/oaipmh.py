@@ -34,11 +34,10 @@ from lxml import etree
 
 from . import (
     EXCERPT,
-    AuthFailed,
-    NotFound,
     RemoteError,
     RemoteRefused,
     RemoteUnavailable,
+    error_class,
     tls_context,
 )
 
@@ -405,6 +404,19 @@ def record_from(element: etree._Element) -> Record:
     )
 
 
+def token_from(element: etree._Element) -> Token | None:
+    """A <resumptionToken>; None for the empty one that ends a list."""
+    value = (element.text or "").strip()
+    if not value:
+        return None
+    return Token(
+        value=value,
+        cursor=optional_int(element.get("cursor")),
+        complete_list_size=optional_int(element.get("completeListSize")),
+        expiration=element.get("expirationDate"),
+    )
+
+
 def identify_from(element: etree._Element) -> Identify:
     fields = {
         name: text_of(element, name)
@@ -462,14 +474,7 @@ def read_response(source: IO[bytes]) -> Response:
             while parent is not None and element.getprevious() is not None:
                 del parent[0]
         elif name == TOKEN:
-            value = (element.text or "").strip()
-            if value:
-                answer.token = Token(
-                    value=value,
-                    cursor=optional_int(element.get("cursor")),
-                    complete_list_size=optional_int(element.get("completeListSize")),
-                    expiration=element.get("expirationDate"),
-                )
+            answer.token = token_from(element)
         elif name == RESPONSE_DATE:
             answer.response_date = (element.text or "").strip()
         elif name == ERROR:
@@ -784,15 +789,7 @@ class OaiClient:
                 status=status,
                 body=text,
             )
-        cls: type[RemoteError]
-        if status >= 500:
-            cls = RemoteUnavailable
-        elif status in (401, 403):
-            cls = AuthFailed
-        elif status == 404:
-            cls = NotFound
-        else:
-            cls = RemoteRefused
+        cls = error_class(status)
         return cls(SYSTEM, message, method=self.method, url=self._url, status=status, body=text)
 
 
@@ -855,14 +852,7 @@ def salvage_page(raw: bytes) -> Response | None:
             element = _fragment(declarations, token.group(0))
         except etree.XMLSyntaxError:
             return None
-        value = (element.text or "").strip()
-        if value:
-            answer.token = Token(
-                value=value,
-                cursor=optional_int(element.get("cursor")),
-                complete_list_size=optional_int(element.get("completeListSize")),
-                expiration=element.get("expirationDate"),
-            )
+        answer.token = token_from(element)
     return answer
 
 
