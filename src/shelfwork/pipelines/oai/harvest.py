@@ -71,8 +71,10 @@ class HarvestPage(BatchPage[Any]):
 
     #: the repository's responseDate for this page (the first one becomes the next `from`)
     response_date: str = ""
-    #: the page's blobs, hashed and gzipped on the fetching thread (one dict)
-    packed: list[dict[str, tuple[int, bytes]]] = field(default_factory=list)
+    #: identifier -> hash of its metadata, for the page's live records
+    digests: dict[str, str] = field(default_factory=dict)
+    #: those records' blobs, gzipped (hash -> (size, bytes)); both made on the fetching thread
+    packed: dict[str, tuple[int, bytes]] = field(default_factory=dict)
 
 
 _END = object()  # the fetching thread's last word: no more pages
@@ -193,17 +195,25 @@ def harvest(ctx: StepContext) -> dict[str, Any]:
                 else:
                     after = None
                 total = token.complete_list_size if token is not None and len(sets) == 1 else None
+                storable = {
+                    r.identifier: r.metadata
+                    for r in page.records
+                    if r.metadata is not None and len(r.metadata) <= MAX_RECORD_BYTES
+                }
+                digests = {identifier: digest_of(data) for identifier, data in storable.items()}
                 yield HarvestPage(
                     [*page.records, *page.broken],
                     after=after,
                     total=total,
                     response_date=page.response_date,
+                    digests=digests,
+                    packed=packed_all({digests[i]: data for i, data in storable.items()}),
                 )
                 here = after
 
     def ahead(position: Any) -> Any:
-        """The pages, fetched, parsed, hashed and gzipped on a thread of their own while this
-        one stores the page before (one page ahead; bench/oai.py measures the gain). A
+        """`pages` (fetching, parsing, hashing, gzipping) run on a thread of their own while
+        this one stores the page before (one page ahead; bench/oai.py measures the gain). A
         failure there is raised here, where the step sees it."""
         handed: queue.Queue[Any] = queue.Queue(maxsize=1)
         stop = threading.Event()
@@ -220,8 +230,6 @@ def harvest(ctx: StepContext) -> dict[str, Any]:
         def produce() -> None:
             try:
                 for page in pages(position):
-                    live = [r.metadata for r in page.items if isinstance(r, Record) and r.metadata]
-                    page.packed.append(packed_all(live))
                     if not give(page):
                         return
                 give(_END)
@@ -261,12 +269,11 @@ def harvest(ctx: StepContext) -> dict[str, Any]:
             latest: dict[str, Record] = {}
             for record in waiting:  # a repository may repeat a record within a page
                 latest[record.identifier] = record
-            MetadataStore.add_packed(tx, network.acronym, page.packed[0])
-            digests = {r.identifier: digest_of(r.metadata) for r in latest.values() if r.metadata}
+            MetadataStore.add_packed(tx, network.acronym, page.packed)
             rows = []
             deleted = 0
             for record in latest.values():
-                digest = digests.get(record.identifier)
+                digest = None if record.deleted else page.digests[record.identifier]
                 deleted += record.deleted
                 rows.append(
                     {

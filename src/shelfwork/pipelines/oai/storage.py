@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 
 from sqlalchemy import Connection, delete, func, select
 from sqlalchemy.dialects import postgresql
@@ -65,15 +65,10 @@ def unpack(network: str, digest: str, body: bytes) -> bytes:
     return data
 
 
-def packed_all(datas: Iterable[bytes]) -> dict[str, tuple[int, bytes]]:
-    """hash -> (size, gzipped bytes) for each distinct one of `datas`. zlib lets go of the GIL
-    while it compresses, so a worker thread can do this beside a parsing thread."""
-    found: dict[str, tuple[int, bytes]] = {}
-    for data in datas:
-        digest = digest_of(data)
-        if digest not in found:
-            found[digest] = (len(data), pack(data))
-    return found
+def packed_all(blobs: Mapping[str, bytes]) -> dict[str, tuple[int, bytes]]:
+    """hash -> (size, gzipped bytes) for each of `blobs` (hash -> bytes). zlib lets go of the
+    GIL while it compresses, so a fetching thread can do this beside the storing one."""
+    return {digest: (len(data), pack(data)) for digest, data in blobs.items()}
 
 
 class MetadataStore:
@@ -83,11 +78,11 @@ class MetadataStore:
         self.store = store
 
     @staticmethod
-    def add(conn: Connection, network: str, datas: Iterable[bytes]) -> list[str]:
+    def add(conn: Connection, network: str, datas: Sequence[bytes]) -> list[str]:
         """Store each of `datas` not there yet, in the caller's transaction; their hashes."""
-        datas = list(datas)
-        MetadataStore.add_packed(conn, network, packed_all(datas))
-        return [digest_of(data) for data in datas]
+        digests = [digest_of(data) for data in datas]
+        MetadataStore.add_packed(conn, network, packed_all(dict(zip(digests, datas, strict=True))))
+        return digests
 
     @staticmethod
     def add_packed(conn: Connection, network: str, blobs: dict[str, tuple[int, bytes]]) -> None:
