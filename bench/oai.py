@@ -721,7 +721,7 @@ def measure_harvest(
 PARTS = (
     ("fetch + parse (`OaiClient._attempt`)", "fetch"),
     ("blobs: insert (`MetadataStore.add_packed`, one executemany per page)", "put"),
-    ("blobs: hash + gzip (`packed_all`, on the fetching thread)", "gzip"),
+    ("blobs: gzip (`packed_all`, on the fetching thread)", "gzip"),
     ("catalog rows (`snapshots.upsert`)", "upsert"),
 )
 

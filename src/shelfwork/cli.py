@@ -943,18 +943,23 @@ DEMO_BURST_ACCEPTED = 4
 DEMO_TIMEOUT = 90.0
 
 
+#: the options every demo command takes
+DemoFolder = Annotated[
+    Path, typer.Option("--dir", help="Folder for the demo's database and files (made afresh).")
+]
+DemoKeep = Annotated[
+    bool | None,
+    typer.Option(
+        "--keep/--no-keep",
+        help="Keep the servers up afterwards (default: when run from a terminal).",
+    ),
+]
+
+
 @app.command()
 def demo(
-    folder: Annotated[
-        Path, typer.Option("--dir", help="Folder for the demo's database and files (made afresh).")
-    ] = Path("shelfwork-demo"),
-    keep: Annotated[
-        bool | None,
-        typer.Option(
-            "--keep/--no-keep",
-            help="Keep the servers up afterwards (default: when run from a terminal).",
-        ),
-    ] = None,
+    folder: DemoFolder = Path("shelfwork-demo"),
+    keep: DemoKeep = None,
 ) -> None:
     """The Koha -> DSpace integrator end to end on emulated Koha and DSpace: start them and a
     shelfwork server (SQLite), catalogue books with generated PDFs, integrate them through
@@ -966,16 +971,8 @@ def demo(
 
 @app.command("oai-demo")
 def oai_demo(
-    folder: Annotated[
-        Path, typer.Option("--dir", help="Folder for the demo's database and files (made afresh).")
-    ] = Path("shelfwork-oai-demo"),
-    keep: Annotated[
-        bool | None,
-        typer.Option(
-            "--keep/--no-keep",
-            help="Keep the servers up afterwards (default: when run from a terminal).",
-        ),
-    ] = None,
+    folder: DemoFolder = Path("shelfwork-oai-demo"),
+    keep: DemoKeep = None,
 ) -> None:
     """OAI-PMH network harvesting end to end: an upstream repository in the sandbox, a shelfwork
     server (SQLite) running HARVEST, VALIDATE, INDEX_BUILTIN and INDEX_OAI twice (full, then
