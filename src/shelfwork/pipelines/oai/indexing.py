@@ -53,6 +53,8 @@ class ExposureTarget:
     """The OAI provider's target: the entries table is what it serves, so nothing to send."""
 
     name = "oai"
+    #: the provider reads the store itself: documents would be built for nothing
+    wants_documents = False
 
     def upsert(self, docs: Any) -> None:
         pass
@@ -174,8 +176,10 @@ def index(ctx: StepContext) -> dict[str, Any] | None:
                 here = {"phase": "delete", "after": None}
                 break
             docs = []
-            metadata = blobs.get_many(network, [row.published_hash for row in rows])
-            for row in rows:
+            wanted = getattr(target, "wants_documents", True)
+            hashes = [row.published_hash for row in rows] if wanted else []
+            metadata = blobs.get_many(network, hashes)
+            for row in rows if wanted else ():
                 record = MetadataRecord.parse(metadata[row.published_hash], row.pid)
                 docs.append(
                     IndexDocument(

@@ -38,7 +38,7 @@ from .snapshots import (
     Snapshots,
     records_t,
 )
-from .storage import MetadataStore, MissingMetadata, digest_of
+from .storage import MetadataStore, MissingMetadata, digest_of, packed_all
 from .transform import (
     TransformContext,
     TransformerSet,
@@ -164,7 +164,7 @@ def validate_records(ctx: StepContext) -> dict[str, Any] | None:
     namespaces = ruleset.namespace_table()
     year = datetime.now().year
     updates: list[dict[str, Any]] = []
-    published_now: list[bytes] = []  # transformed metadata, stored with its page
+    published_now: dict[str, bytes] = {}  # transformed metadata by hash, stored with its page
     metadata: dict[str, bytes] = {}  # the page's stored metadata, read before its transaction
 
     def pages(position: Any) -> Any:
@@ -221,7 +221,7 @@ def validate_records(ctx: StepContext) -> dict[str, Any] | None:
         if changed:
             data = record.to_bytes()
             published = digest_of(data)
-            published_now.append(data)
+            published_now[published] = data
         updates.append(
             {
                 **result,
@@ -236,7 +236,7 @@ def validate_records(ctx: StepContext) -> dict[str, Any] | None:
 
     def save_page(page: BatchPage[Any], tx: Any) -> None:
         try:
-            MetadataStore.add(tx, network.acronym, published_now)
+            MetadataStore.add_packed(tx, network.acronym, packed_all(published_now))
             if updates:
                 tx.execute(_ROW_UPDATE, updates)
             snapshots.set(
