@@ -79,3 +79,30 @@ def test_unreferenced_blobs_are_removed(store: Store) -> None:
     assert removed == 1
     assert blobs.contains("A", keep) and not blobs.contains("A", drop)
     assert blobs.contains("B", other)
+
+
+def test_deleting_a_network_takes_its_snapshots_entries_and_blobs(store: Store) -> None:
+    from shelfwork.pipelines.oai.snapshots import Networks, Snapshots, entries_t, records_t
+
+    blobs = MetadataStore(store)
+    mine, theirs = blobs.put("A", b"<a/>"), blobs.put("B", b"<b/>")
+    snapshot = Snapshots(store).create(
+        "A", incremental=False, previous_id=None, job_id=None, harvest_from=None, identify=None
+    )
+    with store.write() as conn:
+        conn.execute(
+            insert(records_t).values(
+                snapshot_id=snapshot, identifier="oai:a:1", datestamp="2024", metadata_hash=mine
+            )
+        )
+        conn.execute(
+            insert(entries_t).values(
+                network="A", target="oai", identifier="oai:a:1", changed_at=utcnow()
+            )
+        )
+    Networks(store).delete("A")
+    with store.read() as conn:
+        assert conn.execute(select(records_t)).all() == []
+        assert conn.execute(select(entries_t)).all() == []
+    assert Snapshots(store).list("A") == []
+    assert not blobs.contains("A", mine) and blobs.contains("B", theirs)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import delete, select, union
+from sqlalchemy import select, union
 
 from ...context import StepContext
 from ...pipeline import Pipeline, step
 from .actions import HAND_OVER_RETRY, NetworkParams, hand_over, network_context
-from .snapshots import Networks, Snapshots, entries_t, log_t, records_t, snapshots_t
+from .snapshots import Networks, Snapshots, entries_t, records_t, snapshots_t
 from .storage import MetadataStore
 
 
@@ -24,36 +24,24 @@ def clean(ctx: StepContext) -> dict[str, Any]:
     good = snapshots.last_good(network)
     if good is not None:
         keep.add(good.id)
-    store = ctx.engine.store
-    with store.write() as conn:
-        doomed = [
-            r.id
-            for r in conn.execute(
-                select(snapshots_t.c.id).where(
-                    snapshots_t.c.network == network, snapshots_t.c.id.not_in(keep or {-1})
-                )
-            ).all()
-        ]
-        if doomed:
-            conn.execute(delete(records_t).where(records_t.c.snapshot_id.in_(doomed)))
-            conn.execute(delete(log_t).where(log_t.c.snapshot_id.in_(doomed)))
-            conn.execute(delete(snapshots_t).where(snapshots_t.c.id.in_(doomed)))
     kept = select(snapshots_t.c.id).where(snapshots_t.c.network == network)
     referenced = union(
         select(records_t.c.metadata_hash.label("h")).where(records_t.c.snapshot_id.in_(kept)),
         select(records_t.c.published_hash.label("h")).where(records_t.c.snapshot_id.in_(kept)),
         select(entries_t.c.published_hash.label("h")).where(entries_t.c.network == network),
-    )
-    with store.write() as conn:
-        hashes = referenced.subquery()
-        # NOT IN over a list holding NULL would keep everything: the NULLs are left out
-        used = select(hashes.c.h).where(hashes.c.h.is_not(None))
+    ).subquery()
+    # NOT IN over a list holding NULL would keep everything: the NULLs are left out
+    used = select(referenced.c.h).where(referenced.c.h.is_not(None))
+    with ctx.engine.store.write() as conn:
+        doomed = Snapshots.delete(
+            conn, (snapshots_t.c.network == network) & snapshots_t.c.id.not_in(keep or {-1})
+        )
         removed = MetadataStore.remove_unreferenced(conn, network, used)
     for snapshot_id in keep:
         snapshots.log(
             snapshot_id,
             f"clean: {len(doomed)} snapshots deleted ({', '.join(map(str, doomed)) or 'none'}), "
-            f"{removed} unused metadata files removed",
+            f"{removed} unused metadata blobs removed",
         )
     return {"kept": sorted(keep), "deleted": doomed, "blobs_removed": removed}
 

@@ -36,8 +36,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from ...errors import ShelfworkError
 from ...store.database import Store, utcnow
-from ...store.models import OaiIndexEntry, OaiNetwork, OaiRecord, OaiSnapshot, OaiSnapshotLog
+from ...store.models import (
+    OaiIndexEntry,
+    OaiNetwork,
+    OaiRecord,
+    OaiSnapshot,
+    OaiSnapshotLog,
+)
 from .config import NetworkConfig
+from .storage import blobs_t
 
 networks_t = OaiNetwork.__table__
 snapshots_t = OaiSnapshot.__table__
@@ -200,18 +207,16 @@ class Networks:
         return self.get(config.acronym), row is None
 
     def delete(self, acronym: str) -> None:
-        """Remove a network with its snapshots and index entries (its blobs stay until cleaned)."""
+        """Remove a network with its snapshots, index entries and stored metadata."""
         network = self.get(acronym)
         if network.origin == "config":
             raise NetworkOwnedByConfig(
                 f"network {acronym!r} is defined in the config file; remove it there"
             )
         with self.store.write() as conn:
-            ids = select(snapshots_t.c.id).where(snapshots_t.c.network == acronym)
-            conn.execute(delete(records_t).where(records_t.c.snapshot_id.in_(ids)))
-            conn.execute(delete(log_t).where(log_t.c.snapshot_id.in_(ids)))
-            conn.execute(delete(snapshots_t).where(snapshots_t.c.network == acronym))
+            Snapshots.delete(conn, snapshots_t.c.network == acronym)
             conn.execute(delete(entries_t).where(entries_t.c.network == acronym))
+            conn.execute(delete(blobs_t).where(blobs_t.c.network == acronym))
             conn.execute(delete(networks_t).where(networks_t.c.acronym == acronym))
 
     def sync_from_config(self, configs: Iterable[NetworkConfig]) -> list[str]:
@@ -278,6 +283,17 @@ class Snapshots:
         if incremental:
             return f"incremental harvest from {harvest_from} started"
         return "full harvest started"
+
+    @staticmethod
+    def delete(conn: Connection, which: Any) -> list[int]:
+        """Delete the snapshots `which` (a condition on the snapshots table) with their catalogs
+        and logs, in the caller's transaction; their ids."""
+        ids = [r.id for r in conn.execute(select(snapshots_t.c.id).where(which)).all()]
+        if ids:
+            conn.execute(delete(records_t).where(records_t.c.snapshot_id.in_(ids)))
+            conn.execute(delete(log_t).where(log_t.c.snapshot_id.in_(ids)))
+            conn.execute(delete(snapshots_t).where(snapshots_t.c.id.in_(ids)))
+        return ids
 
     def get(self, snapshot_id: int) -> Any:
         with self.store.read() as conn:
