@@ -14,6 +14,7 @@ import pypdfium2 as pdfium
 import pytest
 from PIL import Image, ImageChops
 
+from shelfwork.pipelines.koha_dspace import pdf
 from shelfwork.pipelines.koha_dspace.pdf import (
     MAX_COVER_RATIO,
     PDFIUM_LOCK,
@@ -182,6 +183,37 @@ def test_file_completed_by_a_copier_during_the_retries(tmp_path: Path) -> None:
     thread.join()
     assert sleep.calls == [1.0]
     assert info == PdfInfo(pages=20, size=len(whole), md5=hashlib.md5(whole).hexdigest())
+
+
+def test_a_file_that_grows_during_one_inspection_is_checked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The size is taken first and the checksum last: a file that grows in between (a copier
+    appending while PDFium reads it) must not pass with the old size and the new checksum."""
+    path = text_pdf(tmp_path / "growing.pdf", pages=2)
+    real_open = pdf._open
+    grow = [True]
+
+    def open_while_a_copier_appends(*args: object) -> pdfium.PdfDocument:
+        if grow[0]:
+            grow[0] = False
+            with open(path, "ab") as out:
+                out.write(b"\n% the rest of the copy\n%%EOF\n")
+        return real_open(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pdf, "_open", open_while_a_copier_appends)
+    before = path.stat().st_size
+    with pytest.raises(BadPdf) as caught:
+        check_pdf(path, tries=1)
+    after = path.stat().st_size
+    assert caught.value.reason == f"still being written (size went from {before} to {after} bytes)"
+    # with a second try the grown file is checked as a whole
+    grow[0] = True
+    sleep = FakeSleep()
+    info = check_pdf(path, tries=2, delay=0.5, sleep=sleep)
+    assert sleep.calls == [0.5]
+    whole = path.read_bytes()
+    assert info == PdfInfo(pages=2, size=len(whole), md5=hashlib.md5(whole).hexdigest())
 
 
 def test_zero_byte_file_that_arrives(tmp_path: Path) -> None:
