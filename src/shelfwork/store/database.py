@@ -8,6 +8,7 @@ a transaction-scoped advisory lock.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,7 +49,7 @@ class Store:
         if self.is_sqlite:
             if parsed.database in (None, "", ":memory:"):
                 raise ConfigError("SQLite needs a file database (WAL); :memory: is not supported")
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            create_private(Path(parsed.database).expanduser())
             self._writer = self._sqlite_engine(url, immediate=True, echo=echo)
             self._reader = self._sqlite_engine(url, immediate=False, echo=echo)
         else:
@@ -162,6 +163,21 @@ class Store:
             self._reader.dispose()
 
 
+def create_private(path: Path) -> None:
+    """Create a SQLite database file readable by its owner only (0600), and its folder (0700) if
+    it is missing: the database holds the OAI provider's token secret and dashboard sessions.
+    SQLite gives the -wal and -shm files it makes later the database file's mode (os_unix.c,
+    findCreateFileMode), so they are private too. An existing file or folder is left as it is."""
+    folder = path.parent
+    if not folder.exists():
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
 def alembic_config(url: str) -> Any:
     from alembic.config import Config
 
@@ -176,6 +192,8 @@ def migration_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        create_private(Path(parsed.database).expanduser())
     return create_engine(parsed, poolclass=NullPool)
 
 
