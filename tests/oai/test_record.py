@@ -31,7 +31,8 @@ def test_qualifier_selects_by_type_attribute() -> None:
         dc('<dc:date type="issued">2020</dc:date><dc:date>2019-05-01</dc:date>'), "oai:x:2"
     )
     assert record.values("dc.date.issued") == ["2020"]
-    assert record.values("dc.date") == ["2020", "2019-05-01"]
+    assert record.values("dc.date") == ["2019-05-01"]  # unqualified only
+    assert record.values("dc.date.*") == ["2020", "2019-05-01"]
 
 
 def test_xpath_uses_namespace_table_and_extra_prefixes() -> None:
@@ -98,7 +99,8 @@ def test_unsafe_or_unreadable_metadata_is_bad_metadata(data: bytes, problem: str
 
 
 def test_field_xpath_rejects_malformed_names() -> None:
-    assert field_xpath("dc.title") == "descendant-or-self::dc:title"
+    assert field_xpath("dc.title") == "descendant-or-self::dc:title[not(@type)]"
+    assert field_xpath("dc.title.*") == "descendant-or-self::dc:title"
     with pytest.raises(ValueError, match=r"prefix\.element"):
         field_xpath("title")
     with pytest.raises(ValueError, match=r"prefix\.element"):

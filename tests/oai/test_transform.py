@@ -138,7 +138,7 @@ def test_remove_element_keeps_mixed_text_and_set_value_flattens() -> None:
 
 def test_rename_element_in_place_sets_and_drops_type() -> None:
     record = raw_record('<dc:date type="issued">2020</dc:date><dc:title>T</dc:title>')
-    date = record.rename_element(record.elements("dc.date")[0], "dcterms.issued")
+    date = record.rename_element(record.elements("dc.date.issued")[0], "dcterms.issued")
     assert record.root[0] is date  # same position
     assert date.get("type") is None
     assert date.tag == f"{{{DCTERMS}}}issued"
@@ -369,7 +369,8 @@ def test_regex_replace_ignoring_case_and_into_another_field() -> None:
     record = dc_record(identifier=["HTTPS://DOI.ORG/10.1/x", "http://handle/1"])
     assert run(doi, record).changed
     assert record.values("dc.identifier.doi") == ["10.1/x"]
-    assert record.values("dc.identifier") == ["http://handle/1", "10.1/x"]
+    assert record.values("dc.identifier") == ["http://handle/1"]
+    assert record.values("dc.identifier.*") == ["http://handle/1", "10.1/x"]
     assert "needs a 'target_field'" in one_problem(
         {
             "type": "regex_replace",
@@ -567,7 +568,7 @@ def test_add_provenance_replace_and_needs_a_field() -> None:
     )
     record = raw_record('<dc:source type="network">UPSTREAM</dc:source><dc:source>s</dc:source>')
     assert run(provenance, record).changed
-    assert record.values("dc.source") == ["s", "LAREF"]
+    assert record.values("dc.source.*") == ["s", "LAREF"]
     assert not run(provenance, record).changed
     assert "at least one of network_field" in one_problem({"type": "add_provenance"})
 
@@ -861,3 +862,31 @@ def test_output_reparses_with_cyrillic_accents_and_new_namespaces() -> None:
     assert again.values("dcterms.provenance") == ["oai:репо:1"]
     assert again.values("dc.source") == ["reponame:Repositorio Ñandú"]
     assert etree.QName(again.root).localname == "dc"
+
+
+# --- field names address one qualifier level (as the reference's do) -------------------------
+
+
+def test_every_qualifier_can_be_read_but_not_written() -> None:
+    tidy = rules({"type": "remove_duplicates", "field": "dc.date.*"})
+    record = raw_record('<dc:date>2020</dc:date><dc:date type="issued">2020</dc:date>')
+    assert run(tidy, record).changed
+    assert record.values("dc.date.*") == ["2020"]
+    unqualified = rules({"type": "remove_duplicates", "field": "dc.date"})
+    again = raw_record('<dc:date>2020</dc:date><dc:date type="issued">2020</dc:date>')
+    assert not run(unqualified, again).changed  # the issued date is another field
+    for spec in (
+        {"type": "add_field", "field": "dc.date.*", "value": "x"},
+        {"type": "rename_field", "field": "dc.date", "to": "dc.date.*"},
+        {"type": "rename_fields", "renames": {"dc.date": "dc.date.*"}},
+        {"type": "add_repository_name", "field": "dc.source.*"},
+        {"type": "add_provenance", "network_field": "dc.source.*"},
+        {
+            "type": "regex_replace",
+            "field": "dc.identifier",
+            "pattern": "x",
+            "replacement": "y",
+            "target_field": "dc.identifier.*",
+        },
+    ):
+        assert "cannot be written" in one_problem(spec), spec

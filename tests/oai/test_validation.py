@@ -177,14 +177,16 @@ QUANTIFIER_TABLE = [
     ("ONE_ONLY", 1, 2, True),
     ("ONE_ONLY", 3, 0, False),
     ("ZERO_OR_MORE", 0, 0, True),
-    ("ZERO_OR_MORE", 0, 3, True),
+    # values present but none valid (AbstractValidatorFieldContentRule.validate, ZERO_OR_MORE)
+    ("ZERO_OR_MORE", 0, 3, False),
     ("ZERO_OR_MORE", 1, 0, True),
     ("ZERO_OR_MORE", 3, 1, True),
     ("ONE_OR_MORE", 0, 0, False),
     ("ONE_OR_MORE", 0, 2, False),
     ("ONE_OR_MORE", 1, 0, True),
     ("ONE_OR_MORE", 3, 2, True),
-    ("ALL", 0, 0, False),  # an absent field does not satisfy "all values are valid"
+    # valid count == occurrence count, so an absent field passes (as in the reference)
+    ("ALL", 0, 0, True),
     ("ALL", 1, 0, True),
     ("ALL", 0, 1, False),
     ("ALL", 3, 0, True),
@@ -207,6 +209,99 @@ def test_quantifier_default_is_one_or_more() -> None:
     rules = one_rule(type="regex", field="dc.title", pattern="x")
     assert rules.rules[0].quantifier is Quantifier.ONE_OR_MORE
     assert rules.rules[0].mandatory is True
+
+
+# --- semantics of the reference platform (lareferencia-core-lib) -----------------------------
+
+
+def raw_dc(body: str, record_id: str = "oai:test:raw") -> MetadataRecord:
+    data = (
+        '<oai_dc:dc xmlns:oai_dc="http://www.openarchives.org/OAI/2.0/oai_dc/" '
+        f'xmlns:dc="http://purl.org/dc/elements/1.1/">{body}</oai_dc:dc>'
+    )
+    return MetadataRecord.parse(data.encode("utf-8"), record_id)
+
+
+@pytest.mark.parametrize(
+    "empty", ["<dc:title/>", "<dc:title></dc:title>", "<dc:title> \n </dc:title>"]
+)
+def test_an_empty_element_is_no_occurrence(empty: str) -> None:
+    # OAIRecordMetadata.getFieldOcurrences keeps only elements with a text child, and the
+    # oai_dc crosswalk strips whitespace-only text first (xsl:strip-space)
+    record = raw_dc(empty + "<dc:title>Real</dc:title>")
+    assert record.values("dc.title") == ["Real"]
+    alone = raw_dc(empty)
+    assert alone.values("dc.title") == []
+    any_length = one_rule(type="content_length", field="dc.title", min_length=0)
+    result = validate(alone, any_length).results[0]
+    assert not result.valid and (result.valid_count, result.invalid_count) == (0, 0)
+    none_at_all = one_rule(
+        type="content_length", field="dc.title", min_length=1, quantifier="ZERO_OR_MORE"
+    )
+    assert validate(alone, none_at_all).results[0].valid
+
+
+@pytest.mark.parametrize(
+    ("quantifier", "values", "expected"),
+    [
+        ("ONE_ONLY", ["en"], True),
+        ("ONE_ONLY", ["en", "en"], False),  # exactly one occurrence must equal
+        ("ONE_OR_MORE", ["es", "en"], True),
+        ("ONE_OR_MORE", ["es"], False),
+        ("ALL", ["en", "en"], True),
+        ("ALL", ["en", "es"], False),  # every occurrence must equal
+        ("ALL", [], True),
+        ("ZERO_ONLY", ["es"], True),
+        ("ZERO_ONLY", ["es", "en"], False),
+        ("ZERO_OR_MORE", ["es"], True),  # a term that always holds
+        ("ZERO_OR_MORE", [], True),
+    ],
+)
+def test_field_expression_quantifier_applies_to_each_term(
+    quantifier: str, values: list[str], expected: bool
+) -> None:
+    # FieldExpressionEvaluator.toValue counts a term's matching occurrences under the rule's
+    # quantifier; the rule's verdict is the expression's value
+    rules = one_rule(type="field_expression", expression="dc.language=='en'", quantifier=quantifier)
+    assert rule_holds(rules, dc_record(language=values, title="t")) is expected
+
+
+def test_field_expression_negates_a_quantified_term() -> None:
+    always = one_rule(
+        type="field_expression", expression="NOT dc.rights=='closed'", quantifier="ZERO_OR_MORE"
+    )
+    assert not rule_holds(always, dc_record(rights="open"))  # NOT (always true)
+    every = one_rule(type="field_expression", expression="NOT dc.format=='pdf'", quantifier="ALL")
+    assert rule_holds(every, dc_record(format=["pdf", "doc"]))
+    assert not rule_holds(every, dc_record(format=["pdf", "pdf"]))
+
+
+def test_qualified_values_are_judged_apart_from_unqualified_ones() -> None:
+    # a reference field name names one level: dc.date.none (unqualified), dc.date.issued.*,
+    # or dc.date.* for all (XOAIXPATHHelper.getXPATH); here dc.date, dc.date.issued, dc.date.*
+    record = raw_dc(
+        '<dc:date>2019</dc:date><dc:date type="available">1066</dc:date>'
+        '<dc:date type="issued">2018</dc:date>'
+    )
+    assert record.values("dc.date") == ["2019"]
+    assert record.values("dc.date.available") == ["1066"]
+    assert record.values("dc.date.*") == ["2019", "1066", "2018"]
+    recent = {"type": "year_range", "lower": 100, "quantifier": "ALL"}
+    assert rule_holds(one_rule(field="dc.date", **recent), record)
+    assert not rule_holds(one_rule(field="dc.date.*", **recent), record)
+    assert not rule_holds(one_rule(field="dc.date.available", **recent), record)
+    single = one_rule(type="regex", field="dc.date", pattern=r"\d{4}", quantifier="ONE_ONLY")
+    assert rule_holds(single, record)
+    expression = one_rule(type="field_expression", expression="dc.date.*=='1066'")
+    assert rule_holds(expression, record)
+    assert not rule_holds(one_rule(type="field_expression", expression="dc.date=='1066'"), record)
+
+
+def test_xpath_occurrence_all_needs_a_node() -> None:
+    # NodeOccursConditionalValidatorRule: ALL is "at least one node", unlike field rules
+    rules = one_rule(type="xpath_occurrence", xpath="//dc:relation", quantifier="ALL")
+    assert not rule_holds(rules, dc_record(title="t"))
+    assert rule_holds(rules, dc_record(relation="r"))
 
 
 # --- mandatory vs optional -------------------------------------------------------------------

@@ -25,8 +25,10 @@ DEFAULT_NAMESPACES: dict[str, str] = {
     "xsi": "http://www.w3.org/2001/XMLSchema-instance",
 }
 
-#: `prefix.element` or `prefix.element.qualifier`
-FIELD_SYNTAX = re.compile(r"([A-Za-z_][\w-]*)\.([A-Za-z_][\w-]*)(?:\.([A-Za-z_][\w-]*))?")
+#: `prefix.element`, `prefix.element.qualifier` or `prefix.element.*` (see field_xpath)
+FIELD_SYNTAX = re.compile(r"([A-Za-z_][\w-]*)\.([A-Za-z_][\w-]*)(?:\.([A-Za-z_][\w-]*|\*))?")
+#: the qualifier that stands for every occurrence, qualified or not
+ANY_QUALIFIER = "*"
 
 _DOCTYPE_MARKERS = ("<!DOCTYPE", "<!ENTITY")
 _DECLARED_ENCODING = re.compile(r"""^\s*<\?xml[^>]*?encoding\s*=\s*["']([^"']+)["']""")
@@ -52,9 +54,12 @@ class HarvestedRecord(Protocol):
 def field_xpath(field: str) -> str:
     """The XPath a field name stands for.
 
-    `dc.title` selects every `dc:title` element; `dc.date.issued` selects the `dc:date` elements
-    whose `type` attribute is `issued` (oai_dc has no qualifiers of its own, and this is how the
-    extended Dublin Core profiles repositories emit mark them).
+    A name addresses one qualifier level, as the reference platform's names do (lareferencia-
+    core-lib XOAIXPATHHelper.getXPATH: `dc.date.none` is the unqualified dates, `dc.date.issued.*`
+    the issued ones, `dc.date.*` every one): `dc.date` selects the `dc:date` elements without a
+    `type` attribute, `dc.date.issued` those whose `type` is `issued` (oai_dc has no qualifiers
+    of its own; this is how the extended Dublin Core profiles repositories emit mark them), and
+    `dc.date.*` every `dc:date`, qualified or not.
     """
     match = FIELD_SYNTAX.fullmatch(field)
     if match is None:
@@ -63,7 +68,9 @@ def field_xpath(field: str) -> str:
         )
     prefix, element, qualifier = match.groups()
     path = f"descendant-or-self::{prefix}:{element}"
-    return f"{path}[@type='{qualifier}']" if qualifier else path
+    if qualifier == ANY_QUALIFIER:
+        return path
+    return f"{path}[@type='{qualifier}']" if qualifier else f"{path}[not(@type)]"
 
 
 @lru_cache(maxsize=1024)
@@ -156,11 +163,16 @@ class MetadataRecord:
             self._values.clear()
 
     def values(self, field: str) -> list[str]:
-        """Each occurrence's text (descendants included), whitespace-normalised, in order."""
+        """Each occurrence's text (descendants included), whitespace-normalised, in order.
+
+        An element with no text, or only whitespace, is no occurrence: the reference platform
+        reads only elements with a text child (OAIRecordMetadata.getFieldOcurrences) after its
+        oai_dc crosswalk dropped whitespace-only text (oai_dc2xoai.xsl, xsl:strip-space)."""
         found = self._values.get(field)
         if found is None:
             nodes = self.xpath(field_xpath(field))
-            found = [normalise_space("".join(node.itertext())) for node in nodes]
+            texts = (normalise_space("".join(node.itertext())) for node in nodes)
+            found = [text for text in texts if text]
             self._values[field] = found
         return list(found)
 
@@ -189,6 +201,8 @@ class MetadataRecord:
                 f"field {field!r} is not of the form prefix.element or prefix.element.qualifier"
             )
         prefix, element, qualifier = match.groups()
+        if qualifier == ANY_QUALIFIER:
+            raise ValueError(f"field {field!r} selects every qualifier; it cannot be written to")
         uri = self.namespaces.get(prefix)
         if uri is None:
             raise ValueError(f"unknown namespace prefix {prefix!r} in field {field!r}")

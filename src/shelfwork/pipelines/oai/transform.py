@@ -34,7 +34,13 @@ from pydantic import (
 )
 
 from ...errors import ConfigError, ShelfworkError
-from .record import DEFAULT_NAMESPACES, FIELD_SYNTAX, MetadataRecord, normalise_space
+from .record import (
+    ANY_QUALIFIER,
+    DEFAULT_NAMESPACES,
+    FIELD_SYNTAX,
+    MetadataRecord,
+    normalise_space,
+)
 from .rulefile import (
     RuleFile,
     RuleFileError,
@@ -252,6 +258,15 @@ class Transformer(BaseModel):
         raise NotImplementedError
 
 
+def writable_field(value: str, info: ValidationInfo) -> str:
+    """A field a rule writes to: addressable, and one qualifier level (`dc.date.*` reads every
+    qualifier but names no element to make)."""
+    addressable_field(value, info)
+    if value.endswith("." + ANY_QUALIFIER):
+        raise ValueError(f"{value!r} selects every qualifier; it cannot be written to")
+    return value
+
+
 class FieldTransformer(Transformer):
     """A rule working on the occurrences of one field."""
 
@@ -270,6 +285,11 @@ class AddFieldRule(FieldTransformer):
     type: Literal["add_field"]
     value: str = Field(min_length=1)
     skip_if_present: bool = True
+
+    @field_validator("field")
+    @classmethod
+    def _field_is_writable(cls, value: str, info: ValidationInfo) -> str:
+        return writable_field(value, info)
 
     @field_validator("value")
     @classmethod
@@ -420,7 +440,7 @@ class RenameFieldRule(FieldTransformer):
     @field_validator("to")
     @classmethod
     def _to_is_addressable(cls, value: str, info: ValidationInfo) -> str:
-        return addressable_field(value, info)
+        return writable_field(value, info)
 
     @model_validator(mode="after")
     def _not_to_itself(self) -> RenameFieldRule:
@@ -457,9 +477,9 @@ class RenameFieldsRule(Transformer):
     @classmethod
     def _fields_are_addressable(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
         for source, target in value.items():
-            for name in (source, target):
+            for name, check in ((source, addressable_field), (target, writable_field)):
                 try:
-                    addressable_field(name, info)
+                    check(name, info)
                 except ValueError as exc:
                     raise ValueError(f"renames[{source!r}]: {exc}") from None
         return value
@@ -496,7 +516,7 @@ class RegexReplaceRule(FieldTransformer):
     @field_validator("target_field")
     @classmethod
     def _target_is_addressable(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return None if value is None else addressable_field(value, info)
+        return None if value is None else writable_field(value, info)
 
     @model_validator(mode="after")
     def _compile(self) -> RegexReplaceRule:
@@ -675,6 +695,11 @@ class AddRepositoryNameRule(FieldTransformer):
     prefix: str = "reponame:"
     replace: bool = False
 
+    @field_validator("field")
+    @classmethod
+    def _field_is_writable(cls, value: str, info: ValidationInfo) -> str:
+        return writable_field(value, info)
+
     @field_validator("prefix")
     @classmethod
     def _prefix_is_xml(cls, value: str) -> str:
@@ -729,7 +754,7 @@ class AddProvenanceRule(Transformer):
     @field_validator(*_PROVENANCE)
     @classmethod
     def _fields_are_addressable(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return None if value is None else addressable_field(value, info)
+        return None if value is None else writable_field(value, info)
 
     @model_validator(mode="after")
     def _writes_something(self) -> AddProvenanceRule:

@@ -132,42 +132,51 @@ def _full_match(pattern: re.Pattern[str], value: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Comparison:
-    """`field=='value'` (some occurrence equals it) or `field=%'regex'` (some fully matches)."""
+    """`field=='value'` (an occurrence equals it) or `field=%'regex'` (one fully matches).
+
+    The rule's quantifier counts the matching occurrences of each term, as the reference does
+    (lareferencia-core-lib FieldExpressionEvaluator.toValue): with the default ONE_OR_MORE a term
+    holds when some occurrence matches, with ALL when every one does (and when there is none),
+    with ONE_ONLY when exactly one does, with ZERO_ONLY when none does; ZERO_OR_MORE always holds.
+    """
 
     field: str
     operator: Literal["==", "=%"]
     value: str
     pattern: re.Pattern[str] | None = None
 
-    def holds(self, record: MetadataRecord) -> bool:
+    def holds(self, record: MetadataRecord, quantifier: Quantifier | None = None) -> bool:
         values = record.values(self.field)
         if self.pattern is None:
-            return self.value in values
-        return any(_full_match(self.pattern, value) for value in values)
+            matching = sum(value == self.value for value in values)
+        else:
+            pattern = self.pattern
+            matching = sum(_full_match(pattern, value) for value in values)
+        return (quantifier or Quantifier.ONE_OR_MORE).term_holds(matching, len(values))
 
 
 @dataclass(frozen=True, slots=True)
 class Not:
     operand: Expression
 
-    def holds(self, record: MetadataRecord) -> bool:
-        return not self.operand.holds(record)
+    def holds(self, record: MetadataRecord, quantifier: Quantifier | None = None) -> bool:
+        return not self.operand.holds(record, quantifier)
 
 
 @dataclass(frozen=True, slots=True)
 class AllOf:
     operands: tuple[Expression, ...]
 
-    def holds(self, record: MetadataRecord) -> bool:
-        return all(operand.holds(record) for operand in self.operands)
+    def holds(self, record: MetadataRecord, quantifier: Quantifier | None = None) -> bool:
+        return all(operand.holds(record, quantifier) for operand in self.operands)
 
 
 @dataclass(frozen=True, slots=True)
 class AnyOf:
     operands: tuple[Expression, ...]
 
-    def holds(self, record: MetadataRecord) -> bool:
-        return any(operand.holds(record) for operand in self.operands)
+    def holds(self, record: MetadataRecord, quantifier: Quantifier | None = None) -> bool:
+        return any(operand.holds(record, quantifier) for operand in self.operands)
 
 
 Expression = Comparison | Not | AllOf | AnyOf
@@ -211,7 +220,7 @@ def _tokens(text: str) -> list[_Token]:
                     i += 1
             tokens.append(_Token("string", "".join(chars), start))
         elif char.isalpha() or char == "_":
-            match = re.compile(r"[\w.-]+").match(text, i)
+            match = re.compile(r"[\w-]+(?:\.[\w-]+)*(?:\.\*)?").match(text, i)
             assert match is not None
             word = match.group()
             kind = "keyword" if word.upper() in _KEYWORDS else "word"
@@ -470,7 +479,8 @@ class UrlChecker:
 
 
 class Quantifier(StrEnum):
-    """How many valid occurrences a rule needs."""
+    """How many valid occurrences a rule needs. The decisions are the reference platform's
+    (lareferencia-core-lib); each method names the one it follows."""
 
     ZERO_ONLY = "ZERO_ONLY"
     ONE_ONLY = "ONE_ONLY"
@@ -479,16 +489,31 @@ class Quantifier(StrEnum):
     ALL = "ALL"
 
     def decide(self, valid: int, total: int) -> bool:
+        """A field rule's verdict (AbstractValidatorFieldContentRule.validate): ZERO_OR_MORE
+        fails when values are present and none is valid; ALL passes when no value is invalid,
+        an absent field included."""
+        if self is Quantifier.ZERO_OR_MORE:
+            return total == 0 or valid > 0
+        return self.term_holds(valid, total)
+
+    def term_holds(self, matching: int, total: int) -> bool:
+        """A field-expression term (FieldExpressionEvaluator.toValue): ZERO_OR_MORE always
+        holds there."""
         if self is Quantifier.ZERO_ONLY:
-            return valid == 0
+            return matching == 0
         if self is Quantifier.ONE_ONLY:
-            return valid == 1
+            return matching == 1
         if self is Quantifier.ZERO_OR_MORE:
             return True
         if self is Quantifier.ONE_OR_MORE:
-            return valid >= 1
-        # ALL needs at least one occurrence: an absent field does not pass "all values are X".
-        return total >= 1 and valid == total
+            return matching >= 1
+        return matching == total
+
+    def count_holds(self, count: int) -> bool:
+        """A node-count rule (NodeOccursConditionalValidatorRule.validate): ALL needs a node."""
+        if self is Quantifier.ALL:
+            return count > 0
+        return self.term_holds(count, count)
 
 
 @dataclass
@@ -528,6 +553,10 @@ class Rule(BaseModel):
         """Each occurrence the rule judged, with its judgement."""
         assert self.field is not None
         return [(value, self.accepts(value, checks)) for value in record.values(self.field)]
+
+    def decide(self, judged: list[tuple[str, bool]]) -> bool:
+        """The rule's verdict from its judged occurrences (the quantifier's, for field rules)."""
+        return self.quantifier.decide(sum(ok for _, ok in judged), len(judged))
 
     def accepts(self, value: str, checks: Checks) -> bool:
         raise NotImplementedError
@@ -636,7 +665,8 @@ class YearRangeRule(Rule):
 
 
 class FieldExpressionRule(Rule):
-    """A boolean expression over the record's fields; one occurrence: the expression's result."""
+    """A boolean expression over the record's fields; one occurrence: the expression's result,
+    which is the verdict. The quantifier applies inside each term (see Comparison)."""
 
     needs_field: ClassVar[bool] = False
     type: Literal["field_expression"]
@@ -658,12 +688,17 @@ class FieldExpressionRule(Rule):
         return self
 
     def occurrences(self, record: MetadataRecord, checks: Checks) -> list[tuple[str, bool]]:
-        return [(self.expression, self._parsed.holds(record))]
+        return [(self.expression, self._parsed.holds(record, self.quantifier))]
+
+    def decide(self, judged: list[tuple[str, bool]]) -> bool:
+        # FieldExpressionValidatorRule.validate: the evaluator's answer is the rule's validity
+        return judged[0][1]
 
 
 class XPathOccurrenceRule(Rule):
     """The nodes `xpath` selects are the occurrences, each valid: the quantifier bounds their
-    count (ZERO_ONLY = none, ONE_ONLY = exactly one, ONE_OR_MORE = at least one)."""
+    count (ZERO_ONLY = none, ONE_ONLY = exactly one, ONE_OR_MORE and ALL = at least one,
+    ZERO_OR_MORE = any number)."""
 
     needs_field: ClassVar[bool] = False
     type: Literal["xpath_occurrence"]
@@ -686,6 +721,9 @@ class XPathOccurrenceRule(Rule):
         if not isinstance(found, list):
             return [(str(found), True)]
         return [(_node_text(node), True) for node in found]
+
+    def decide(self, judged: list[tuple[str, bool]]) -> bool:
+        return self.quantifier.count_holds(len(judged))
 
 
 def _node_text(node: Any) -> str:
@@ -800,7 +838,7 @@ def validate(
         judged = rule.occurrences(record, checks)
         good = [value for value, ok in judged if ok]
         bad = [value for value, ok in judged if not ok]
-        rule_valid = rule.quantifier.decide(len(good), len(judged))
+        rule_valid = rule.decide(judged)
         if rule.mandatory and not rule_valid:
             valid = False
         results.append(
