@@ -5,6 +5,7 @@ A broken file is reported with its path and line so a person can fix it without 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -85,7 +86,18 @@ class Settings(BaseModel):
     login_max_failures: int = Field(default=5, ge=1)
     login_max_failures_per_ip: int = Field(default=20, ge=1)
     login_window: float = Field(default=900, gt=0)
+    # Past login_max_failures for one (user, address), each further try waits login_backoff
+    # seconds, doubled per failure, at most login_backoff_max (see api/auth.py LoginLimiter).
+    login_backoff: float = Field(default=1.0, gt=0)
+    login_backoff_max: float = Field(default=300.0, gt=0)
     cookie_secure: bool | None = None
+    # Requests: the largest body accepted from a caller who may send one (bytes; routes open to
+    # anyone accept less, see api/bodies.py), the seconds a client has to send a request's
+    # headers, and the reverse proxies (addresses or networks) whose X-Forwarded-For and
+    # X-Forwarded-Proto are believed; none by default: the peer's address is the client's.
+    max_body: int = Field(default=1024 * 1024, ge=1024)
+    header_timeout: float = Field(default=10.0, gt=0)
+    trusted_proxies: list[str] = Field(default_factory=list)
     # Per-system settings, one table each (`[systems.koha-dspace]`), checked by the system's own
     # pipeline package when it first needs them, so an engine without that system never cares.
     systems: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -104,6 +116,23 @@ class Settings(BaseModel):
                         f"CORS origin {origin!r} must be scheme://host[:port] with no path or "
                         "trailing slash, e.g. 'https://staff.library.example'; '*' is not allowed"
                     )
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxies(cls, value: Any) -> Any:
+        """Accept a comma-separated string (environment); each entry an address or network."""
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            for proxy in value:
+                try:
+                    ipaddress.ip_network(str(proxy), strict=False)
+                except ValueError:
+                    raise ValueError(
+                        f"trusted proxy {proxy!r} must be an IP address or network such as "
+                        "'127.0.0.1' or '10.0.0.0/24'"
+                    ) from None
         return value
 
     @property
@@ -130,6 +159,7 @@ _ENV = {
     "SHELFWORK_POLL_INTERVAL": "poll_interval",
     "SHELFWORK_TRACKER_PROFILE": "tracker_profile",
     "SHELFWORK_CORS_ORIGINS": "cors_origins",
+    "SHELFWORK_TRUSTED_PROXIES": "trusted_proxies",
 }
 
 
@@ -188,7 +218,12 @@ def _from_toml(raw: dict[str, Any], file: Path) -> dict[str, Any]:
             "login_max_failures": "login_max_failures",
             "login_max_failures_per_ip": "login_max_failures_per_ip",
             "login_window": "login_window",
+            "login_backoff": "login_backoff",
+            "login_backoff_max": "login_backoff_max",
             "cookie_secure": "cookie_secure",
+            "max_body": "max_body",
+            "header_timeout": "header_timeout",
+            "trusted_proxies": "trusted_proxies",
         },
     }
     for section, body in raw.items():

@@ -9,6 +9,7 @@ their last committed step.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -17,8 +18,10 @@ import time
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+import h11
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .app import API_PREFIX, create_app
 from .auth import TOKEN_CACHE_TTL
@@ -48,17 +51,7 @@ def serve(
     if engine is None:
         engine = Engine(settings, kind="server")
     app = create_app(engine, token_cache_ttl=TOKEN_CACHE_TTL)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level.lower(),
-        proxy_headers=True,  # client addresses (login rate limits) from a local reverse proxy
-        server_header=False,
-        timeout_graceful_shutdown=GRACEFUL_HTTP,
-        lifespan="off",
-    )
-    server = _Server(config, app)
+    server = _Server(http_config(app, settings, host, port, log_level=log_level), app)
     second = _SecondSignal()
     previous = second.install()
     try:
@@ -85,6 +78,77 @@ def serve(
         second.restore(previous)
     if not server.started:
         raise OSError(f"the HTTP server could not start on {host}:{port} (see the log above)")
+
+
+def http_config(
+    app: FastAPI, settings: Settings, host: str, port: int, *, log_level: str = "info"
+) -> uvicorn.Config:
+    """How uvicorn serves the app (tests run a server with the same configuration).
+
+    X-Forwarded-For and X-Forwarded-Proto are believed only from `trusted_proxies`: from anyone
+    else they would let a client choose the address its failed logins count against. Every
+    request's headers must arrive within `header_timeout` seconds."""
+    proxies = [str(p) for p in settings.trusted_proxies]
+    protocol = type("H11Protocol", (HeaderDeadline,), {"header_timeout": settings.header_timeout})
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        http=protocol,
+        proxy_headers=bool(proxies),
+        forwarded_allow_ips=proxies,
+        server_header=False,
+        timeout_graceful_shutdown=GRACEFUL_HTTP,
+        lifespan="off",
+    )
+
+
+class HeaderDeadline(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request's headers.
+
+    uvicorn closes a kept-alive connection that stays silent, but a client that sends a request's
+    headers a byte at a time (slowloris) resets that timer with every byte and holds a connection
+    forever; a few hundred of them hold every file descriptor. The deadline starts with the
+    connection, or with the first byte of the next request on a kept-alive one, and ends when
+    h11 has a whole request line and headers."""
+
+    header_timeout: float = 10.0
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if self._deadline is None and self.conn.their_state is h11.IDLE:
+            self._arm()
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:
+            self._disarm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(self.header_timeout, self._expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expired(self) -> None:
+        self._deadline = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            log.info(
+                "closing a connection from %s: no complete request headers in %g s",
+                self.client[0] if self.client else "?",
+                self.header_timeout,
+            )
+            self.transport.close()
 
 
 class _Server(uvicorn.Server):

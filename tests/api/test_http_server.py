@@ -1,0 +1,126 @@
+"""The HTTP server as `shelfwork serve` configures it (`server.http_config`), run in a thread on a
+free loopback port: a deadline for each request's headers (slowloris), and client addresses taken
+from X-Forwarded-For only when the peer is a configured proxy."""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy import select
+
+from shelfwork.api import create_app
+from shelfwork.api.auth import PasswordHasher
+from shelfwork.api.server import http_config
+from shelfwork.engine import Engine
+from shelfwork.store.models import LoginAttempt
+
+
+@dataclass
+class Running:
+    url: str
+    port: int
+    engine: Engine
+
+
+Start = Callable[..., Running]
+
+
+@pytest.fixture
+def start_server(
+    make_engine: Callable[..., Engine], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Start]:
+    monkeypatch.setattr(PasswordHasher, "n", 2**8)
+    running: list[tuple[uvicorn.Server, threading.Thread, socket.socket]] = []
+
+    def start(**overrides: Any) -> Running:
+        engine = make_engine(start=False, **overrides)
+        app = create_app(engine)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        server = uvicorn.Server(
+            http_config(app, engine.settings, "127.0.0.1", port, log_level="warning")
+        )
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        running.append((server, thread, sock))
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+            time.sleep(0.01)
+        return Running(f"http://127.0.0.1:{port}", port, engine)
+
+    yield start
+    for server, thread, sock in running:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+def held_open_for(port: int, limit: float) -> tuple[bool, float]:
+    """Play slowloris: start a request and add one header byte whenever the server has said
+    nothing for 0.1 s. Returns (closed by the server, seconds until then or `limit`)."""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: shelfwork\r\nX-Slow: ")
+        started = time.monotonic()
+        s.settimeout(0.1)
+        while time.monotonic() - started < limit:
+            try:
+                if s.recv(1024) == b"":
+                    return True, time.monotonic() - started
+            except TimeoutError:
+                s.sendall(b"x")
+            except (ConnectionResetError, BrokenPipeError):
+                return True, time.monotonic() - started
+        return False, limit
+
+
+def test_a_client_that_never_finishes_its_headers_is_disconnected(start_server: Start) -> None:
+    site = start_server(header_timeout=0.5)
+    closed, after = held_open_for(site.port, limit=6.0)
+    assert closed, "the server kept a connection whose headers never ended"
+    assert 0.4 <= after < 3.0, after
+    with httpx.Client(base_url=site.url) as client:  # normal requests, kept alive, still work
+        assert client.get("/login").status_code == 200
+        assert client.get("/login").status_code == 200
+
+
+def failed_login_from(site: Running, forwarded_for: str) -> None:
+    with httpx.Client(base_url=site.url) as client:
+        page = client.get("/login")
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+        assert csrf is not None
+        answer = client.post(
+            "/login",
+            data={"username": "admin", "password": "a wrong guess", "csrf_token": csrf.group(1)},
+            headers={"X-Forwarded-For": forwarded_for},
+        )
+        assert answer.status_code == 401, answer.text
+
+
+def recorded_addresses(site: Running) -> set[str]:
+    with site.engine.store.read() as conn:
+        return set(conn.execute(select(LoginAttempt.__table__.c.ip)).scalars())
+
+
+def test_x_forwarded_for_is_ignored_by_default(start_server: Start) -> None:
+    """Anyone can send the header: believing it would let a client pick the address its failed
+    logins count against."""
+    site = start_server()
+    failed_login_from(site, "203.0.113.9")
+    assert recorded_addresses(site) == {"127.0.0.1"}
+
+
+def test_x_forwarded_for_is_believed_from_a_configured_proxy(start_server: Start) -> None:
+    site = start_server(trusted_proxies=["127.0.0.1/32"])
+    failed_login_from(site, "203.0.113.9")
+    assert recorded_addresses(site) == {"203.0.113.9"}
