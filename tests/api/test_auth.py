@@ -216,6 +216,28 @@ def test_admins_manage_tokens_over_the_api(api: Api) -> None:
     assert api.client.get("/api/v1/me", headers=api.admin).is_success
 
 
+def test_token_and_login_answers_are_never_cached(api: Api, fast_hashing: None) -> None:
+    """They carry a token's secret or set a session cookie: no browser or proxy may keep them."""
+    made = api.client.post("/api/v1/tokens", json={"role": "viewer"}, headers=api.admin)
+    answers = {
+        "POST /api/v1/tokens": made,
+        "GET /api/v1/tokens": api.client.get("/api/v1/tokens", headers=api.admin),
+        "DELETE /api/v1/tokens/{id}": api.client.delete(
+            f"/api/v1/tokens/{made.json()['id']}", headers=api.admin
+        ),
+        "GET /api/v1/me": api.client.get("/api/v1/me", headers=api.viewer),
+    }
+    api.client.app.state.auth.users.create("hal", "viewer", "hal's password!")  # type: ignore[attr-defined]
+    answers["GET /login"] = api.client.get("/login")
+    answers["POST /login (wrong)"] = login(api, "hal", "not the password")  # type: ignore[assignment]
+    answers["POST /login"] = login(api, "hal", "hal's password!")  # type: ignore[assignment]
+    csrf = api.client.get("/api/v1/me")  # the session works
+    assert csrf.status_code == 200
+    answers["POST /logout"] = api.client.post("/logout", follow_redirects=False)
+    for name, answer in answers.items():
+        assert answer.headers.get("cache-control") == "no-store", name
+
+
 def test_roles_are_ordered() -> None:
     viewer = Principal("token", 1, "v", "viewer")
     admin = Principal("user", 2, "a", "admin")

@@ -133,13 +133,16 @@ def _version() -> str:
 
 class SecurityHeaders:
     """Headers every response carries: no MIME sniffing, no framing (clickjacking), no referrer
-    leaking paths to other sites."""
+    leaking paths to other sites; and `Cache-Control: no-store` on answers that carry a token's
+    secret or set or end a session, so no browser cache or proxy keeps them."""
 
     HEADERS = (
         (b"x-content-type-options", b"nosniff"),
         (b"x-frame-options", b"DENY"),
         (b"referrer-policy", b"same-origin"),
     )
+    NO_STORE = (b"cache-control", b"no-store")
+    NO_STORE_PATHS = ("/login", "/logout", f"{API_PREFIX}/me", f"{API_PREFIX}/tokens")
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -149,10 +152,15 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
 
+        path: str = scope["path"]
+        headers = self.HEADERS
+        if any(path == p or path.startswith(p + "/") for p in self.NO_STORE_PATHS):
+            headers = (*headers, self.NO_STORE)
+
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 present = {name.lower() for name, _ in message.get("headers", [])}
-                extra = [(n, v) for n, v in self.HEADERS if n not in present]
+                extra = [(n, v) for n, v in headers if n not in present]
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
