@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import select, update
@@ -15,6 +15,9 @@ from sqlalchemy import select, update
 from shelfwork.api.auth import (
     LOGIN_CSRF_COOKIE,
     SESSION_COOKIE,
+    Auth,
+    LoginRefused,
+    LoginThrottled,
     PasswordHasher,
     Principal,
     Tokens,
@@ -347,10 +350,12 @@ def test_a_password_change_or_disabling_ends_sessions(api: Api, fast_hashing: No
     assert api.client.get("/api/v1/me").status_code == 401
 
 
-def test_failed_logins_are_rate_limited_per_user_and_per_address(
+def test_failed_logins_back_off_per_user_and_address_and_cap_each_address(
     api_for: ApiFactory, fast_hashing: None
 ) -> None:
-    api = api_for(login_max_failures=3, login_max_failures_per_ip=5, login_window=600)
+    api = api_for(
+        login_max_failures=3, login_max_failures_per_ip=5, login_window=600, login_backoff=30
+    )
     auth = api.client.app.state.auth  # type: ignore[attr-defined]
     auth.users.create("dave", "viewer", "dave's password")
     auth.users.create("erin", "viewer", "erin's password")
@@ -359,13 +364,99 @@ def test_failed_logins_are_rate_limited_per_user_and_per_address(
         assert login(api, "dave", "guess guess").status_code == 401
     blocked = login(api, "dave", "dave's password")  # even the right password waits now
     assert blocked.status_code == 429
-    assert 500 <= int(blocked.headers["retry-after"]) <= 600
+    assert 25 <= int(blocked.headers["retry-after"]) <= 31  # a short wait, not a long lock
     assert "too many failed logins" in blocked.text
     assert login(api, "erin", "erin's password").status_code == 303  # another user is not blocked
 
-    for _ in range(2):  # the address reaches its limit of 5 failures
+    for _ in range(2):  # the address reaches its limit of 5 failures, whoever they were for
         assert login(api, "erin", "guess guess").status_code == 401
-    assert login(api, "erin", "erin's password").status_code == 429
+    spraying = login(api, "erin", "erin's password")
+    assert spraying.status_code == 429
+    assert 500 <= int(spraying.headers["retry-after"]) <= 600
+
+
+class Clock:
+    """A clock the limiter reads instead of the wall clock: tests move time, never sleep."""
+
+    def __init__(self) -> None:
+        self.now = utcnow()
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def limited_auth(api_for: ApiFactory, **settings: object) -> tuple[Auth, Clock]:
+    api = api_for(**settings)
+    auth: Auth = api.client.app.state.auth  # type: ignore[attr-defined]
+    clock = Clock()
+    auth.limiter.clock = clock
+    auth.users.create("admin", "admin", "the admin's password")
+    return auth, clock
+
+
+def test_nobody_can_lock_the_admin_out_from_another_address(
+    api_for: ApiFactory, fast_hashing: None
+) -> None:
+    auth, _clock = limited_auth(api_for, login_max_failures=5, login_max_failures_per_ip=20)
+    attacker = "198.51.100.7"
+    for _ in range(5):
+        with pytest.raises(LoginRefused):
+            auth.login("admin", "a guess", attacker)
+    with pytest.raises(LoginThrottled):
+        auth.login("admin", "a guess", attacker)
+    principal, _ = auth.login("admin", "the admin's password", "192.0.2.10")  # the real admin
+    assert principal.name == "admin"
+
+
+def test_the_wait_doubles_with_each_failure_up_to_a_cap_and_then_ends(
+    backend: str, api_for: ApiFactory, fast_hashing: None
+) -> None:
+    auth, clock = limited_auth(
+        api_for,
+        login_max_failures=3,
+        login_max_failures_per_ip=1000,
+        login_backoff=2,
+        login_backoff_max=60,
+        login_window=3600,
+    )
+    here = "192.0.2.20"
+    for _ in range(3):  # the free tries
+        with pytest.raises(LoginRefused):
+            auth.login("admin", "a guess", here)
+    waits = []
+    for _ in range(7):
+        with pytest.raises(LoginThrottled) as throttled:
+            auth.login("admin", "a guess", here)
+        waits.append(round(throttled.value.retry_after))
+        clock.advance(throttled.value.retry_after)  # wait as told, then guess wrong again
+        with pytest.raises(LoginRefused):
+            auth.login("admin", "a guess", here)
+    assert waits == [2, 4, 8, 16, 32, 60, 60]
+    clock.advance(60)
+    principal, _ = auth.login("admin", "the admin's password", here)  # no long lock
+    assert principal.name == "admin"
+    with pytest.raises(LoginRefused):  # a success starts the count again
+        auth.login("admin", "a guess", here)
+
+
+def test_an_address_guessing_many_users_is_capped(api_for: ApiFactory, fast_hashing: None) -> None:
+    auth, clock = limited_auth(
+        api_for, login_max_failures=5, login_max_failures_per_ip=4, login_window=900
+    )
+    sprayer = "203.0.113.50"
+    for name in ("ann", "ben", "cat", "dan"):
+        with pytest.raises(LoginRefused):
+            auth.login(name, "Winter2026!", sprayer)
+    with pytest.raises(LoginThrottled) as throttled:
+        auth.login("eve", "Winter2026!", sprayer)
+    assert 890 <= throttled.value.retry_after <= 900
+    assert auth.login("admin", "the admin's password", "192.0.2.30")[0].name == "admin"
+    clock.advance(901)
+    with pytest.raises(LoginRefused):  # the window passed: the address may try again
+        auth.login("eve", "Winter2026!", sprayer)
 
 
 def test_login_page_next_stays_on_this_site() -> None:

@@ -19,8 +19,10 @@ token) may only call /integrate and /status.
   CSRF token (form field `csrf_token` or header `X-CSRF-Token`). The login form itself is protected
   with a double-submit cookie. Cross-origin callers (the Koha staff client) use tokens, and CORS
   never allows credentials, so a foreign page can never ride on a session.
-- Failed logins are counted in the database per user name and per client address; past the limit
-  within the window, logins are refused with 429 and Retry-After, before the password is checked.
+- Failed logins are counted in the database per (user name, client address), which backs off
+  (a growing wait, never a lock another address could impose), and per client address, which is
+  capped; a login that must wait is refused with 429 and Retry-After before the password is
+  checked (LoginLimiter).
 
 Secrets (tokens, passwords, cookies) are never logged and never stored in the clear.
 """
@@ -518,48 +520,73 @@ class Sessions:
 
 
 class LoginLimiter:
-    """Failed logins per user name (since that user's last success) and per client address, over a
-    sliding window. Kept in the database, so the limit holds across servers and restarts."""
+    """Failed logins, kept in the database so the limits hold across servers and restarts.
+
+    - Per (user name, client address), since that pair's last success: the first `max_failures`
+      are free; after that each try waits `backoff` seconds after the last failure, doubled for
+      every further failure, at most `backoff_max`. A wait, never a lock: guessing from one
+      address slows down, while the same user from another address is not held up, so nobody
+      can lock `admin` out by guessing its password from somewhere else.
+    - Per client address, whatever the user name: past `max_failures_per_ip` failures within the
+      window the address waits until the oldest leaves it (spraying one password over many
+      names is capped).
+    """
 
     def __init__(
-        self, store: Store, *, max_failures: int, max_failures_per_ip: int, window: float
+        self,
+        store: Store,
+        *,
+        max_failures: int,
+        max_failures_per_ip: int,
+        window: float,
+        backoff: float = 1.0,
+        backoff_max: float = 300.0,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.store = store
         self.max_failures = max_failures
         self.max_failures_per_ip = max_failures_per_ip
         self.window = timedelta(seconds=window)
+        self.backoff = backoff
+        self.backoff_max = backoff_max
+        self.clock = clock
 
     def retry_after(self, username: str, ip: str) -> float | None:
         """Seconds until a login for (username, ip) may be tried again, or None if it may now."""
-        now = utcnow()
+        now = self.clock()
         since = now - self.window
-        user = username[:200]
+        user, address = username[:200], ip[:64]
+        pair = (attempts_t.c.username == user, attempts_t.c.ip == address)
+        waits = []
         with self.store.read() as conn:
             last_ok = conn.execute(
-                select(func.max(attempts_t.c.at)).where(
-                    attempts_t.c.username == user, attempts_t.c.ok.is_(True)
-                )
+                select(func.max(attempts_t.c.at)).where(*pair, attempts_t.c.ok.is_(True))
             ).scalar()
-            by_user = select(attempts_t.c.at).where(
-                attempts_t.c.username == user, attempts_t.c.ok.is_(False), attempts_t.c.at > since
+            failed = select(func.count(), func.max(attempts_t.c.at)).where(
+                *pair, attempts_t.c.ok.is_(False), attempts_t.c.at > since
             )
             if last_ok is not None:
-                by_user = by_user.where(attempts_t.c.at > _aware(last_ok))
-            by_ip = select(attempts_t.c.at).where(
-                attempts_t.c.ip == ip[:64], attempts_t.c.ok.is_(False), attempts_t.c.at > since
-            )
-            waits = []
-            for q, limit in ((by_user, self.max_failures), (by_ip, self.max_failures_per_ip)):
-                # The limit-th most recent failure leaves the window first: that frees a try.
-                oldest = conn.execute(
-                    q.order_by(attempts_t.c.at.desc()).offset(limit - 1).limit(1)
-                ).scalar()
-                if oldest is not None:
-                    waits.append((_aware(oldest) + self.window - now).total_seconds())
-        return max(max(waits), 1.0) if waits else None
+                failed = failed.where(attempts_t.c.at > _aware(last_ok))
+            count, last = conn.execute(failed).one()
+            if count >= self.max_failures and last is not None:
+                delay = min(self.backoff_max, self.backoff * 2.0 ** (count - self.max_failures))
+                waits.append((_aware(last) + timedelta(seconds=delay) - now).total_seconds())
+            # The limit-th most recent failure from the address leaves the window first.
+            oldest = conn.execute(
+                select(attempts_t.c.at)
+                .where(attempts_t.c.ip == address, attempts_t.c.ok.is_(False))
+                .where(attempts_t.c.at > since)
+                .order_by(attempts_t.c.at.desc())
+                .offset(self.max_failures_per_ip - 1)
+                .limit(1)
+            ).scalar()
+            if oldest is not None:
+                waits.append((_aware(oldest) + self.window - now).total_seconds())
+        wait = max(waits, default=0.0)
+        return wait if wait > 0 else None
 
     def record(self, username: str, ip: str, ok: bool) -> None:
-        now = utcnow()
+        now = self.clock()
         with self.store.write() as conn:
             # Older attempts no longer count: a success before the window only ends failures
             # that are outside it too.
@@ -592,6 +619,8 @@ class Auth:
             max_failures=settings.login_max_failures,
             max_failures_per_ip=settings.login_max_failures_per_ip,
             window=settings.login_window,
+            backoff=settings.login_backoff,
+            backoff_max=settings.login_backoff_max,
         )
 
     def login(self, username: str, password: str, ip: str) -> tuple[Principal, str]:
