@@ -6,16 +6,30 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
+from fastapi import FastAPI
+from lxml import etree
+from oaipmh_scythe import Scythe
+from oaipmh_scythe.config import HTTPConfig
+from sickle import Sickle
+from sqlalchemy import create_engine, text
 
+from shelfwork.api.oai import oai_router
 from shelfwork.engine import Engine
 from shelfwork.pipelines import oai
+from shelfwork.pipelines.oai.config import oai_config
+from shelfwork.pipelines.oai.exposure import sources_for
+from shelfwork.pipelines.oai.provider import respond
+from shelfwork.sandbox import serve
 from shelfwork.sandbox.solr import SolrState, serve_solr
 from shelfwork.search import BuiltinSearch
+from shelfwork.store.database import alembic_config
 from tests.support.oai_provider import Item, Provider, Repository, running
 
 RULES = """
@@ -61,10 +75,12 @@ def solr() -> Iterator[SolrState]:
     server.stop()
 
 
-def run(engine: Engine, *actions: str, incremental: bool | None = None) -> list[Any]:
+def run(
+    engine: Engine, *actions: str, incremental: bool | None = None, network: str = "IX"
+) -> list[Any]:
     before = {job.id for job in engine.jobs.list(limit=500)}
     first = engine.submit(
-        "oai-run", {"network": "IX", "actions": list(actions), "incremental": incremental}
+        "oai-run", {"network": network, "actions": list(actions), "incremental": incremental}
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -155,3 +171,182 @@ def test_builtin_and_solr_get_only_what_changed(
     assert sent(engine, index_job) == len(remaining)
     assert solr_ids(solr) == {f"IX:{i}" for i in remaining}
     search.clear("IX")
+
+
+# --- the OAI provider's target (INDEX_OAI) ---------------------------------------------------
+
+SECRET = b"indexing-test-secret-0123456789abcdef"
+OAI = "http://www.openarchives.org/OAI/2.0/"
+#: set specs differing only in case are different sets; bio:cell is inside bio
+SET_OF = {0: ("bio",), 1: ("BIO",), 2: ("bio:cell",), 3: ("chem",), 4: ("bio", "chem")}
+
+
+def exposed_items() -> list[Item]:
+    start = datetime(2024, 5, 1)
+    return [
+        Item(
+            f"oai:ex:{n:02d}",
+            start.replace(minute=n),
+            SET_OF[n % 5],
+            fields={"title": [f"Record {n}"], "date": ["2001"]},
+        )
+        for n in range(20)
+    ]
+
+
+@pytest.fixture
+def upstream() -> Iterator[Provider]:
+    yield from running(Repository(exposed_items()), batch_size=7)
+
+
+@dataclass
+class Exposure:
+    engine: Engine
+    url: str
+    source: Any
+
+    def ask(self, **arguments: str) -> etree._Element:
+        body = respond(
+            {name: [value] for name, value in arguments.items()},
+            self.source("EX", self.url),
+            now=datetime.now(UTC),
+            page_size=5,
+            token_secret=SECRET,
+        )
+        return etree.fromstring(body)
+
+
+@pytest.fixture
+def exposure(backend: str, make_engine: Any, upstream: Provider) -> Iterator[Exposure]:
+    """A network harvested, validated and exposed once (everything full), and its provider
+    served over HTTP."""
+    engine = make_engine(
+        oai.PIPELINES,
+        pipeline_modules=["shelfwork.pipelines.oai"],
+        systems={
+            "oai": {
+                "networks": [
+                    {
+                        "acronym": "EX",
+                        "name": "Exposed",
+                        "base_url": upstream.url,
+                        "properties": {"index_oai": True},
+                    }
+                ]
+            }
+        },
+    )
+    run(engine, "HARVEST", "VALIDATE", "INDEX_OAI", incremental=False, network="EX")
+    sources = sources_for(engine.store, oai_config(engine.settings))
+    app = FastAPI()
+    app.include_router(oai_router(sources, token_secret=SECRET, page_size=5))
+    server = serve(app, "indexing-oai")
+    try:
+        yield Exposure(engine, f"{server.url}/oai/EX", sources)
+    finally:
+        server.stop()
+
+
+def identifiers(answer: etree._Element, *, deleted: bool | None = None) -> list[str]:
+    headers = answer.iter(f"{{{OAI}}}header")
+    return [
+        h.findtext(f"{{{OAI}}}identifier") or ""
+        for h in headers
+        if deleted is None or (h.get("status") == "deleted") is deleted
+    ]
+
+
+def in_sets(*specs: str) -> list[str]:
+    """Identifiers of the items in any of `specs` or below them (hierarchy)."""
+    return sorted(
+        i.identifier
+        for i in exposed_items()
+        if any(s == spec or s.startswith(spec + ":") for s in i.sets for spec in specs)
+    )
+
+
+def test_set_specs_match_exactly_and_hierarchically(exposure: Exposure) -> None:
+    sickle = Sickle(exposure.url, max_retries=0, timeout=30)
+    upper = [r.header.identifier for r in sickle.ListRecords(metadataPrefix="oai_dc", set="BIO")]
+    assert sorted(upper) == in_sets("BIO") and upper  # not bio's records
+    lower = [h.identifier for h in sickle.ListIdentifiers(metadataPrefix="oai_dc", set="bio")]
+    assert sorted(lower) == in_sets("bio")  # bio:cell's records too
+    assert set(in_sets("bio:cell")) <= set(lower)
+    cell = exposure.ask(verb="ListIdentifiers", metadataPrefix="oai_dc", set="bio:cell")
+    assert sorted(identifiers(cell)) == in_sets("bio:cell")
+    for missing in ("Bio", "bio:", "bi", "cell", "bio:cel"):
+        answer = exposure.ask(verb="ListIdentifiers", metadataPrefix="oai_dc", set=missing)
+        assert identifiers(answer) == [], missing
+    with Scythe(exposure.url, http_config=HTTPConfig(http_method="POST", timeout=30)) as scythe:
+        posted = [
+            h.identifier for h in scythe.list_identifiers(metadata_prefix="oai_dc", set_="BIO")
+        ]
+    assert sorted(posted) == in_sets("BIO")
+    specs = {s.setSpec for s in sickle.ListSets()}
+    assert {"bio", "BIO", "bio:cell", "chem"} <= specs
+
+
+def test_a_full_rebuild_keeps_deletions(exposure: Exposure, upstream: Provider) -> None:
+    repository = upstream.repository
+    items = {i.identifier: i for i in repository.items}
+    marked, vanished = "oai:ex:00", "oai:ex:02"  # in bio, and in bio:cell
+    items[marked] = Item(marked, datetime(2024, 6, 1), items[marked].sets, deleted=True)
+    del items[vanished]
+    repository.items = sorted(items.values(), key=lambda i: (i.datestamp, i.identifier))
+    run(exposure.engine, "HARVEST", "VALIDATE", "INDEX_OAI", incremental=False, network="EX")
+    run(exposure.engine, "INDEX_OAI", incremental=False, network="EX")  # and once more
+
+    identify = exposure.ask(verb="Identify")
+    assert identify.findtext(f".//{{{OAI}}}deletedRecord") == "persistent"
+    for gone in (marked, vanished):
+        answer = exposure.ask(verb="GetRecord", identifier=gone, metadataPrefix="oai_dc")
+        assert answer.find(f"{{{OAI}}}error") is None, etree.tostring(answer)
+        assert identifiers(answer, deleted=True) == [gone]
+    sickle = Sickle(exposure.url, max_retries=0, timeout=30)
+    headers = list(sickle.ListIdentifiers(metadataPrefix="oai_dc", ignore_deleted=False))
+    assert sorted(h.identifier for h in headers if h.deleted) == [marked, vanished]
+    assert len(headers) == 20
+    in_bio = list(sickle.ListIdentifiers(metadataPrefix="oai_dc", set="bio", ignore_deleted=False))
+    assert {h.identifier for h in in_bio if h.deleted} == {marked, vanished}  # sets kept
+    with Scythe(exposure.url, http_config=HTTPConfig(http_method="POST", timeout=30)) as scythe:
+        assert scythe.get_record(identifier=vanished).deleted
+
+
+def test_migration_0003_fills_in_the_sets_of_exposed_records(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    command.upgrade(alembic_config(url), "0002")
+    engine = create_engine(url)
+    now = "2024-01-01 00:00:00.000000"
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO oai_networks (acronym, name, base_url, metadata_prefix, sets, "
+                "timezone, method, properties, origin, created_at, updated_at) VALUES "
+                "('OLD', 'Old', 'http://x', 'oai_dc', '[]', 'UTC', 'GET', '{}', 'api', :t, :t)"
+            ),
+            {"t": now},
+        )
+        for target, identifier, sets in (
+            ("oai", "oai:old:1", '["a:b:c", "BIO"]'),
+            ("oai", "oai:old:2", "[]"),
+            ("builtin", "oai:old:1", '["a"]'),
+        ):
+            conn.execute(
+                text(
+                    "INSERT INTO oai_index_entries (network, target, identifier, sets, deleted, "
+                    "changed_at) VALUES ('OLD', :target, :identifier, :sets, 0, :t)"
+                ),
+                {"target": target, "identifier": identifier, "sets": sets, "t": now},
+            )
+    command.upgrade(alembic_config(url), "head")
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT target, set_spec, identifier FROM oai_entry_sets ORDER BY set_spec")
+        ).all()
+    engine.dispose()
+    assert [tuple(r) for r in rows] == [
+        ("oai", "BIO", "oai:old:1"),
+        ("oai", "a", "oai:old:1"),
+        ("oai", "a:b", "oai:old:1"),
+        ("oai", "a:b:c", "oai:old:1"),
+    ]

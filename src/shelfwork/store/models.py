@@ -16,6 +16,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -547,4 +548,30 @@ class OaiIndexEntry(Base):
 
     __table_args__ = (
         Index("ix_oai_index_entries_changed", "network", "target", "changed_at", "identifier"),
+    )
+
+
+class OaiEntrySet(Base):
+    """Which sets each entry of the OAI provider's target is in, the ancestors of its sets
+    included (a record in `a:b` is in `a`), one row each: `set=` is then an exact, indexed
+    match on both backends (set specs are case-sensitive; SQLite's LIKE is not)."""
+
+    __tablename__ = "oai_entry_sets"
+
+    network: Mapped[str] = mapped_column(String(64), primary_key=True)
+    target: Mapped[str] = mapped_column(String(32), primary_key=True)
+    set_spec: Mapped[str] = mapped_column(String(500), primary_key=True)
+    identifier: Mapped[str] = mapped_column(String(500), primary_key=True)
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["network", "target", "identifier"],
+            [
+                "oai_index_entries.network",
+                "oai_index_entries.target",
+                "oai_index_entries.identifier",
+            ],
+            ondelete="CASCADE",
+        ),
+        Index("ix_oai_entry_sets_entry", "network", "target", "identifier"),
     )

@@ -3,7 +3,9 @@
 The INDEX_OAI action keeps `oai_index_entries` (target `oai`) equal to the valid records of the
 last good known snapshot; each entry's `changed_at` is its datestamp here (the moment shelfwork
 published the change, so incremental harvesters of shelfwork see every change), and a record
-that left is kept as deleted (deletedRecord: persistent). Metadata comes from the store.
+that left is kept as deleted (deletedRecord: persistent), by full runs too. Metadata comes from
+the store. `oai_entry_sets` holds each entry's sets with their ancestors, so `set=` is an exact
+(case-sensitive) and indexed match on both backends, hierarchy included.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import String, and_, cast, func, or_, select
+from sqlalchemy import and_, delete, exists, func, insert, or_, select
+from sqlalchemy.engine import Connection
 
 from ...store.database import Store
+from ...store.models import OaiEntrySet
 from .config import OaiConfig
 from .provider import OAI_DC, ExposedRecord, MetadataFormat, RecordSource, RepositoryInfo
 from .snapshots import Network, Networks, UnknownNetwork, entries_t
@@ -31,8 +35,37 @@ KNOWN_FORMATS = {
 }
 
 
-def _like_escaped(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+entry_sets_t = OaiEntrySet.__table__
+
+
+def containing_sets(specs: Sequence[str]) -> list[str]:
+    """Every set a record in `specs` is in: each spec and its ancestors (`a:b:c` is also in
+    `a:b` and `a`; OAI-PMH 2.0, section 2.7.2), each once, sorted."""
+    found: set[str] = set()
+    for spec in specs:
+        parts = spec.split(":")
+        found.update(":".join(parts[: n + 1]) for n in range(len(parts)))
+    return sorted(found)
+
+
+def write_sets(conn: Connection, network: str, sets_of: dict[str, Sequence[str]]) -> None:
+    """Replace the set memberships of the entries named (identifier -> its setSpecs)."""
+    if not sets_of:
+        return
+    conn.execute(
+        delete(entry_sets_t).where(
+            entry_sets_t.c.network == network,
+            entry_sets_t.c.target == TARGET,
+            entry_sets_t.c.identifier.in_(list(sets_of)),
+        )
+    )
+    rows = [
+        {"network": network, "target": TARGET, "set_spec": spec, "identifier": identifier}
+        for identifier, specs in sets_of.items()
+        for spec in containing_sets(specs)
+    ]
+    if rows:
+        conn.execute(insert(entry_sets_t), rows)
 
 
 class ExposedNetwork:
@@ -70,10 +103,18 @@ class ExposedNetwork:
         return [self.format]
 
     def sets(self) -> Sequence[tuple[str, str]]:
-        specs: set[str] = set(self.network.sets)
+        specs: set[str] = set(containing_sets(self.network.sets))
         with self.store.read() as conn:
-            for (sets,) in conn.execute(select(entries_t.c.sets).where(self._mine)):
-                specs.update(sets or ())
+            specs.update(
+                conn.execute(
+                    select(entry_sets_t.c.set_spec)
+                    .where(
+                        entry_sets_t.c.network == self.network.acronym,
+                        entry_sets_t.c.target == TARGET,
+                    )
+                    .distinct()
+                ).scalars()
+            )
         return [(spec, spec) for spec in sorted(specs)]
 
     def _window(self, prefix: str, set_spec: str | None, start: Any, before: Any) -> list[Any]:
@@ -81,10 +122,14 @@ class ExposedNetwork:
         if prefix != self.format.prefix:
             where.append(entries_t.c.identifier.is_(None))  # nothing in another format
         if set_spec is not None:
-            text = cast(entries_t.c.sets, String)
-            exact = f'%"{_like_escaped(set_spec)}"%'
-            below = f'%"{_like_escaped(set_spec)}:%'
-            where.append(or_(text.like(exact, escape="\\"), text.like(below, escape="\\")))
+            where.append(
+                exists().where(
+                    entry_sets_t.c.network == entries_t.c.network,
+                    entry_sets_t.c.target == entries_t.c.target,
+                    entry_sets_t.c.set_spec == set_spec,
+                    entry_sets_t.c.identifier == entries_t.c.identifier,
+                )
+            )
         if start is not None:
             where.append(entries_t.c.changed_at >= start)
         if before is not None:

@@ -10,6 +10,12 @@ Targets: `builtin` (the metadata database's full-text search), `solr` (JSON upda
 `oai` (shelfwork's own OAI-PMH provider, which serves straight from the entries: a removal stays
 as a deleted record there, with the moment of the change as its datestamp).
 
+A full run (`full`, from a run with incremental=false) clears the builtin and Solr targets of
+the network and sends everything again. The provider's target is never cleared, since its
+deletions must outlive any rebuild (Identify says deletedRecord persistent): a full run there
+publishes every valid record again (new datestamps, sets rewritten) and, as always, turns each
+exposed record that is no longer valid into a deleted one.
+
 The remote call for a page happens before the page's transaction, outside it; the entries
 commit after. A crash in between sends the page again next time, which both targets take as a
 replacement.
@@ -34,6 +40,7 @@ from ...search import BuiltinSearch, IndexDocument, IndexTarget
 from ...store.database import utcnow
 from .actions import HAND_OVER_RETRY, NetworkParams, hand_over, network_context
 from .config import OaiConfig, oai_config
+from .exposure import write_sets
 from .record import DEFAULT_NAMESPACES, MetadataRecord
 from .snapshots import Networks, Snapshots, entries_t, records_t, upsert
 from .storage import MetadataStore
@@ -131,7 +138,8 @@ def index(ctx: StepContext) -> dict[str, Any] | None:
     target = target_for(target_name, ctx, config)
     store = ctx.engine.store
     mine = and_(entries_t.c.network == network, entries_t.c.target == target_name)
-    if ctx.params.full and ctx.checkpoint is None:
+    keeps_deletions = target_name == "oai"  # the provider's deletions are persistent
+    if ctx.params.full and ctx.checkpoint is None and not keeps_deletions:
         target.clear(network)
         target.commit()
         with store.write() as conn:
@@ -156,6 +164,8 @@ def index(ctx: StepContext) -> dict[str, Any] | None:
         )
         .order_by(pid)
     )
+    if ctx.params.full and keeps_deletions:
+        changed = select(records_t, pid).where(published).order_by(pid)  # every record again
     gone = (
         select(entries_t.c.identifier)
         .where(
@@ -231,6 +241,8 @@ def index(ctx: StepContext) -> dict[str, Any] | None:
             ],
             ("network", "target", "identifier"),
         )
+        if keeps_deletions:
+            write_sets(tx, network, {row.pid: list(row.sets or ()) for row in sent})
         if removed:
             which = and_(mine, entries_t.c.identifier.in_(removed))
             if target_name == "oai":  # the provider keeps deletions (deletedRecord persistent)
