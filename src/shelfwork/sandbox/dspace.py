@@ -60,56 +60,232 @@ REASONS = {
     503: "Service Unavailable",
 }
 
-#: DSpace's stock `traditional` submission form (submission-forms.xml), trimmed to what the
-#: Koha crosswalk writes; dc.identifier.other must be configured there for B2a to accept it.
-DEFAULT_FORM: dict[str, frozenset[str]] = {
-    "traditionalpageone": frozenset(
-        {
-            "dc.title",
-            "dc.contributor.author",
-            "dc.date.issued",
-            "dc.publisher",
-            "dc.identifier.other",
-            "dc.identifier.isbn",
-            "dc.identifier.issn",
-            "dc.title.alternative",
-            "dc.language.iso",
-            "dc.type",
-        }
-    ),
-    "traditionalpagetwo": frozenset(
-        {
-            "dc.subject",
-            "dc.description.abstract",
-            "dc.description",
-            "dc.format.extent",
-            "dc.rights",
-            "dc.relation.ispartofseries",
-            "dc.coverage.spatial",
-            "dc.description.tableofcontents",
-        }
-    ),
-}
-#: mandatory in the stock form (B2a step 6 example errors)
-REQUIRED_FIELDS = ("dc.title", "dc.date.issued")
-#: written by DSpace itself, always in the registry (B4)
-SYSTEM_FIELDS = frozenset(
-    {
-        "dc.identifier.uri",
-        "dc.date.accessioned",
-        "dc.date.available",
-        "dc.description.provenance",
-        "dc.format.mimetype",
-    }
+# --------------------------------------------------------------------------------------------
+# submission forms
+
+
+@dataclass(frozen=True)
+class FormField:
+    """One <field> of submission-forms.xml as DSpace's SubmissionFormConverter shows it.
+
+    `keys` is the field's metadata key, or for a `qualdrop_value` field one key per value pair
+    (DCInputSet.isFieldPresent accepts each of them); `pairs` are that field's (label, qualifier)
+    value pairs. `required` is the <required> message (None: optional)."""
+
+    keys: tuple[str, ...]
+    input: str
+    label: str
+    repeatable: bool
+    required: str | None = None
+    style: str | None = None
+    vocabulary: str | None = None  # a value-pairs list or a <vocabulary>
+    closed: bool = False
+    pairs: tuple[tuple[str, str], ...] = ()
+
+
+#: a form: section (step) id -> rows -> fields
+Form = dict[str, tuple[tuple[FormField, ...], ...]]
+
+#: value-pairs "common_identifiers" of the stock submission-forms.xml: (displayed, stored)
+COMMON_IDENTIFIERS = (
+    ("ISSN", "issn"),
+    ("Other", "other"),
+    ("ISMN", "ismn"),
+    ("Gov't Doc #", "govdoc"),
+    ("URI", "uri"),
+    ("ISBN", "isbn"),
 )
+#: where the stock form sits in DSpace/DSpace
+STOCK_SOURCE = "dspace/config/submission-forms.xml"
+STOCK_BRANCHES = ("dspace-7_x", "dspace-8_x")
+
+
+def stock_form(branch: str = "dspace-8_x") -> Form:
+    """The describe pages of DSpace's stock `traditional` submission (`dspace/config/
+    submission-forms.xml`, forms traditionalpageone and traditionalpagetwo, read on DSpace/DSpace
+    dspace-7_x @9a9c310 and dspace-8_x @996efc1): the same rows on both branches, except that
+    8_x makes dc.type required ("You must choose at least one type."). Hints are left out."""
+    if branch not in STOCK_BRANCHES:
+        raise SandboxError(
+            f"sandbox dspace: no stock form for {branch!r} (known: {STOCK_BRANCHES})"
+        )
+    type_required = "You must choose at least one type." if branch == "dspace-8_x" else None
+    return {
+        "traditionalpageone": (
+            (FormField(("dc.contributor.author",), "onebox", "Author", True),),
+            (
+                FormField(
+                    ("dc.title",),
+                    "onebox",
+                    "Title",
+                    False,
+                    "You must enter a main title for this item.",
+                ),
+            ),
+            (FormField(("dc.title.alternative",), "onebox", "Other Titles", True),),
+            (
+                FormField(
+                    ("dc.date.issued",),
+                    "date",
+                    "Date of Issue",
+                    False,
+                    "You must enter at least the year.",
+                    style="col-sm-4",
+                ),
+                FormField(("dc.publisher",), "onebox", "Publisher", False, style="col-sm-8"),
+            ),
+            (FormField(("dc.identifier.citation",), "onebox", "Citation", False),),
+            (FormField(("dc.relation.ispartofseries",), "series", "Series/Report No.", True),),
+            (
+                FormField(
+                    tuple(f"dc.identifier.{q}" for _, q in COMMON_IDENTIFIERS),
+                    "qualdrop_value",
+                    "Identifiers",
+                    True,
+                    vocabulary="common_identifiers",
+                    pairs=COMMON_IDENTIFIERS,
+                ),
+            ),
+            (
+                FormField(
+                    ("dc.type",),
+                    "dropdown",
+                    "Type",
+                    True,
+                    type_required,
+                    vocabulary="common_types",
+                    closed=True,
+                ),
+            ),
+            (
+                FormField(
+                    ("dc.language.iso",),
+                    "dropdown",
+                    "Language",
+                    False,
+                    vocabulary="common_iso_languages",
+                    closed=True,
+                ),
+            ),
+        ),
+        "traditionalpagetwo": (
+            (FormField(("dc.subject",), "tag", "Subject Keywords", True, vocabulary="srsc"),),
+            (FormField(("dc.description.abstract",), "textarea", "Abstract", False),),
+            (FormField(("dc.description.sponsorship",), "textarea", "Sponsors", False),),
+            (FormField(("dc.description",), "textarea", "Description", False),),
+        ),
+    }
+
+
+def simple_form(sections: dict[str, set[str]] | dict[str, frozenset[str]]) -> Form:
+    """A local form given as section -> field keys: one onebox per row, repeatable; dc.title and
+    dc.date.issued required where present, as in the stock form."""
+    required = {
+        "dc.title": "You must enter a main title for this item.",
+        "dc.date.issued": "You must enter at least the year.",
+    }
+    return {
+        section: tuple(
+            (FormField((key,), "onebox", key, True, required.get(key)),) for key in sorted(keys)
+        )
+        for section, keys in sections.items()
+    }
+
+
+def form_fields(form: Form) -> dict[str, tuple[str, ...]]:
+    """Section -> every metadata key its form accepts (DCInputSet.isFieldPresent)."""
+    return {
+        section: tuple(key for row in rows for f in row for key in f.keys)
+        for section, rows in form.items()
+    }
+
+
+#: The stock metadata registry's dc schema (dspace/config/registries/dublin-core-types.xml, the same
+#: 70 fields on dspace-7_x and dspace-8_x): what the admin path (B2b) may write, and what DSpace
+#: writes itself at archive time (B4). Local forms add their fields to it.
+DC_REGISTRY = frozenset(
+    f"dc.{name}"
+    for name in [
+        "contributor",
+        "contributor.advisor",
+        "contributor.author",
+        "contributor.editor",
+        "contributor.illustrator",
+        "contributor.other",
+        "coverage.spatial",
+        "coverage.temporal",
+        "creator",
+        "date",
+        "date.accessioned",
+        "date.available",
+        "date.copyright",
+        "date.created",
+        "date.issued",
+        "date.submitted",
+        "identifier",
+        "identifier.citation",
+        "identifier.govdoc",
+        "identifier.isbn",
+        "identifier.issn",
+        "identifier.sici",
+        "identifier.ismn",
+        "identifier.other",
+        "identifier.doi",
+        "identifier.scopus",
+        "identifier.uri",
+        "description",
+        "description.abstract",
+        "description.provenance",
+        "description.sponsorship",
+        "description.statementofresponsibility",
+        "description.tableofcontents",
+        "description.uri",
+        "format",
+        "format.extent",
+        "format.medium",
+        "format.mimetype",
+        "language",
+        "language.iso",
+        "publisher",
+        "relation",
+        "relation.isformatof",
+        "relation.ispartof",
+        "relation.ispartofseries",
+        "relation.haspart",
+        "relation.isversionof",
+        "relation.hasversion",
+        "relation.isbasedon",
+        "relation.isreferencedby",
+        "relation.requires",
+        "relation.replaces",
+        "relation.isreplacedby",
+        "relation.uri",
+        "rights",
+        "rights.uri",
+        "source",
+        "source.uri",
+        "subject",
+        "subject.classification",
+        "subject.ddc",
+        "subject.lcc",
+        "subject.lcsh",
+        "subject.mesh",
+        "subject.other",
+        "title",
+        "title.alternative",
+        "type",
+        "provenance",
+        "rights.license",
+    ]
+)
+#: dspace.cfg (7_x and 8_x): metadata.hide.dc.description.provenance = true; ItemConverter
+#: .getPermissionFilteredMetadata shows hidden fields only to administrators and to whoever may
+#: edit the item
+HIDDEN_FIELDS = frozenset({"dc.description.provenance"})
 MAX_PAGE_SIZE = 100  # [U] rest.search.max.results default
 DEFAULT_PAGE_SIZE = 20  # [U]
 
 MetadataMap = dict[str, list[dict[str, Any]]]
-
-
-def default_form() -> dict[str, set[str]]:
-    return {section: set(fields) for section, fields in DEFAULT_FORM.items()}
 
 
 def now_iso() -> str:
@@ -133,13 +309,18 @@ class Collection:
     uuid: str
     name: str
     workflow: bool = False
-    form: dict[str, set[str]] = field(default_factory=default_form)
+    form: Form = field(default_factory=stock_form)
+    #: e-mails of the reviewers of its workflow's single step (they get its pool tasks)
+    reviewers: tuple[str, ...] = ()
 
     @property
     def definition(self) -> str:
-        """Submission definition name: `traditional` for the stock form, one per custom form."""
-        stock = {s: set(f) for s, f in DEFAULT_FORM.items()}
-        return "traditional" if self.form == stock else f"custom-{self.uuid[:8]}"
+        """Submission definition name: `traditional` for a stock form, one per local form."""
+        stock = any(self.form == stock_form(branch) for branch in STOCK_BRANCHES)
+        return "traditional" if stock else f"custom-{self.uuid[:8]}"
+
+    def keys(self, section: str) -> tuple[str, ...]:
+        return form_fields({section: self.form[section]})[section] if section in self.form else ()
 
 
 @dataclass
@@ -208,6 +389,7 @@ class WorkflowItem:
     item: str
     collection: str
     submitter: str
+    pool_task: int | None = None  # the open task of the collection's reviewers, if it has any
 
 
 @dataclass
@@ -252,6 +434,7 @@ class DSpaceState:
     _live_jti: set[str] = field(default_factory=set, repr=False)
     _workspace_ids: int = field(default=0, repr=False)
     _workflow_ids: int = field(default=0, repr=False)
+    _task_ids: int = field(default=0, repr=False)
     _handles: int = field(default=0, repr=False)
     _seq: int = field(default=0, repr=False)
 
@@ -267,21 +450,32 @@ class DSpaceState:
         name: str,
         *,
         workflow: bool = False,
-        form: dict[str, set[str]] | None = None,
+        form: Form | dict[str, set[str]] | None = None,
         uuid: str | None = None,
+        reviewers: list[str] | tuple[str, ...] = (),
     ) -> str:
-        """Add a collection; its form's section ids are global step ids, as in item-submission.xml."""
+        """Add a collection (default: the stock dspace-8_x form). A form given as section -> keys
+        becomes a simple local form. Its section ids are global step ids, as in
+        item-submission.xml. `reviewers` (e-mails) get the pool tasks of its workflow."""
         chosen = uuid or str(uuidlib.uuid4())
-        wanted = {s: set(f) for s, f in (form or default_form()).items()}
+        wanted = stock_form() if form is None else form
+        if any(isinstance(rows, (set, frozenset)) for rows in wanted.values()):
+            wanted = simple_form(wanted)  # type: ignore[arg-type]
         with self.lock:
             for other in self.collections.values():
-                for section, fields in wanted.items():
-                    if section in other.form and other.form[section] != fields:
+                for section, rows in wanted.items():
+                    if section in other.form and other.form[section] != rows:
                         raise SandboxError(
                             f"sandbox dspace: form section {section!r} already defined with "
                             f"other fields (collection {other.name!r}); step ids are global"
                         )
-            self.collections[chosen] = Collection(chosen, name, workflow, wanted)
+            self.collections[chosen] = Collection(
+                chosen,
+                name,
+                workflow,
+                wanted,  # type: ignore[arg-type]
+                tuple(r.lower() for r in reviewers),
+            )
         return chosen
 
     # ---- faults
@@ -337,6 +531,39 @@ class DSpaceState:
     def approve(self, ref: int | str) -> StoredItem:
         """Archive an item waiting in review, by workflow item id or item UUID (B2a, B4)."""
         with self.lock:
+            wf = self.in_review(ref)
+            del self.workflow_items[wf.id]
+            item = self.items[wf.item]
+            self.archive(item)
+            return item
+
+    def reject(self, ref: int | str, reviewer: str, reason: str) -> WorkspaceItem:
+        """A reviewer's rejection, as XmlWorkflowServiceImpl.sendWorkflowItemBackSubmission does it
+        (7_x and 8_x): the provenance note "<step> Rejected by <name> (<email>), reason: <reason>
+        on <date> (GMT) " is added, the workflow item and its tasks go, and returnToWorkspace makes
+        a new workspace item (a new id) for the same item, which stays unarchived; the submitter
+        gets all item policies back."""
+        with self.lock:
+            wf = self.in_review(ref)
+            item = self.items[wf.item]
+            name = next((e for e in self.users if e.lower() == reviewer.lower()), reviewer)
+            provenance = (
+                f"Step: reviewstep - action:reviewaction Rejected by {name} ({name}), reason: "
+                f"{reason} on {now_iso()} (GMT) "
+            )
+            item.metadata.setdefault("dc.description.provenance", []).append(
+                value_object(provenance, "en")
+            )
+            item.last_modified = now_iso()
+            del self.workflow_items[wf.id]
+            self._workspace_ids += 1
+            ws = WorkspaceItem(self._workspace_ids, item.uuid, wf.collection, wf.submitter)
+            self.workspace_items[ws.id] = ws
+            return ws
+
+    def in_review(self, ref: int | str) -> WorkflowItem:
+        """The workflow item `ref` names: its id, or its item's UUID."""
+        with self.lock:
             wf: WorkflowItem | None = None
             if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
                 wf = self.workflow_items.get(int(ref))
@@ -344,10 +571,7 @@ class DSpaceState:
                 wf = next((w for w in self.workflow_items.values() if w.item == ref), None)
             if wf is None:
                 raise SandboxError(f"sandbox dspace: nothing in review matches {ref!r}")
-            del self.workflow_items[wf.id]
-            item = self.items[wf.item]
-            self.archive(item)
-            return item
+            return wf
 
     def withdraw(self, item_uuid: str) -> None:
         with self.lock:
@@ -379,11 +603,11 @@ class DSpaceState:
         item.last_modified = stamp
 
     def registry(self) -> set[str]:
-        """The metadata registry: every form field plus the fields DSpace writes itself."""
-        known = set(SYSTEM_FIELDS)
+        """The metadata registry: the stock dc schema plus the fields of local forms."""
+        known = set(DC_REGISTRY)
         for collection in self.collections.values():
-            for fields in collection.form.values():
-                known |= fields
+            for keys in form_fields(collection.form).values():
+                known |= set(keys)
         return known
 
     def issue_token(self, email: str) -> str:
@@ -453,9 +677,9 @@ class DSpaceState:
         sequence = 1 + sum(
             len(self.bundles[b].bitstreams) for b in item.bundles if b in self.bundles
         )
-        meta = metadata or {}
-        if "dc.title" not in meta:
-            meta = {**meta, "dc.title": [value_object(name)]}
+        # the name is the bitstream's dc.title, set after the given metadata
+        # (BundleRestRepository.processBitstreamCreation: setMetadata, then setName)
+        meta = {**(metadata or {}), "dc.title": [value_object(name)]}
         bitstream = StoredBitstream(
             str(uuidlib.uuid4()),
             name,
@@ -514,12 +738,16 @@ class ApiError(Exception):
         *,
         headers: dict[str, str] | None = None,
         extra: dict[str, Any] | None = None,
+        problem: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers or {}
         self.extra = extra or {}
+        #: answered by Spring's own ResponseEntityExceptionHandler (a ProblemDetail on Spring 6)
+        #: rather than by DSpaceApiExceptionControllerAdvice's sendError
+        self.problem = problem
 
 
 @dataclass
@@ -557,6 +785,21 @@ def error_response(status: int, message: str, path: str, **extra: Any) -> JSONRe
     return JSONResponse(body, status_code=status)
 
 
+def problem_response(status: int, detail: str, path: str) -> JSONResponse:
+    """Spring 6's ProblemDetail (DSpace 8: spring 6.2): what ResponseEntityExceptionHandler, which
+    DSpaceApiExceptionControllerAdvice extends, answers for Spring's own MVC exceptions such as
+    HttpMediaTypeNotSupportedException [P: read in Spring's source, not in a DSpace IT; DSpace 7
+    (Spring 5.3) sends the same status and headers with an empty body]."""
+    body = {
+        "type": "about:blank",
+        "title": REASONS.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+        "instance": path,
+    }
+    return JSONResponse(body, status_code=status, media_type="application/problem+json")
+
+
 def link(href: str) -> dict[str, str]:
     return {"href": href}
 
@@ -589,7 +832,10 @@ def api_route(state: DSpaceState, method: str, template: str, handler: Handler) 
                 ctx.caller = bearer(state, request, strict=template != "/authn/login")
             response = await handler(ctx)
         except ApiError as exc:
-            response = error_response(exc.status, exc.message, path, **exc.extra)
+            if exc.problem:
+                response = problem_response(exc.status, exc.message, path)
+            else:
+                response = error_response(exc.status, exc.message, path, **exc.extra)
             response.headers.update(exc.headers)
             # B1 [P]: DSpace answers a CSRF failure with a fresh token so the client may retry
             if exc.status == 403 and "CSRF" in exc.message:
@@ -668,15 +914,40 @@ def parse_int(text: str | None, default: int, name: str) -> int:
 # JSON views (B4: HAL, absolute links)
 
 
+def can_edit(ctx: Ctx, item: StoredItem) -> bool:
+    """ItemService.canEdit as far as the emulator models policies: administrators, and the
+    submitter while the item sits in their workspace (WorkspaceItemService.create and
+    XmlWorkflowServiceImpl.returnToWorkspace grant them all item policies; starting the workflow
+    leaves them READ only, grantSubmitterReadPolicies)."""
+    caller = ctx.caller
+    if caller is None:
+        return False
+    if caller.admin:
+        return True
+    return any(
+        ws.item == item.uuid and ws.submitter == caller.email
+        for ws in ctx.state.workspace_items.values()
+    )
+
+
+def shown_metadata(ctx: Ctx, item: StoredItem) -> MetadataMap:
+    """ItemConverter.getPermissionFilteredMetadata (7_x and 8_x): a withdrawn item shows no
+    metadata to non-admins; hidden fields (metadata.hide.*) only to those who may edit it."""
+    if item.withdrawn and not (ctx.caller and ctx.caller.admin):
+        return {}
+    if can_edit(ctx, item):
+        return placed(item.metadata)
+    return placed({k: v for k, v in item.metadata.items() if k not in HIDDEN_FIELDS})
+
+
 def item_json(ctx: Ctx, item: StoredItem) -> dict[str, Any]:
     href = f"{ctx.base}/core/items/{item.uuid}"
-    hidden = item.withdrawn and not (ctx.caller and ctx.caller.admin)
     return {
         "id": item.uuid,
         "uuid": item.uuid,
         "name": item.name,
         "handle": item.handle,  # B4 [V]: null until archived
-        "metadata": {} if hidden else placed(item.metadata),  # B3 [V]: withdrawn, non-admin
+        "metadata": shown_metadata(ctx, item),
         "inArchive": item.in_archive,
         "discoverable": item.discoverable,
         "withdrawn": item.withdrawn,
@@ -736,6 +1007,7 @@ def bitstream_json(ctx: Ctx, bitstream: StoredBitstream) -> dict[str, Any]:
 
 
 def upload_file_json(ctx: Ctx, bitstream: StoredBitstream) -> dict[str, Any]:
+    """One file of an upload section (workspaceitem-data-upload.md)."""
     return {
         "uuid": bitstream.uuid,
         "metadata": placed(bitstream.metadata),
@@ -753,14 +1025,19 @@ def original_files(state: DSpaceState, item: StoredItem) -> list[StoredBitstream
 
 
 def submission_errors(state: DSpaceState, ws: WorkspaceItem) -> list[dict[str, Any]]:
-    """B2a step 6 [V]: errors grouped by message, each with the paths it applies to."""
+    """B2a step 6 [V]: errors grouped by message, each with the paths it applies to.
+
+    MetadataValidation.validate (7_x and 8_x): a required field without a value is
+    error.validation.required at /sections/<form>/<field> (a qualdrop field under its unqualified
+    name); UploadValidation and LicenseValidation add filerequired and license.notgranted."""
     item = state.items[ws.item]
     collection = state.collections[ws.collection]
     missing = [
-        f"/sections/{section}/{key}"
-        for section, fields in collection.form.items()
-        for key in REQUIRED_FIELDS
-        if key in fields and not item.values(key)
+        f"/sections/{section}/{input_name(f)}"
+        for section, rows in collection.form.items()
+        for row in rows
+        for f in row
+        if f.required and not any(item.values(key) for key in f.keys)
     ]
     errors: list[dict[str, Any]] = []
     if missing:
@@ -775,31 +1052,70 @@ def submission_errors(state: DSpaceState, ws: WorkspaceItem) -> list[dict[str, A
     return errors
 
 
+def input_name(form_field: FormField) -> str:
+    """DCInput.getFieldName: schema.element[.qualifier]; a qualdrop field has no qualifier."""
+    key = form_field.keys[0]
+    return key.rsplit(".", 1)[0] if form_field.pairs else key
+
+
+def form_sections(ctx: Ctx, collection: Collection, item: StoredItem) -> dict[str, Any]:
+    """The `sections` of a workspace or workflow item (AInprogressItemConverter): each describe
+    step with the item's values of its fields, then upload, license and collection."""
+    shown = placed(item.metadata)
+    sections: dict[str, Any] = {}
+    for section in collection.form:
+        keys = set(collection.keys(section))
+        sections[section] = {k: v for k, v in shown.items() if k in keys}
+    sections["upload"] = {
+        "primary": None,
+        "files": [upload_file_json(ctx, b) for b in original_files(ctx.state, item)],
+    }
+    return sections
+
+
 def workspace_json(ctx: Ctx, ws: WorkspaceItem) -> dict[str, Any]:
     state = ctx.state
     item = state.items[ws.item]
     collection = state.collections[ws.collection]
     href = f"{ctx.base}/submission/workspaceitems/{ws.id}"
-    sections: dict[str, Any] = {}
-    shown = placed(item.metadata)
-    for section, fields in collection.form.items():
-        sections[section] = {k: v for k, v in shown.items() if k in fields}
-    sections["upload"] = {
-        "primary": None,
-        "files": [upload_file_json(ctx, b) for b in original_files(state, item)],
-    }
+    sections = form_sections(ctx, collection, item)
     sections["license"] = {
         "url": None,
         "acceptanceDate": ws.acceptance_date,
         "granted": ws.license_granted,
     }
     sections["collection"] = collection.uuid
-    return {
+    body: dict[str, Any] = {
         "id": ws.id,  # B2a [V]: an integer id
         "lastModified": item.last_modified,
         "sections": sections,
-        "errors": submission_errors(state, ws),
-        "type": "workspaceitem",
+    }
+    errors = submission_errors(state, ws)
+    if errors:  # BaseObjectRest: @JsonInclude(NON_EMPTY) errors
+        body["errors"] = errors
+    body["type"] = "workspaceitem"
+    body["_links"] = {
+        "collection": link(f"{href}/collection"),
+        "item": link(f"{href}/item"),
+        "submissionDefinition": link(f"{href}/submissionDefinition"),
+        "submitter": link(f"{href}/submitter"),
+        "self": link(href),
+    }
+    return body
+
+
+def workflow_json(ctx: Ctx, wf: WorkflowItem) -> dict[str, Any]:
+    """WorkflowItemMatcher (7_x and 8_x): id, type workflowitem, the describe sections, and links
+    to item, collection, submitter and submissionDefinition."""
+    state = ctx.state
+    item = state.items[wf.item]
+    href = f"{ctx.base}/workflow/workflowitems/{wf.id}"
+    sections = form_sections(ctx, state.collections[wf.collection], item)
+    return {
+        "id": wf.id,
+        "lastModified": item.last_modified,
+        "sections": sections,
+        "type": "workflowitem",
         "_links": {
             "collection": link(f"{href}/collection"),
             "item": link(f"{href}/item"),
@@ -810,20 +1126,21 @@ def workspace_json(ctx: Ctx, ws: WorkspaceItem) -> dict[str, Any]:
     }
 
 
-def workflow_json(ctx: Ctx, wf: WorkflowItem) -> dict[str, Any]:
-    href = f"{ctx.base}/workflow/workflowitems/{wf.id}"
+def pooltask_json(ctx: Ctx, wf: WorkflowItem) -> dict[str, Any]:
+    """PoolTaskMatcher (8_x): id, type pooltask, links to eperson, group, workflowitem and self;
+    in a workflow-configuration search hit the workflow item is embedded
+    (DiscoveryRestControllerIT.discoverSearchObjectsWorkflowConfigurationTest)."""
+    href = f"{ctx.base}/workflow/pooltasks/{wf.pool_task}"
     return {
-        "id": wf.id,
-        "lastModified": ctx.state.items[wf.item].last_modified,
-        "sections": {},
-        "errors": [],
-        "type": "workflowitem",
+        "id": wf.pool_task,
+        "type": "pooltask",
         "_links": {
-            "collection": link(f"{href}/collection"),
-            "item": link(f"{href}/item"),
-            "submitter": link(f"{href}/submitter"),
+            "eperson": link(f"{href}/eperson"),
+            "group": link(f"{href}/group"),
+            "workflowitem": link(f"{href}/workflowitem"),
             "self": link(href),
         },
+        "_embedded": {"workflowitem": workflow_json(ctx, wf)},
     }
 
 
@@ -926,8 +1243,42 @@ def own_workspace(ctx: Ctx, raw_id: str) -> WorkspaceItem:
     return ws
 
 
+#: RestResourceController (7_x and 8_x): the POST mappings of a collection endpoint consume JSON
+#: (`post`), text/uri-list (`postWithUriListContentType`) or multipart (`upload`, a header
+#: condition Spring treats as consumes); anything else finds no handler
+COLLECTION_POST_TYPES = (
+    "application/json",
+    "application/hal+json",
+    "text/uri-list",
+    "multipart/form-data",
+)
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
 async def create_workspace(ctx: Ctx) -> Response:
-    """B2a step 2 [V]: empty POST with owningCollection -> 201 workspaceitem."""
+    """B2a step 2 [V]: POST with owningCollection and a JSON body -> 201 workspaceitem.
+
+    RestResourceController.post consumes only application/json and application/hal+json; with no
+    Content-Type (Spring then takes application/octet-stream, ConsumesRequestCondition) or another
+    type no mapping matches and Spring answers 415 with the consumable types in Accept, before the
+    repository (and its authorisation) is reached. WorkspaceItemRestRepository.createAndReturn
+    ignores the body ({} is what a client sends). The text/uri-list and multipart variants
+    (creating from an external source or from files) are not emulated ([U])."""
+    media = media_type(ctx.request)
+    if media not in COLLECTION_POST_TYPES:
+        shown = media or "null"
+        raise ApiError(
+            415,
+            f"Content-Type '{shown}' is not supported.",
+            headers={"Accept": ", ".join(COLLECTION_POST_TYPES)},
+            problem=True,
+        )
+    if media not in ("application/json", "application/hal+json"):
+        raise ApiError(400, f"POST with {media} is not emulated (sandbox)")
+    await ctx.request.body()  # read and ignored, as createAndReturn does
     caller = ctx.need_auth()
     state = ctx.state
     with state.lock:
@@ -1100,11 +1451,10 @@ async def patch_workspace(ctx: Ctx) -> Response:
                 if len(parts) < 4 or not parts[3]:
                     raise ApiError(422, f"Patch path {path} names no metadata field")
                 key = parts[3]
-                if key not in collection.form[section]:
-                    # B2a [P] (DSpace PR #2760): a field outside the section's form is refused
-                    raise ApiError(
-                        422, f"The attribute {key} does not present in section {section}"
-                    )
+                if key not in collection.keys(section):
+                    # B2a [V] DescribeStep.doPatchProcessing (7_x and 8_x): a field the section's
+                    # form lacks (DCInputSet.isFieldPresent) is an UnprocessableEntityException
+                    raise ApiError(422, f"The field {key} is not present in section {section}")
                 index = parts[4] if len(parts) > 4 else None
                 apply_metadata_op(metadata, name, path, key, index, op.get("value"))
             else:
@@ -1141,7 +1491,9 @@ async def upload_to_workspace(ctx: Ctx) -> Response:
 
 
 async def find_definition(ctx: Ctx) -> Response:
-    """B2a step 1 [V]: the submission definition used by a collection."""
+    """B2a step 1 [V]: the submission definition used by a collection
+    (SubmissionDefinitionsControllerIT.findByCollection: 401 for anonymous callers)."""
+    ctx.need_auth()
     uuid = ctx.request.query_params.get("uuid", "")
     with ctx.state.lock:
         collection = ctx.state.collections.get(uuid)
@@ -1151,6 +1503,7 @@ async def find_definition(ctx: Ctx) -> Response:
 
 
 def definition_json(ctx: Ctx, collection: Collection) -> dict[str, Any]:
+    """SubmissionDefinitionsMatcher.matchSubmissionDefinition (7_x and 8_x)."""
     name = collection.definition
     href = f"{ctx.base}/config/submissiondefinitions/{name}"
     return {
@@ -1166,7 +1519,19 @@ def definition_json(ctx: Ctx, collection: Collection) -> dict[str, Any]:
     }
 
 
+#: headings of the stock step definitions (dspace/config/item-submission.xml, 7_x and 8_x)
+STOCK_HEADINGS = {
+    "collection": "",
+    "traditionalpageone": "submit.progressbar.describe.stepone",
+    "traditionalpagetwo": "submit.progressbar.describe.steptwo",
+    "upload": "submit.progressbar.upload",
+    "license": "submit.progressbar.license",
+}
+
+
 def definition_sections(state: DSpaceState, name: str) -> list[tuple[str, str]]:
+    """The steps of a definition: item-submission.xml's `traditional` process is collection, the
+    describe pages, upload, license (7_x and 8_x, optional steps commented out)."""
     collection = next((c for c in state.collections.values() if c.definition == name), None)
     if collection is None:
         raise ApiError(404, f"Submission definition {name} not found")
@@ -1177,6 +1542,11 @@ def definition_sections(state: DSpaceState, name: str) -> list[tuple[str, str]]:
 
 
 async def get_definition_sections(ctx: Ctx) -> Response:
+    """A definition's sections, embedded as `submissionsections`
+    (SubmissionDefinitionsControllerIT.findSections, 7_x and 8_x; the link is named `sections`,
+    SubmissionDefinitionRest, but the page embeds the resources by their plural type).
+    SubmissionSectionHalLinkFactory gives a `config` link to form and upload steps only."""
+    ctx.need_auth()
     name = ctx.request.path_params["name"]
     with ctx.state.lock:
         steps = definition_sections(ctx.state, name)
@@ -1190,7 +1560,7 @@ async def get_definition_sections(ctx: Ctx) -> Response:
         sections.append(
             {
                 "id": step,
-                "header": f"submit.progressbar.{step}",
+                "header": STOCK_HEADINGS.get(step, f"submit.progressbar.{step}"),
                 "mandatory": True,
                 "sectionType": kind,
                 "type": "submissionsection",
@@ -1200,42 +1570,62 @@ async def get_definition_sections(ctx: Ctx) -> Response:
     href = f"{ctx.base}/config/submissiondefinitions/{name}/sections"
     return json_response(
         {
-            "_embedded": {"sections": sections},
+            "_embedded": {"submissionsections": sections},
             "_links": {"self": link(href)},
-            "page": page_block(max(len(sections), 1), len(sections), 0),
+            "page": page_block(max(len(sections), 20), len(sections), 0),
         }
     )
 
 
+def form_field_json(form_field: FormField) -> dict[str, Any]:
+    """SubmissionFormConverter.getField (7_x and 8_x): a qualdrop_value field shows as a onebox
+    with one selectable metadata (label + key) per value pair; a value-pairs or vocabulary field
+    names it in controlledVocabulary (closed for value pairs); null properties are left out
+    (SubmissionFormFieldMatcher: no mandatoryMessage, no style unless set)."""
+    if form_field.pairs:
+        selectable: list[dict[str, Any]] = [
+            {"label": label, "metadata": key}
+            for (label, _), key in zip(form_field.pairs, form_field.keys, strict=True)
+        ]
+        kind = "onebox"
+    else:
+        selectable = [{"metadata": form_field.keys[0]}]
+        if form_field.vocabulary:
+            selectable[0] |= {
+                "controlledVocabulary": form_field.vocabulary,
+                "closed": form_field.closed,
+            }
+        kind = form_field.input
+    shown: dict[str, Any] = {
+        "input": {"type": kind},
+        "label": form_field.label,
+        "mandatory": form_field.required is not None,
+        "repeatable": form_field.repeatable,
+        "hints": "",
+        "selectableMetadata": selectable,
+        "typeBind": [],
+    }
+    if form_field.required:
+        shown["mandatoryMessage"] = form_field.required
+    if form_field.style:
+        shown["style"] = form_field.style
+    return shown
+
+
 async def get_submission_form(ctx: Ctx) -> Response:
-    """The fields of one form section (submissionforms.md), as rows of one field each."""
+    """The rows of one form section (SubmissionFormsControllerIT.findTraditionalPageOne: 401 for
+    anonymous callers; id, name, type submissionform, rows[].fields[])."""
+    ctx.need_auth()
     name = ctx.request.path_params["name"]
     with ctx.state.lock:
-        fields = next(
-            (c.form[name] for c in ctx.state.collections.values() if name in c.form), None
-        )
-    if fields is None:
+        rows = next((c.form[name] for c in ctx.state.collections.values() if name in c.form), None)
+    if rows is None:
         raise ApiError(404, f"Submission form {name} not found")
-    rows = [
-        {
-            "fields": [
-                {
-                    "input": {"type": "onebox"},
-                    "label": key,
-                    "mandatory": key in REQUIRED_FIELDS,
-                    "repeatable": True,
-                    "hints": "",
-                    "selectableMetadata": [{"metadata": key}],
-                }
-            ]
-        }
-        for key in sorted(fields)
-    ]
     return json_response(
         {
             "id": name,
             "name": name,
-            "rows": rows,
+            "rows": [{"fields": [form_field_json(f) for f in row]} for row in rows],
             "type": "submissionform",
             "_links": {"self": link(f"{ctx.base}/config/submissionforms/{name}")},
         }
@@ -1248,10 +1638,17 @@ async def deposit(ctx: Ctx) -> Response:
     201 with an empty body when the collection has no workflow (archived now); 201 with a
     workflowitem when it has one; 422 on validation errors; 403 when not the submitter.
     """
-    caller = ctx.need_auth()
-    media = ctx.request.headers.get("content-type", "").split(";")[0].strip().lower()
+    media = media_type(ctx.request)
+    if media not in COLLECTION_POST_TYPES:  # RestResourceController, as for workspace items
+        raise ApiError(
+            415,
+            f"Content-Type '{media or 'null'}' is not supported.",
+            headers={"Accept": ", ".join(COLLECTION_POST_TYPES)},
+            problem=True,
+        )
     if media != "text/uri-list":
-        raise ApiError(415, f"Content type '{media}' not supported; send text/uri-list")  # [U]
+        raise ApiError(405, f"POST with {media} is not emulated here; send text/uri-list")  # [U]
+    caller = ctx.need_auth()
     text = (await ctx.request.body()).decode("utf-8", "replace")
     uris = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
     if len(uris) != 1:
@@ -1275,6 +1672,9 @@ async def deposit(ctx: Ctx) -> Response:
             return Response(status_code=201)
         state._workflow_ids += 1
         wf = WorkflowItem(state._workflow_ids, item.uuid, ws.collection, ws.submitter)
+        if state.collections[ws.collection].reviewers:
+            state._task_ids += 1  # activateFirstStep: a pool task for the step's reviewers
+            wf.pool_task = state._task_ids
         state.workflow_items[wf.id] = wf
         return json_response(workflow_json(ctx, wf), 201)
 
@@ -1435,35 +1835,54 @@ async def get_bundle_bitstreams(ctx: Ctx) -> Response:
     )
 
 
-async def create_bitstream(ctx: Ctx) -> Response:
-    """B2b [V]: multipart `file` + `properties` JSON -> 201 bitstream with its MD5.
+#: the JSON properties of a BitstreamRest (with DSpaceObjectRest and BaseObjectRest): what
+#: Jackson's default ObjectMapper in BundleRestRepository.processBitstreamCreation accepts
+BITSTREAM_PROPERTIES = frozenset(
+    {
+        "id",
+        "uuid",
+        "name",
+        "handle",
+        "metadata",
+        "bundleName",
+        "sizeBytes",
+        "checkSum",
+        "sequenceId",
+        "type",
+        "errors",
+        "_links",
+    }
+)
 
-    400 without a file or with more than one; 412 when the properties declare a size or an MD5
-    the received bytes do not have ([U]: the notes name the status, not the property keys; the
-    emulator reads `sizeBytes` and `checkSum.value`, the names the bitstream JSON uses).
-    """
+
+async def create_bitstream(ctx: Ctx) -> Response:
+    """B2b [V]: multipart `file` + optional `properties` JSON -> 201 bitstream with its MD5.
+
+    BundleUploadBitstreamController + BundleRestRepository.processBitstreamCreation (7_x and 8_x):
+    `properties` is read as a BitstreamRest (an unknown key fails Jackson: 422 "The properties
+    parameter was incorrect: …"); only its name (default: the file name) and metadata are used, so
+    a declared sizeBytes or checkSum is never compared with the bytes received (the RestContract
+    text's 412 does not exist in the code). No file part: 400 (a missing required request part);
+    two files: 422 (BundleUploadBitstreamControllerIT.uploadBitstreamMultipleFiles)."""
     ctx.need_admin()
     form = await ctx.request.form()
     uploads = [v for k, v in form.multi_items() if k == "file" and isinstance(v, UploadFile)]
-    if len(uploads) != 1:
-        raise ApiError(400, "Exactly one file part named 'file' is required")
+    if not uploads:
+        raise ApiError(400, "Required part 'file' is not present.")
+    if len(uploads) > 1:
+        raise ApiError(422, "Unprocessable or invalid entity")
     raw_properties = form.get("properties")
     if isinstance(raw_properties, UploadFile):
         raw_properties = (await raw_properties.read()).decode("utf-8")
-    try:
-        properties = json.loads(raw_properties) if raw_properties else {}
-    except ValueError as exc:
-        raise ApiError(422, f"properties is not valid JSON: {exc}") from exc
-    if not isinstance(properties, dict):
-        raise ApiError(422, "properties must be a JSON object")
+    properties: Any = {}
+    if raw_properties and raw_properties.strip():
+        try:
+            properties = json.loads(raw_properties)
+        except ValueError:
+            properties = None
+        if not isinstance(properties, dict) or set(properties) - BITSTREAM_PROPERTIES:
+            raise ApiError(422, f"The properties parameter was incorrect: {raw_properties}")
     content = await uploads[0].read()
-    declared_size = properties.get("sizeBytes")
-    declared_md5 = (properties.get("checkSum") or {}).get("value")
-    if declared_size is not None and int(declared_size) != len(content):
-        raise ApiError(412, f"Declared size {declared_size} differs from received {len(content)}")
-    actual = hashlib.md5(content).hexdigest()
-    if declared_md5 and str(declared_md5).lower() != actual:
-        raise ApiError(412, f"Declared MD5 {declared_md5} differs from received {actual}")
     state = ctx.state
     with state.lock:
         bundle = readable_bundle(ctx, ctx.request.path_params["uuid"])
@@ -1566,34 +1985,108 @@ def matches(item: StoredItem, clauses: list[tuple[str | None, str, bool]]) -> bo
     return True
 
 
+#: the index factories' types (IndexableItem.TYPE etc., 7_x and 8_x): what dsoType may name,
+#: matched without case (DiscoverQueryBuilder.getDsoType); anything else is an
+#: IllegalArgumentException, which DSpaceApiExceptionControllerAdvice answers 400
+RESOURCE_TYPES = {
+    name.lower(): name
+    for name in (
+        "Item",
+        "WorkspaceItem",
+        "XmlWorkflowItem",
+        "PoolTask",
+        "ClaimedTask",
+        "Community",
+        "Collection",
+        "MetadataField",
+    )
+}
+
+Indexed = StoredItem | WorkspaceItem | WorkflowItem
+
+
+def indexed_candidates(
+    ctx: Ctx, configuration: str
+) -> list[tuple[str, StoredItem, Indexed, str | None]]:
+    """What a discovery configuration can return, as (resource type, item, object, kind).
+
+    discovery.xml (7_x and 8_x) with SolrServiceWorkspaceWorkflowRestrictionPlugin:
+    - `workspace`: (Item AND latestVersion) OR WorkspaceItem OR XmlWorkflowItem, filtered by
+      submitter_authority = the caller, administrators included
+      (DiscoveryRestControllerIT.discoverSearchObjectsWorkspaceConfigurationTest);
+    - `workflow`: PoolTask OR ClaimedTask, filtered by taskfor = the caller or their groups, so a
+      submitter who reviews nothing gets nothing (…WorkflowConfigurationTest);
+    - anything else (the default): archived, discoverable, not withdrawn items.
+    An anonymous workspace/workflow search is an IllegalStateException in the plugin, which no
+    handler maps, so DSpace answers 500."""
+    state = ctx.state
+    found: list[tuple[str, StoredItem, Indexed, str | None]] = []
+    if configuration in ("workspace", "workflow"):
+        if ctx.caller is None:
+            raise ApiError(500, "An exception has occurred")
+        me = ctx.caller.email
+        if configuration == "workspace":
+            for item in sorted(state.items.values(), key=lambda i: i.seq):
+                if item.in_archive and item.submitter == me:
+                    found.append(("Item", item, item, None))
+            for ws in state.workspace_items.values():
+                if ws.submitter == me:
+                    found.append(("WorkspaceItem", state.items[ws.item], ws, None))
+            for wf in state.workflow_items.values():
+                if wf.submitter == me:
+                    found.append(("XmlWorkflowItem", state.items[wf.item], wf, None))
+        else:
+            for wf in state.workflow_items.values():
+                reviewers = state.collections[wf.collection].reviewers
+                if wf.pool_task is not None and me.lower() in reviewers:
+                    found.append(("PoolTask", state.items[wf.item], wf, "pooltask"))
+        return found
+    for item in sorted(state.items.values(), key=lambda i: i.seq):
+        if item.in_archive and item.discoverable and not item.withdrawn:
+            found.append(("Item", item, item, None))
+    return found
+
+
+def indexed_json(ctx: Ctx, obj: Indexed, kind: str | None) -> dict[str, Any]:
+    if kind == "pooltask":
+        assert isinstance(obj, WorkflowItem)
+        return pooltask_json(ctx, obj)
+    if isinstance(obj, WorkspaceItem):
+        return workspace_json(ctx, obj)
+    if isinstance(obj, WorkflowItem):
+        return workflow_json(ctx, obj)
+    return item_json(ctx, obj)
+
+
 async def search_objects(ctx: Ctx) -> Response:
-    """B3 [V]: Lucene query over archived, discoverable items; MyDSpace configurations."""
+    """B3 [V]: a Lucene query over what the configuration indexes, filtered by dsoType.
+
+    DiscoverQueryBuilder.buildCommonDiscoverQuery + SolrServiceImpl: each dsoType becomes
+    search.resourcetype:<type> (several are OR-ed), so dsoType=item with configuration=workspace
+    leaves out workspace and workflow items. Hits: `_embedded.searchResult._embedded.objects[]`,
+    each {type discover, _links.indexableObject, _embedded.indexableObject}
+    (SearchResultMatcher.match)."""
     params = ctx.request.query_params
     query = params.get("query", "")
     configuration = params.get("configuration") or "default"
-    dso_type = (params.get("dsoType") or "item").lower()
+    wanted_types = set()
+    for raw in params.getlist("dsoType"):
+        if raw.lower() not in RESOURCE_TYPES:
+            raise ApiError(400, "Request is invalid or incorrect")
+        wanted_types.add(RESOURCE_TYPES[raw.lower()])
     scope = params.get("scope") or None
     page = max(parse_int(params.get("page"), 0, "page"), 0)
     size = min(max(parse_int(params.get("size"), DEFAULT_PAGE_SIZE, "size"), 1), MAX_PAGE_SIZE)
     clauses = parse_query(query)
     state = ctx.state
     with state.lock:
-        found: list[dict[str, Any]] = []
-        if dso_type in ("item", "all"):
-            if configuration in ("workspace", "workflow"):
-                caller = ctx.need_auth()
-                found = in_progress_hits(ctx, caller, configuration, clauses, scope)
-            else:
-                visible = [
-                    i
-                    for i in sorted(state.items.values(), key=lambda i: i.seq)
-                    if i.in_archive
-                    and i.discoverable
-                    and not i.withdrawn
-                    and (scope is None or i.collection == scope)
-                    and matches(i, clauses)
-                ]
-                found = [item_json(ctx, i) for i in visible]
+        found = [
+            indexed_json(ctx, obj, kind)
+            for resource, item, obj, kind in indexed_candidates(ctx, configuration)
+            if (not wanted_types or resource in wanted_types)
+            and (scope is None or item.collection == scope)
+            and matches(item, clauses)
+        ]
     total = len(found)
     window = found[page * size : (page + 1) * size]
     objects = [
@@ -1607,8 +2100,9 @@ async def search_objects(ctx: Ctx) -> Response:
     ]
 
     def page_href(number: int) -> str:
-        kept = {k: v for k, v in params.items() if k not in ("page", "size")}
-        return f"{ctx.base}/discover/search/objects?{urlencode({**kept, 'page': number, 'size': size})}"
+        kept = [(k, v) for k, v in params.multi_items() if k not in ("page", "size")]
+        kept += [("page", str(number)), ("size", str(size))]
+        return f"{ctx.base}/discover/search/objects?{urlencode(kept)}"
 
     block = page_block(size, total, page)
     links = {"self": link(page_href(page)), "first": link(page_href(0))}
@@ -1617,8 +2111,8 @@ async def search_objects(ctx: Ctx) -> Response:
         links["last"] = link(page_href(block["totalPages"] - 1))
     if page > 0:
         links["prev"] = link(page_href(page - 1))
-    # The notes write `_embedded.searchResults`; live DSpace 7 servers answer `searchResult`
-    # (singular), as clients written against them read it ([P], several third-party clients).
+    # DiscoveryRestControllerIT (7_x and 8_x) reads `_embedded.searchResult` (singular); the
+    # RestContract's search-endpoint.md main example still writes `searchResults`
     body = {
         "query": query or None,
         "scope": scope,
@@ -1639,40 +2133,44 @@ async def search_objects(ctx: Ctx) -> Response:
     return json_response(body)
 
 
-def in_progress_hits(
-    ctx: Ctx,
-    caller: Caller,
-    configuration: str,
-    clauses: list[tuple[str | None, str, bool]],
-    scope: str | None,
-) -> list[dict[str, Any]]:
-    """B3 [V]: `workspace`/`workflow` show the submitter's own items in progress.
+async def find_workspace_by_item(ctx: Ctx) -> Response:
+    """workspaceitems/search/item?uuid= (WorkspaceItemRestRepository.findByItemUuid; the IT's
+    findByItemUuidTest / …DoesntExistTest / …MissingParameterTest / …ForbiddenTest /
+    …UnAuthenticatedTest): 200 with the workspace item, 204 when the item has none, 400 without
+    uuid, 401 anonymous, 403 without READ on the item."""
+    return await find_in_progress_by_item(ctx, workflow=False)
 
-    [U]: the indexable object is the workspace/workflow item with the item embedded.
-    """
+
+async def find_workflow_by_item(ctx: Ctx) -> Response:
+    """workflowitems/search/item?uuid= (WorkflowItemRestRepository.findByItemUuid and its IT
+    tests of the same names): as for workspace items."""
+    return await find_in_progress_by_item(ctx, workflow=True)
+
+
+async def find_in_progress_by_item(ctx: Ctx, *, workflow: bool) -> Response:
+    wanted = ctx.request.query_params.get("uuid")
+    if not wanted:
+        raise ApiError(400, "A required parameter is missing")
+    caller = ctx.need_auth()
     state = ctx.state
-    hits: list[dict[str, Any]] = []
-    pool: list[WorkspaceItem | WorkflowItem] = list(
-        state.workspace_items.values()
-        if configuration == "workspace"
-        else state.workflow_items.values()
-    )
-    for entry in pool:
-        item = state.items[entry.item]
-        if entry.submitter != caller.email and not caller.admin:
-            continue
-        if scope is not None and item.collection != scope:
-            continue
-        if not matches(item, clauses):
-            continue
-        view = (
-            workspace_json(ctx, entry)
-            if isinstance(entry, WorkspaceItem)
-            else workflow_json(ctx, entry)
+    with state.lock:
+        pool: list[WorkspaceItem] | list[WorkflowItem] = list(
+            state.workflow_items.values() if workflow else state.workspace_items.values()
         )
-        view["_embedded"] = {"item": item_json(ctx, item)}
-        hits.append(view)
-    return hits
+        entry = next((e for e in pool if e.item == wanted), None)
+        if entry is None:
+            return Response(status_code=204)
+        reviewers = state.collections[entry.collection].reviewers
+        allowed = (
+            caller.admin
+            or entry.submitter == caller.email
+            or (workflow and caller.email.lower() in reviewers)
+        )
+        if not allowed:
+            raise ApiError(403, "Access is denied")
+        if isinstance(entry, WorkflowItem):
+            return json_response(workflow_json(ctx, entry))
+        return json_response(workspace_json(ctx, entry))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1733,10 +2231,32 @@ def control_routes(state: DSpaceState) -> list[Route]:
             {"uuid": item.uuid, "handle": item.handle, "inArchive": item.in_archive}
         )
 
+    async def reject(request: Request) -> Response:
+        """{"reviewer": e-mail, "reason": text}: the reviewer sends the item back (A6)."""
+        try:
+            loopback(request)
+            body = json.loads(await request.body() or b"{}")
+        except PermissionError:
+            return JSONResponse({"error": "loopback only"}, status_code=403)
+        except ValueError:
+            return JSONResponse({"error": "body must be JSON"}, status_code=400)
+        if not isinstance(body, dict):
+            return JSONResponse({"error": "body must be a JSON object"}, status_code=400)
+        try:
+            ws = state.reject(
+                request.path_params["ref"],
+                str(body.get("reviewer") or "reviewer@localhost"),
+                str(body.get("reason") or ""),
+            )
+        except SandboxError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=404)
+        return JSONResponse({"workspaceitem": ws.id, "uuid": ws.item})
+
     return [
         Route("/_sandbox/summary", summary, methods=["GET"]),
         Route("/_sandbox/faults", faults, methods=["POST"]),
         Route("/_sandbox/approve/{ref}", approve, methods=["POST"]),
+        Route("/_sandbox/reject/{ref}", reject, methods=["POST"]),
     ]
 
 
@@ -1750,6 +2270,7 @@ def create_app(state: DSpaceState | None = None) -> Starlette:
         ("POST", "/authn/logout", post_logout),
         ("POST", "/submission/workspaceitems", create_workspace),
         ("GET", "/submission/workspaceitems/search/findBySubmitter", find_workspace_by_submitter),
+        ("GET", "/submission/workspaceitems/search/item", find_workspace_by_item),
         ("GET", "/submission/workspaceitems/{id}", get_workspace),
         ("GET", "/submission/workspaceitems/{id}/item", get_workspace_item),
         ("PATCH", "/submission/workspaceitems/{id}", patch_workspace),
@@ -1759,6 +2280,7 @@ def create_app(state: DSpaceState | None = None) -> Starlette:
         ("GET", "/config/submissiondefinitions/{name}/sections", get_definition_sections),
         ("GET", "/config/submissionforms/{name}", get_submission_form),
         ("POST", "/workflow/workflowitems", deposit),
+        ("GET", "/workflow/workflowitems/search/item", find_workflow_by_item),
         ("GET", "/workflow/workflowitems/{id}", get_workflow),
         ("POST", "/core/items", create_item),
         ("GET", "/core/items/{uuid}", get_item),
