@@ -9,12 +9,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import httpx
+import lxml.html
 import pymarc
 import pytest
 from PIL import Image
 
 from shelfwork.connectors import AuthFailed, NotFound, RemoteRefused, RemoteUnavailable
-from shelfwork.connectors.koha import KohaRest, KohaStaff, opac_cover_url
+from shelfwork.connectors.koha import KohaRest, KohaStaff, cover_error, opac_cover_url
 from shelfwork.sandbox import RunningServer
 from shelfwork.sandbox.koha import KohaState, serve_koha
 
@@ -184,11 +185,44 @@ def test_basic_auth_disabled_is_auth_failed_saying_so(koha: Koha) -> None:
     assert_no_secret(caught.value)
 
 
-def test_wrong_basic_password_is_auth_failed_without_the_password(koha: Koha) -> None:
+def test_wrong_basic_password_is_auth_failed_naming_the_user(koha: Koha) -> None:
+    """A2 [V] Koha/REST/V1/Auth.pm `_basic_auth`: 403 with required_permissions null."""
     with koha.rest(basic=(USER, "Wrong-" + PASSWORD)) as rest, pytest.raises(AuthFailed) as caught:
         rest.get_marcxml(42)
-    assert caught.value.status == 401
+    assert caught.value.status == 403
+    assert f"Koha refused the password of API user {USER!r}" in str(caught.value)
     assert PASSWORD not in str(caught.value)
+
+
+def test_expired_basic_password_is_auth_failed_saying_so(koha: Koha) -> None:
+    koha.state.expire_password(USER)
+    with koha.rest(basic=(USER, PASSWORD)) as rest, pytest.raises(AuthFailed) as caught:
+        rest.get_marcxml(42)
+    assert caught.value.status == 403
+    assert f"the password of Koha API user {USER!r} has expired" in str(caught.value)
+    assert_no_secret(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        ("Invalid password", "Koha refused the password of API user 'u'"),
+        ("Password has expired", "the password of Koha API user 'u' has expired"),
+        ("Something else", "Koha refused API user 'u': Something else"),
+    ],
+)
+def test_403_with_null_required_permissions_is_auth_failed(error: str, expected: str) -> None:
+    """A2: Koha's exact body (`required_permissions` present and null) must not break the
+    permission message (it did: dict(None) raised TypeError)."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(403, json={"error": error, "required_permissions": None})
+
+    rest = KohaRest("http://koha.invalid", basic=("u", "p"), transport=httpx.MockTransport(answer))
+    with rest, pytest.raises(AuthFailed) as caught:
+        rest.get_marcxml(42)
+    assert expected in str(caught.value)
+    assert caught.value.status == 403
 
 
 def test_missing_permission_names_the_permission(koha: Koha) -> None:
@@ -207,13 +241,53 @@ def test_locked_record_is_auth_failed_naming_the_lock(koha: Koha) -> None:
     assert "biblio 42 is a locked record" in str(caught.value)
 
 
-def test_unparsable_record_is_refused_not_retried(koha: Koha) -> None:
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<record",
+        b"",
+        b'<record xmlns="http://www.loc.gov/MARC21/slim"><leader>00000nam a2200000 a 4500</leader>'
+        b"</record>",
+        b"<collection/>",
+    ],
+    ids=["broken", "empty", "no-fields", "no-record"],
+)
+def test_unparsable_record_is_refused_before_it_is_sent(koha: Koha, body: bytes) -> None:
+    """A1: released Koha answers such a body with a bare 500 (or stores the empty record),
+    so the connector never sends it."""
+    before = koha.state.record(42)
     with koha.rest() as rest, pytest.raises(RemoteRefused) as caught:
-        rest.put_marcxml(42, b"<record")
+        rest.put_marcxml(42, body)
     assert not isinstance(caught.value, AuthFailed)
-    assert caught.value.status == 400
-    assert "bad_record" in caught.value.body
-    assert koha.state.calls["PUT /api/v1/biblios"] == 1
+    assert "writing biblio 42: not sent" in str(caught.value)
+    assert koha.state.calls["PUT /api/v1/biblios"] == 0
+    assert koha.state.record(42) == before
+
+
+def test_bad_record_400_of_newer_koha_is_refused_not_retried(koha: Koha) -> None:
+    """A1: Koha main (2026) answers 400 bad_record for a body that has no fields."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            400,
+            json={"error": "Unable to parse record from request body", "error_code": "bad_record"},
+        )
+
+    rest = KohaRest("http://koha.invalid", basic=("u", "p"), transport=httpx.MockTransport(answer))
+    with rest, pytest.raises(RemoteRefused) as caught:
+        rest.put_marcxml(42, koha.state.record(42))
+    assert not isinstance(caught.value, AuthFailed)
+    assert "Koha could not parse the MARCXML" in str(caught.value)
+
+
+def test_put_500_is_remote_unavailable_naming_koha_s_log(koha: Koha) -> None:
+    """A1 [V] Koha/REST/Plugin/Exceptions.pm: an exception in `update` is a 500 with
+    error_code internal_server_error; only Koha's log says why."""
+    koha.state.fail_next(1, status=500, path_prefix="/api/v1/biblios")
+    with koha.rest() as rest, pytest.raises(RemoteUnavailable) as caught:
+        rest.put_marcxml(42, koha.state.record(42))
+    assert caught.value.status == 500
+    assert "Koha failed while storing biblio 42" in str(caught.value)
 
 
 def test_406_is_refused_with_the_accepted_types() -> None:
@@ -342,18 +416,136 @@ def test_upload_logs_in_again_when_the_session_expired(koha: Koha) -> None:
     assert koha.state.calls["POST /cgi-bin/koha/mainpage.pl"] == 2  # two logins
 
 
-def test_upload_of_a_non_image_is_refused_with_opnimg(koha: Koha) -> None:
+@pytest.mark.parametrize("generation", ["22.11", "24.05"])
+def test_upload_of_a_non_image_is_refused_with_opnimg(
+    make_koha: Callable[..., Koha], generation: str
+) -> None:
+    """A4: Koha shows only text (no code) in the alert; the connector names the code and says
+    what it means."""
+    koha = make_koha(generation)
     with koha.staff() as staff, pytest.raises(RemoteRefused) as caught:
         staff.upload_cover(42, b"%PDF-1.7 definitely not a picture", "cover.pdf")
-    assert "OPNIMG" in str(caught.value)
+    message = str(caught.value)
+    assert "Koha could not read the file as an image (GIF, JPEG, PNG or XPM) (OPNIMG)" in message
+    assert "Cannot process file as an image." in caught.value.body
     assert not isinstance(caught.value, AuthFailed)
     assert koha.state.covers_of(42) == []
 
 
-def test_upload_for_an_unknown_biblio_is_refused(koha: Koha) -> None:
+def test_upload_for_an_unknown_biblio_is_dberr_on_2211(make_koha: Callable[..., Koha]) -> None:
+    koha = make_koha("22.11")
     with koha.staff() as staff, pytest.raises(RemoteRefused) as caught:
         staff.upload_cover(4242, jpeg())
-    assert "DBERR" in str(caught.value)
+    assert "Koha could not store the image" in str(caught.value)
+    assert "(DBERR)" in str(caught.value)
+
+
+def test_upload_for_an_unknown_biblio_is_a_500_on_2405(koha: Koha) -> None:
+    """A4 [P] (main-derived upload-cover-image.pl): the biblio is looked up before anything
+    else, and an unknown one dies with a 500."""
+    with koha.staff() as staff, pytest.raises(RemoteUnavailable) as caught:
+        staff.upload_cover(4242, jpeg())
+    assert caught.value.status == 500
+
+
+def cover_answer(markup: str) -> str:
+    return f"<html><body><h1>Upload local cover image</h1>{markup}</body></html>"
+
+
+@pytest.mark.parametrize(
+    ("text", "code", "meaning"),
+    [
+        (
+            "Failed to unzip archive.<br />Please ensure you are uploading a valid zip file and "
+            "try again.",
+            "UZIPFAIL",
+            "Koha could not unzip the upload",
+        ),
+        (
+            "Cannot open folder index (idlink.txt or datalink.txt) to read.<br />Please verify "
+            "that it exists.",
+            "OPNLINK",
+            "idlink.txt",
+        ),
+        (
+            "Cannot process file as an image.<br />Please ensure you only upload GIF, JPEG, PNG, "
+            "or XPM images.",
+            "OPNIMG",
+            "Koha could not read the file as an image",
+        ),
+        (
+            "Unrecognized or missing field delimiter.<br />Please verify that you are using "
+            "either a single quote or a tab.",
+            "DELERR",
+            "delimiter",
+        ),
+        ("Unable to save image to database.", "DBERR", "Koha could not store the image"),
+        (
+            "An unknown error has occurred.<br />Please review the error log for more details.",
+            "unknown",
+            "Koha reported an unknown error",
+        ),
+    ],
+)
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        # main (upload-images.tt, Bootstrap 5): results in #upload_results, alert-warning
+        lambda text: (
+            '<h2>Image upload results :</h2><div id="upload_results"><div class="alert '
+            f'alert-warning"><p><strong>{text}</strong></p></div><h3>0 images found</h3></div>'
+        ),
+        # older releases: a "dialog alert" inside the results list
+        lambda text: (
+            '<p>Image upload results :</p><ul><li>0 images found</li><div class="dialog'
+            f' alert"><p><b>{text}</b></p></div></li></ul>'
+        ),
+    ],
+    ids=["main", "older"],
+)
+def test_cover_error_maps_koha_s_texts(
+    text: str, code: str, meaning: str, wrap: Callable[[str], str]
+) -> None:
+    """A4 [V] koha-tmpl/.../tools/upload-images.tt: each error code is shown as its text only."""
+    found = cover_error(lxml.html.fromstring(cover_answer(wrap(text))))
+    assert found is not None
+    assert found[0] == code
+    assert meaning in found[1]
+
+
+def test_cover_error_ignores_hidden_empty_alerts_and_pages_without_results() -> None:
+    page = (
+        '<div id="email_error" class="alert alert-warning" style="display: none;"></div>'
+        '<ul class="thumbnails"><li id="imagenumber-5" class="thumbnail"></li></ul>'
+    )
+    assert cover_error(lxml.html.fromstring(cover_answer(page))) is None
+
+
+@pytest.mark.parametrize("generation", ["22.11", "24.05"])
+def test_login_of_a_two_factor_user_says_so(
+    make_koha: Callable[..., Koha], generation: str
+) -> None:
+    """A3 [V] auth.tt + C4::Auth::checkauth: a 2FA user gets a second #loginform asking for
+    otp_token; the connector must say that, not "wrong login fields"."""
+    koha = make_koha(generation)
+    koha.state.set_syspref("TwoFactorAuthentication", "enabled")
+    koha.state.add_staff_user("twofa", "Two-Factor-Pw-4", two_factor=True)
+    with koha.staff("twofa", "Two-Factor-Pw-4") as staff, pytest.raises(AuthFailed) as caught:
+        staff.upload_cover(42, jpeg())
+    message = str(caught.value)
+    assert "the Koha staff user 'twofa' has two-factor authentication on" in message
+    assert "use a staff user without it for cover uploads" in message
+    assert "Two-Factor-Pw-4" not in message
+    assert koha.state.calls["POST /cgi-bin/koha/tools/upload-file.pl"] == 0
+
+
+def test_login_when_koha_enforces_two_factor_setup_says_so(koha: Koha) -> None:
+    koha.state.set_syspref("TwoFactorAuthentication", "enforced")
+    with koha.staff() as staff, pytest.raises(AuthFailed) as caught:
+        staff.login()
+    message = str(caught.value)
+    assert f"Koha wants the staff user {USER!r} to set up two-factor authentication" in message
+    assert "TwoFactorAuthentication" in message
 
 
 def test_upload_without_the_permission_is_auth_failed(koha: Koha) -> None:

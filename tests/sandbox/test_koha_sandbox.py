@@ -166,15 +166,39 @@ def test_a1_get_serves_iso2709_and_text_too(koha: Koha) -> None:
     assert text.status_code == 200 and "Forty-two" in text.text
 
 
-@pytest.mark.parametrize("accept", ["text/html", "*/*", "application/xml", ""])
-def test_a1_get_with_other_accept_is_406_listing_the_accepted_types(
-    koha: Koha, accept: str
-) -> None:
+@pytest.mark.parametrize("accept", ["*/*", ""])
+def test_a1_get_with_a_wildcard_or_no_accept_gets_marcxml(koha: Koha, accept: str) -> None:
+    """A1: the OpenAPI check passes (a wildcard negotiates, an empty Accept is not checked) and
+    Mojolicious' respond_to takes its first format when the header names none [U]."""
     with koha.client() as client:
         response = client.get("/api/v1/biblios/42", headers={"Accept": accept, **basic()})
+    assert response.status_code == 200
+    assert response.content == koha.state.record(42)
+
+
+def test_a1_get_with_a_known_but_unoffered_format_is_406(koha: Koha) -> None:
+    """A1: `text/html, */*` passes the OpenAPI check (the wildcard) but respond_to knows html
+    and offers no html, so Biblios.pm's `any` branch lists the types (406)."""
+    with koha.client() as client:
+        response = client.get("/api/v1/biblios/42", headers={"Accept": "text/html, */*", **basic()})
     assert response.status_code == 406
-    assert MARCXML in response.json()
-    assert "application/json" in response.json()
+    assert response.json() == [
+        "application/json",
+        MARCXML,
+        "application/marc-in-json",
+        "application/marc",
+        "text/plain",
+    ]
+
+
+def test_a1_get_picks_the_highest_q(koha: Koha) -> None:
+    with koha.client() as client:
+        response = client.get(
+            "/api/v1/biblios/42",
+            headers={"Accept": "application/marc;q=0.5, text/plain", **basic()},
+        )
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
 
 
 def test_a1_get_missing_record_is_404_json(koha: Koha) -> None:
@@ -223,28 +247,28 @@ def test_a1_put_with_another_content_type_is_406(koha: Koha) -> None:
     assert parsed(koha.state.record(42))["245"]["a"] == "Forty-two /"
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        b"",
-        b"<record",
-        b'<record xmlns="http://www.loc.gov/MARC21/slim"><leader>00000nam a2200000 a 4500</leader>'
-        b"</record>",
-        b'<?xml version="1.0"?>\n<!DOCTYPE record [<!ENTITY t "Evil">]>\n'
-        b'<record xmlns="http://www.loc.gov/MARC21/slim"><datafield tag="245" ind1="0" ind2="0">'
-        b'<subfield code="a">&t;</subfield></datafield></record>',
-    ],
-    ids=["empty", "broken", "no-fields", "doctype"],
+DOCTYPE_BODY = (
+    b'<?xml version="1.0"?>\n<!DOCTYPE record [<!ENTITY t "Evil">]>\n'
+    b'<record xmlns="http://www.loc.gov/MARC21/slim"><datafield tag="245" ind1="0" ind2="0">'
+    b'<subfield code="a">&t;</subfield></datafield></record>'
 )
-def test_a1_put_unparsable_body_is_400_bad_record(koha: Koha, body: bytes) -> None:
+
+
+@pytest.mark.parametrize("checks", [False, True], ids=["released", "main"])
+@pytest.mark.parametrize("body", [b"", DOCTYPE_BODY], ids=["empty", "doctype"])
+def test_a1_put_body_the_parser_dies_on(koha: Koha, body: bytes, checks: bool) -> None:
+    """A1: released Koha answers 500 internal_server_error, main 400 bad_record; the record is
+    never touched. (A DOCTYPE counts as a parse failure here; Koha's own handling is [U].)"""
+    koha.state.put_checks_record = checks
     before = koha.state.record(42)
     with koha.client(headers=basic()) as client:
         response = client.put("/api/v1/biblios/42", content=body, headers={"Content-Type": MARCXML})
-    assert response.status_code == 400
-    assert response.json() == {
-        "error": "Unable to parse record from request body",
-        "error_code": "bad_record",
-    }
+    if checks:
+        assert response.status_code == 400
+        assert response.json()["error_code"] == "bad_record"
+    else:
+        assert response.status_code == 500
+        assert response.json()["error_code"] == "internal_server_error"
     assert koha.state.record(42) == before
 
 
@@ -297,15 +321,6 @@ def test_a1_overlay_rule_silently_keeps_old_956(koha: Koha) -> None:
 def test_a2_no_credentials_is_401_authentication_failure(koha: Koha) -> None:
     with koha.client() as client:
         response = client.get("/api/v1/biblios/42", headers={"Accept": MARCXML})
-    assert response.status_code == 401
-    assert response.json() == {"error": "Authentication failure."}
-
-
-def test_a2_basic_with_a_wrong_password_is_401(koha: Koha) -> None:
-    with koha.client() as client:
-        response = client.get(
-            "/api/v1/biblios/42", headers={"Accept": MARCXML, **basic(USER, "nope")}
-        )
     assert response.status_code == 401
     assert response.json() == {"error": "Authentication failure."}
 
@@ -717,7 +732,7 @@ def test_a4_any_uploadedfileid_is_processed_with_200_on_2211(
         fileid = upload_temp(client, None, jpeg()).json()["fileid"]
         response = process(client, fileid, None)
     assert response.status_code == 200
-    assert "1 image(s) imported" in response.text
+    assert "1 images found" in response.text
     assert len(koha.state.covers_of(42)) == 1
 
 
@@ -743,24 +758,6 @@ def test_a4_allow_multiple_covers_off_always_replaces(koha: Koha) -> None:
             fileid = upload_temp(client, token, jpeg()).json()["fileid"]
             process(client, fileid, token, replace="")
     assert len(koha.state.covers_of(42)) == 1
-
-
-def test_a4_not_an_image_is_opnimg(koha: Koha) -> None:
-    with koha.client() as client:
-        token = meta_csrf(staff_login(client, "24.05").text)
-        fileid = upload_temp(client, token, b"%PDF-1.4 not an image").json()["fileid"]
-        response = process(client, fileid, token)
-    assert response.status_code == 200
-    assert "OPNIMG" in response.text
-    assert koha.state.covers_of(42) == []
-
-
-def test_a4_cover_for_an_unknown_biblio_is_dberr(koha: Koha) -> None:
-    with koha.client() as client:
-        token = meta_csrf(staff_login(client, "24.05").text)
-        fileid = upload_temp(client, token, jpeg()).json()["fileid"]
-        response = process(client, fileid, token, biblionumber="777")
-    assert response.status_code == 200 and "DBERR" in response.text
 
 
 def test_a4_opac_image_by_imagenumber_and_by_biblionumber(koha: Koha) -> None:

@@ -27,6 +27,7 @@ import httpx
 import lxml.html
 from lxml import etree
 
+from .. import safexml
 from . import (
     AuthFailed,
     RemoteError,
@@ -47,13 +48,33 @@ UPLOAD_ERRORS = {
     3: "the upload root directory is not defined",
     4: "the temporary directory is not defined",
 }
-#: A4: what upload-cover-image.pl's error codes mean
+#: A4: upload-cover-image.pl's error codes, by the first sentence upload-images.tt shows for
+#: each (the page never shows the code), and what each means for a person
 COVER_ERRORS = {
-    "OPNIMG": "Koha could not open the file as an image",
-    "DBERR": "Koha could not store the image (does the biblio exist?)",
-    "UZIPFAIL": "Koha could not unzip the archive",
-    "OPNLINK": "Koha could not open the archive's link file",
-    "DELERR": "the archive's link file has no field delimiter",
+    "Failed to unzip archive": (
+        "UZIPFAIL",
+        "Koha could not unzip the upload (it was processed as a ZIP file)",
+    ),
+    "Cannot open folder index": (
+        "OPNLINK",
+        "Koha could not open the ZIP's idlink.txt or datalink.txt",
+    ),
+    "Cannot process file as an image": (
+        "OPNIMG",
+        "Koha could not read the file as an image (GIF, JPEG, PNG or XPM)",
+    ),
+    "Unrecognized or missing field delimiter": (
+        "DELERR",
+        "the ZIP's link file has no comma or tab delimiter",
+    ),
+    "Unable to save image to database": (
+        "DBERR",
+        "Koha could not store the image (does the biblio exist? Koha's log has the cause)",
+    ),
+    "An unknown error has occurred": (
+        "unknown",
+        "Koha reported an unknown error (Koha's log has the cause)",
+    ),
 }
 #: a token is renewed this many seconds before Koha says it expires
 TOKEN_MARGIN = 30.0
@@ -92,7 +113,14 @@ class KohaRest:
 
     def put_marcxml(self, biblionumber: int, marcxml: bytes) -> None:
         """A1: replace the whole record. Koha may keep protected fields (overlay rules): read
-        the record again to see what was stored."""
+        the record again to see what was stored.
+
+        A body that is not a MARCXML record with fields is never sent: released Koha answers it
+        with a bare 500 (indistinguishable from an outage, so it would be retried) or stores
+        the empty record over the biblio; only Koha main (2026) refuses it with 400."""
+        problem = marcxml_problem(marcxml)
+        if problem is not None:
+            raise RemoteRefused(SYSTEM, f"writing biblio {biblionumber}: not sent, {problem}")
         self._send(
             "PUT",
             f"/biblios/{biblionumber}",
@@ -117,6 +145,13 @@ class KohaRest:
         self.close()
 
     # -- internals ------------------------------------------------------------------------------
+
+    @property
+    def _user(self) -> str:
+        """Who Koha sees: the OAuth2 client id, else the Basic auth user."""
+        if self._client_credentials is not None:
+            return self._client_credentials[0]
+        return self._basic[0] if self._basic else "?"
 
     def _send(
         self,
@@ -158,7 +193,7 @@ class KohaRest:
                 self._token = None
                 continue
             if response.status_code >= 400:
-                raise rest_error(response, what, path)
+                raise rest_error(response, what, path, self._user)
             return response
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -227,7 +262,7 @@ def answer_of(response: httpx.Response) -> dict[str, Any]:
     }
 
 
-def rest_error(response: httpx.Response, what: str, path: str) -> RemoteError:
+def rest_error(response: httpx.Response, what: str, path: str, user: str) -> RemoteError:
     """A1/A2: a RemoteError whose message says what Koha's answer means for a person."""
     status = response.status_code
     try:
@@ -244,10 +279,7 @@ def rest_error(response: httpx.Response, what: str, path: str) -> RemoteError:
         else:
             message = f"{what}: Koha refused the credentials"
     elif status == 403 and isinstance(payload, dict) and "required_permissions" in payload:
-        needed = ", ".join(
-            f"{module}: {flag}" for module, flag in dict(payload["required_permissions"]).items()
-        )
-        message = f"{what}: the Koha user is missing permission(s) {needed}"
+        message = f"{what}: {refusal_of(error, payload['required_permissions'], user)}"
     elif status == 403 and error and "locked record" in str(error):
         message = f"{what}: biblio {biblio} is a locked record in Koha"
     elif status == 403 and "Wrong CSRF token" in response.text:
@@ -259,9 +291,57 @@ def rest_error(response: httpx.Response, what: str, path: str) -> RemoteError:
         message = f"{what}: Koha does not accept this format (it accepts {accepted})"
     elif status == 400 and isinstance(payload, dict) and payload.get("error_code") == "bad_record":
         message = f"{what}: Koha could not parse the MARCXML"
+    elif status == 500 and response.request.method == "PUT":
+        # A1 [V] Koha/REST/Plugin/Exceptions.pm: any exception in `update` (ModBiblio, or
+        # before 2026 a body the parser dies on) is this 500; only Koha's log says which
+        message = (
+            f"{what}: Koha failed while storing biblio {biblio} (HTTP 500; Koha's log says why)"
+        )
     else:
         message = f"{what}: Koha answered HTTP {status}"
     return error_for(SYSTEM, response, message)
+
+
+def refusal_of(error: Any, required: Any, user: str) -> str:
+    """A2 [V] Koha/REST/V1/Auth.pm `under`: a 403 carrying `required_permissions` is
+    Authorization::Unauthorized. With permissions in it the user lacks them; null (the key is
+    always there) means Basic auth refused the password itself (`_basic_auth`), or another
+    refusal named only by `error`."""
+    if isinstance(required, dict) and required:
+        needed = ", ".join(
+            str(module) if flag in (1, "1") else f"{module}: {flag}"
+            for module, flag in required.items()
+        )
+        return f"the Koha user {user!r} is missing permission(s) {needed}"
+    if error == "Invalid password":
+        return f"Koha refused the password of API user {user!r} (wrong password or no such user)"
+    if error == "Password has expired":
+        return (
+            f"the password of Koha API user {user!r} has expired; set a new one on the patron "
+            "in Koha"
+        )
+    return f"Koha refused API user {user!r}: {error or 'no reason given'}"
+
+
+def marcxml_problem(marcxml: bytes) -> str | None:
+    """Why a body is not a MARCXML record with at least one field, or None when it is."""
+    if not marcxml.strip():
+        return "the MARCXML is empty"
+    try:
+        root = etree.fromstring(marcxml, safexml.parser())
+    except etree.XMLSyntaxError as exc:
+        return f"the MARCXML does not parse ({exc})"
+    if etree.QName(root).localname == "collection":
+        root = next((child for child in root if is_named(child, "record")), None)
+    if root is None or not is_named(root, "record"):
+        return "the MARCXML holds no record"
+    if not any(is_named(child, "controlfield", "datafield") for child in root):
+        return "the MARCXML record has no fields"
+    return None
+
+
+def is_named(element: Any, *names: str) -> bool:
+    return isinstance(element.tag, str) and etree.QName(element).localname in names
 
 
 class _SessionExpired(AuthFailed):
@@ -339,6 +419,7 @@ class KohaStaff:
             )
         if answer.status_code >= 400:
             raise error_for(SYSTEM, answer, what)
+        self._refuse_second_step(html_of(answer), answer, what)
         if login_form(html_of(answer)) is not None:
             if "Invalid username or password" in answer.text:
                 reason = "invalid username or password"
@@ -442,11 +523,12 @@ class KohaStaff:
         attached = self._staff_page(
             "POST", "/cgi-bin/koha/tools/upload-cover-image.pl", what, data=fields
         )
-        code = cover_error(html_of(attached))
-        if code is not None:
+        found = cover_error(html_of(attached))
+        if found is not None:
+            code, meaning = found
             raise RemoteRefused(
                 SYSTEM,
-                f"{what}: {COVER_ERRORS.get(code, 'the cover upload failed')} ({code})",
+                f"{what}: {meaning} ({code})",
                 method="POST",
                 url=str(attached.request.url),
                 status=attached.status_code,
@@ -469,6 +551,7 @@ class KohaStaff:
                 )
             raise error_for(SYSTEM, response, what)
         document = html_of(response)
+        self._refuse_second_step(document, response, what)
         if login_form(document) is not None:
             if "do not have permission" in response.text:
                 raise AuthFailed(
@@ -486,6 +569,33 @@ class KohaStaff:
                 status=response.status_code,
             )
         return response
+
+    def _refuse_second_step(self, document: Any, page: httpx.Response, what: str) -> None:
+        """A3: a password login that Koha holds for two-factor authentication cannot go on
+        unattended; say so instead of "wrong login fields" or "session expired"."""
+        step = second_step(document)
+        if step is None:
+            return
+        if step == "prompt":
+            reason = (
+                f"the Koha staff user {self.userid!r} has two-factor authentication on (Koha "
+                "asks for a code after the password); use a staff user without it for cover "
+                "uploads"
+            )
+        else:
+            reason = (
+                f"Koha wants the staff user {self.userid!r} to set up two-factor "
+                "authentication first (syspref TwoFactorAuthentication is 'enforced'); cover "
+                "uploads need a staff user that logs in with a password alone, which "
+                "'enforced' rules out"
+            )
+        raise AuthFailed(
+            SYSTEM,
+            f"{what}: {reason}",
+            method=page.request.method,
+            url=str(page.request.url),
+            status=page.status_code,
+        )
 
     def _csrf_token(self, page: httpx.Response) -> str | None:
         """A3: the token of the current session, from <meta name="csrf-token"> or a form's
@@ -543,17 +653,32 @@ def login_form(document: Any) -> Any | None:
     return forms[0] if forms else None
 
 
-def cover_error(document: Any) -> str | None:
-    """A4: the error code of an upload-cover-image.pl answer, None when it reports none."""
-    for alert in document.xpath("//div[contains(@class, 'alert-warning')]"):
-        code = alert.get("data-error")
-        if code:
-            return str(code)
-        text = alert.text_content()
-        for known in COVER_ERRORS:
-            if known in text:
-                return known
-        return "unknown"
+def second_step(document: Any) -> str | None:
+    """A3 [V] auth.tt: "prompt" when Koha asks for a two-factor code (TwoFA_prompt reuses
+    `#loginform`, with an `otp_token` field), "setup" when it asks the user to register an
+    authenticator first (TwoFA_setup: `#registration-form`), else None."""
+    if document.xpath("//form[@id='loginform']//input[@name='otp_token']"):
+        return "prompt"
+    if document.xpath("//*[@id='registration-form']"):
+        return "setup"
+    return None
+
+
+def cover_error(document: Any) -> tuple[str, str] | None:
+    """A4: (code, meaning) of the error an upload-cover-image.pl answer shows, None when it
+    shows none. upload-images.tt shows only the error's text in an alert div (main:
+    `#upload_results div.alert.alert-warning`; older: `div.dialog.alert`), never its code."""
+    texts = [
+        " ".join(alert.text_content().split())
+        for alert in document.xpath("//div[contains(concat(' ', @class, ' '), ' alert ')]")
+    ]
+    for text in texts:
+        for sentence, found in COVER_ERRORS.items():
+            if text.startswith(sentence):
+                return found
+    results = document.xpath("//*[@id='upload_results']//div[contains(@class, 'alert')]")
+    if any(" ".join(alert.text_content().split()) for alert in results):
+        return COVER_ERRORS["An unknown error has occurred"]
     return None
 
 

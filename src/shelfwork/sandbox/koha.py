@@ -9,6 +9,10 @@ checked against Koha's own source while writing this are marked [V] with the fil
 Two generations are emulated, because the staff login and CSRF rules changed between them:
 "22.11" (fields `userid`/`password`, no CSRF middleware) and "24.05" (hidden `csrf_token`,
 `op=cud-login`, fields `login_userid`/`login_password`, every POST checked for a CSRF token).
+`KohaState.put_checks_record` switches the REST PUT to Koha main's (2026) refusal of a body
+that has no fields; released versions die on it (500) or store the empty record.
+
+Koha's own tests pin the shapes: tests/contracts/test_koha_contract.py cites them.
 
 The control API under `/_sandbox/` (state summary, faults, record upload, sysprefs) has NO
 authentication: it exists for tests and the demo, and the sandbox only ever binds 127.0.0.1.
@@ -68,15 +72,40 @@ PUT_TYPES = ["application/json", MARCXML, "application/marc-in-json", "applicati
 
 # A4 [V] tools/upload-cover-image.pl: GD opens these formats; anything else is OPNIMG
 COVER_FORMATS = {"JPEG", "PNG", "GIF", "XPM"}
-# A4 [V] upload-images.tt: what each error code of the cover upload means
+# A4 [V] upload-images.tt (Koha-Community 03b15b8 and 0ad9220, same words): the text shown for
+# each error code, as (first sentence, second sentence) around a <br />. The code itself is
+# never shown.
 COVER_ERRORS = {
-    "OPNIMG": "Cannot process file as an image. Please ensure you only upload GIF, JPEG, PNG, "
-    "or XPM images.",
-    "DBERR": "Unable to save the image to the database.",
-    "UZIPFAIL": "Failed to unzip archive.",
-    "OPNLINK": "Cannot open the link file in the archive.",
-    "DELERR": "Unrecognized or missing field delimiter.",
+    "UZIPFAIL": (
+        "Failed to unzip archive.",
+        "Please ensure you are uploading a valid zip file and try again.",
+    ),
+    "OPNLINK": (
+        "Cannot open folder index (idlink.txt or datalink.txt) to read.",
+        "Please verify that it exists.",
+    ),
+    "OPNIMG": (
+        "Cannot process file as an image.",
+        "Please ensure you only upload GIF, JPEG, PNG, or XPM images.",
+    ),
+    "DELERR": (
+        "Unrecognized or missing field delimiter.",
+        "Please verify that you are using either a single quote or a tab.",
+    ),
+    "DBERR": ("Unable to save image to database.", ""),
 }
+UNKNOWN_COVER_ERROR = (
+    "An unknown error has occurred.",
+    "Please review the error log for more details.",
+)
+
+# A1 [V] Koha/REST/Plugin/Exceptions.pm `unhandled_exception`: any exception in a controller
+INTERNAL_ERROR = {
+    "error": "Something went wrong, check Koha logs for details.",
+    "error_code": "internal_server_error",
+}
+# A1 [V] Koha/REST/Plugin/Responses.pm `render_resource_not_found("Bibliographic record")`
+BIBLIO_NOT_FOUND = {"error": "Bibliographic record not found", "error_code": "not_found"}
 
 SAFE_XML = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
 COOKIE = "CGISESSID"
@@ -94,6 +123,7 @@ LOGIN_FIELDS = {
     "koha_login_context",
     "branch",
     "logout.x",
+    "otp_token",
 }
 
 
@@ -105,6 +135,8 @@ def default_sysprefs() -> dict[str, Any]:
         "OPACLocalCoverImages": True,
         "AllowMultipleCovers": False,
         "IntranetUserJS": "",
+        # A3 [V] C4::Auth checkauth: "disabled", "enabled" or "enforced" (staff interface only)
+        "TwoFactorAuthentication": "disabled",
     }
 
 
@@ -118,11 +150,17 @@ def placeholder_image() -> bytes:
 NO_IMAGE = placeholder_image()
 
 
+#: A3 [V] C4::Auth checkauth: the session flags of a login that still needs a second step
+SecondStep = Literal["waiting-for-2FA", "waiting-for-2FA-setup"]
+
+
 @dataclass
 class StaffSession:
-    """One CGISESSID: anonymous (user None, made for the 24.05 login form) or logged in."""
+    """One CGISESSID: anonymous (user None, made for the 24.05 login form), logged in, or
+    waiting for the second factor (`pending`) after a right password."""
 
     user: str | None
+    pending: SecondStep | None = None
     created: float = field(default_factory=time.time)
 
 
@@ -152,6 +190,12 @@ class KohaState:
     sysprefs: dict[str, Any] = field(default_factory=default_sysprefs)
     staff_users: dict[str, str] = field(default_factory=dict)
     permissions: dict[str, frozenset[str]] = field(default_factory=dict)
+    #: users whose auth_method is "two-factor" (A3), and users whose password has expired (A2)
+    two_factor: set[str] = field(default_factory=set)
+    expired_passwords: set[str] = field(default_factory=set)
+    #: A1 [V] Koha main (2026) Biblios.pm `update`: a body that does not parse, or parses to a
+    #: record with no fields, is 400 bad_record. Off = released versions (see `put_biblio`).
+    put_checks_record: bool = False
     oauth_clients: dict[str, tuple[str, str]] = field(default_factory=dict)
     tokens: dict[str, tuple[str, float]] = field(default_factory=dict)
     token_ttl: int = 3600
@@ -203,7 +247,12 @@ class KohaState:
             self.records[biblionumber] = marcxml_of(kept)
 
     def add_staff_user(
-        self, userid: str, password: str, permissions: frozenset[str] | set[str] = ALL_PERMISSIONS
+        self,
+        userid: str,
+        password: str,
+        permissions: frozenset[str] | set[str] = ALL_PERMISSIONS,
+        *,
+        two_factor: bool = False,
     ) -> None:
         unknown = set(permissions) - ALL_PERMISSIONS
         if unknown:
@@ -211,6 +260,17 @@ class KohaState:
         with self._lock:
             self.staff_users[userid] = password
             self.permissions[userid] = frozenset(permissions)
+            if two_factor:
+                self.two_factor.add(userid)
+            else:
+                self.two_factor.discard(userid)
+
+    def expire_password(self, userid: str) -> None:
+        """A2: the patron's password_expiration_date has passed (auth_basic.t)."""
+        with self._lock:
+            if userid not in self.staff_users:
+                raise SandboxError(f"sandbox koha: no staff user {userid!r}")
+            self.expired_passwords.add(userid)
 
     def add_oauth_client(self, client_id: str, secret: str, userid: str) -> None:
         """A2: an API key made on a staff patron; requests run with that patron's rights."""
@@ -269,6 +329,9 @@ class KohaState:
                 "covers": {str(b): list(n) for b, n in self.covers.items()},
                 "sysprefs": dict(self.sysprefs),
                 "staff_users": sorted(self.staff_users),
+                "two_factor": sorted(self.two_factor),
+                "expired_passwords": sorted(self.expired_passwords),
+                "put_checks_record": self.put_checks_record,
                 "oauth_clients": sorted(self.oauth_clients),
                 "locked": sorted(self.locked),
                 "overlay_keep": sorted(self.overlay_keep),
@@ -286,6 +349,22 @@ class KohaState:
         with self._lock:
             known = self.staff_users.get(userid)
         return known is not None and hmac.compare_digest(known, password)
+
+    def password_expired(self, userid: str) -> bool:
+        with self._lock:
+            return userid in self.expired_passwords
+
+    def second_step(self, userid: str) -> SecondStep | None:
+        """A3 [V] C4::Auth checkauth: after a right staff password, a 2FA patron must give a code
+        ("waiting-for-2FA"); with TwoFactorAuthentication "enforced" a password-only patron
+        must first register an authenticator ("waiting-for-2FA-setup")."""
+        with self._lock:
+            mode = self.sysprefs["TwoFactorAuthentication"]
+            if mode == "disabled":
+                return None
+            if userid in self.two_factor:
+                return "waiting-for-2FA"
+            return "waiting-for-2FA-setup" if mode == "enforced" else None
 
     def has_permission(self, userid: str, permission: str) -> bool:
         with self._lock:
@@ -315,10 +394,10 @@ class KohaState:
 
     # -- A3: staff sessions and CSRF tokens -----------------------------------------------------
 
-    def new_session(self, user: str | None) -> str:
+    def new_session(self, user: str | None, pending: SecondStep | None = None) -> str:
         with self._lock:
             session_id = secrets.token_hex(16)
-            self.sessions[session_id] = StaffSession(user)
+            self.sessions[session_id] = StaffSession(user, pending)
             return session_id
 
     def drop_session(self, session_id: str) -> None:
@@ -326,13 +405,19 @@ class KohaState:
             self.sessions.pop(session_id, None)
 
     def session(self, session_id: str | None) -> tuple[str, StaffSession | None]:
-        """Koha's check_cookie_auth status: ok, anon, expired or failed."""
+        """Koha's check_cookie_auth status: ok, anon, expired, failed, or (A3 [V] C4::Auth) a
+        login waiting for its second step: additional-auth-needed or
+        setup-additional-auth-needed."""
         with self._lock:
             if not session_id:
                 return "failed", None
             found = self.sessions.get(session_id)
             if found is None:
                 return ("expired" if session_id in self.expired_sessions else "failed"), None
+            if found.pending == "waiting-for-2FA":
+                return "additional-auth-needed", found
+            if found.pending == "waiting-for-2FA-setup":
+                return "setup-additional-auth-needed", found
             return ("ok" if found.user else "anon"), found
 
     def csrf_token(self, session_id: str) -> str:
@@ -388,9 +473,17 @@ class KohaState:
 
 
 def parse_marcxml(body: bytes) -> pymarc.Record | None:
-    """A1: the record in a MARCXML body, or None when Koha would find no fields in it.
+    """A1: the record in a MARCXML body, or None when Koha would find no fields in it."""
+    record = read_marcxml(body)
+    return record if record is not None and record.fields else None
 
-    Parsed with lxml without entities, DTDs or network; a DOCTYPE is refused outright.
+
+def read_marcxml(body: bytes) -> pymarc.Record | None:
+    """A1: what MARC::Record->new_from_xml makes of a body: None where it dies (empty body,
+    XML that is not well-formed), else a record, with no fields when the XML holds none.
+
+    Parsed with lxml without entities, DTDs or network; a DOCTYPE counts as a parse failure
+    (what Koha's parser does with one is [U]), as does a root that is not a record ([U]).
     """
     if not body or not body.strip():
         return None
@@ -411,8 +504,7 @@ def parse_marcxml(body: bytes) -> pymarc.Record | None:
         )
     if root is None or etree.QName(root).localname != "record":
         return None
-    record = record_from_element(root)
-    return record if record.fields else None
+    return record_from_element(root)
 
 
 def record_from_element(element: etree._Element) -> pymarc.Record:
@@ -445,18 +537,24 @@ def marcxml_of(record: pymarc.Record) -> bytes:
 
 
 def parse_body(content_type: str, body: bytes) -> pymarc.Record | None:
-    """A1 [V] Biblios.pm `update`: the three formats a PUT accepts; None = unparsable."""
+    """A1 [V] Biblios.pm `update`: the record in one of the three formats a PUT accepts.
+
+    None where Koha's parser dies (not well-formed XML, JSON that does not parse or is not
+    MARC-in-JSON); a record with no fields where it "returns a record with zero fields rather
+    than dying" (Biblios.pm main's comment), e.g. an ISO 2709 body that is not one ([U] which
+    inputs go which way beyond biblios.t's cases).
+    """
+    if MARCXML in content_type:
+        return read_marcxml(body)
     try:
-        if MARCXML in content_type:
-            return parse_marcxml(body)
         if "application/marc-in-json" in content_type:
             records = list(pymarc.JSONReader(body.decode("utf-8")))
         else:
             records = list(pymarc.MARCReader(body, to_unicode=True, force_utf8=True))
-    except Exception:  # any parser failure is Koha's "Unable to parse"
+    except Exception:  # a parser that dies: Koha's try/catch (main) or a 500 (released)
         return None
     record = records[0] if records else None
-    return record if record is not None and record.fields else None
+    return record if record is not None else pymarc.Record()
 
 
 def apply_modbiblio(
@@ -633,7 +731,9 @@ class KohaApp:
         return PlainTextResponse("Wrong CSRF token", 403)
 
     def rest_user(self, request: Request, permission: str) -> str | Response:
-        """A2 [V] Koha/REST/V1/Auth.pm: Bearer first, then Basic, then the CGISESSID cookie."""
+        """A2 [V] Koha/REST/V1/Auth.pm `authenticate_api_request`: Bearer first, then Basic,
+        then the CGISESSID cookie. `under` renders Authentication::* as 401 {error} and
+        Authorization::Unauthorized as 403 {error, required_permissions}."""
         header = request.headers.get("authorization", "")
         user: str | None
         if header.startswith("Bearer "):
@@ -643,14 +743,16 @@ class KohaApp:
         elif header.startswith("Basic "):
             if not self.state.syspref("RESTBasicAuth"):
                 return JSONResponse({"error": "Basic authentication disabled"}, 401)
-            user = self.basic_user(header)
-            if user is None:
-                return JSONResponse({"error": "Authentication failure."}, 401)
+            basic = self.basic_user(header)
+            if isinstance(basic, Response):
+                return basic
+            user = basic
         else:
             status, session = self.state.session(request.cookies.get(COOKIE))
             if status == "expired":
                 return JSONResponse({"error": "Session has been expired."}, 401)
-            user = session.user if session is not None else None
+            # "anon" and a login waiting for its second factor (A3) carry no user
+            user = session.user if status == "ok" and session is not None else None
             if user is None:
                 return JSONResponse({"error": "Authentication failure."}, 401)
         if not self.state.has_permission(user, permission):
@@ -663,13 +765,23 @@ class KohaApp:
             )
         return user
 
-    def basic_user(self, header: str) -> str | None:
+    def basic_user(self, header: str) -> str | Response:
+        """A2 [V] Auth.pm `_basic_auth` (auth_basic.t 'failure tests'): a wrong password or an
+        unknown user is 403 "Invalid password", an expired password 403 "Password has
+        expired", both with `required_permissions` null (the exception's unset field).
+        Undecodable base64 is a wrong password: Perl's decode_base64 never fails. (Koha's 401
+        for `Basic ` with nothing after it cannot reach this server: the HTTP layer refuses a
+        header value ending in a space.)"""
         try:
-            decoded = base64.b64decode(header.split(" ", 1)[1].strip(), validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError, IndexError):
-            return None
+            decoded = base64.b64decode(header[len("Basic ") :].strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            decoded = ""
         userid, _, password = decoded.partition(":")
-        return userid if self.state.check_password(userid, password) else None
+        if not self.state.check_password(userid, password):
+            return unauthorized("Invalid password")
+        if self.state.password_expired(userid):
+            return unauthorized("Password has expired")
+        return userid
 
     async def get_biblio(self, request: Request) -> Response:
         """A1 [V]: GET a biblio; the Accept header picks the format."""
@@ -679,18 +791,18 @@ class KohaApp:
         user = self.rest_user(request, "catalogue")
         if isinstance(user, Response):
             return user
+        accept = request.headers.get("accept", "")
+        refusal = accept_refusal(accept, GET_TYPES)
+        if refusal is not None:
+            return refusal
         biblionumber = int(request.path_params["biblio_id"])
         stored = self.state.stored(biblionumber)
         if stored is None:
-            # A1 [V] Koha/REST/Plugin/Responses.pm render_resource_not_found
-            return JSONResponse(
-                {"error": "Bibliographic record not found", "error_code": "not_found"}, 404
-            )
-        accept = request.headers.get("accept", "")
+            return JSONResponse(BIBLIO_NOT_FOUND, 404)
         if "application/json" in accept:  # Koha tests this first, as a substring
             record = parse_marcxml(stored)
             return JSONResponse(biblio_json(biblionumber, record or pymarc.Record()))
-        chosen = preferred_type(accept)
+        chosen = respond_to(accept)
         if chosen is None:
             return JSONResponse(GET_TYPES, 406)
         if chosen == MARCXML:
@@ -703,18 +815,27 @@ class KohaApp:
         return PlainTextResponse(str(record))
 
     async def put_biblio(self, request: Request) -> Response:
-        """A1 [V] Biblios.pm `update`: 404, then locked 403, then 406, then 400, then store."""
+        """A1 [V] Biblios.pm `update`: 404, then locked 403, then 406, then the body, then
+        ModBiblio. What a bad body gives depends on the version:
+
+        * main (2026, biblios.t 'put() malformed body tests', `put_checks_record`): a body
+          that does not parse or has no fields is 400 bad_record and nothing is stored;
+        * released versions (Koha-Community 51d5081, openfifth's 24.x copy): the parser's die
+          reaches `unhandled_exception` (500 internal_server_error), and a record with no
+          fields goes to ModBiblio, which stores it (main's comment on the check says so).
+        """
         refusal = self.rest_csrf_refusal(request)
         if refusal is not None:
             return refusal
         user = self.rest_user(request, "edit_catalogue")
         if isinstance(user, Response):
             return user
+        refusal = accept_refusal(request.headers.get("accept", ""), ["application/json"])
+        if refusal is not None:
+            return refusal
         biblionumber = int(request.path_params["biblio_id"])
         if self.state.stored(biblionumber) is None:
-            return JSONResponse(
-                {"error": "Bibliographic record not found", "error_code": "not_found"}, 404
-            )
+            return JSONResponse(BIBLIO_NOT_FOUND, 404)
         if self.state.is_locked(biblionumber):
             return JSONResponse(
                 {"error": "You do not have permission to edit a locked record"}, 403
@@ -723,11 +844,13 @@ class KohaApp:
         if not any(kind in content_type for kind in PUT_TYPES[1:]):
             return JSONResponse(PUT_TYPES, 406)
         incoming = parse_body(content_type, await request.body())
-        if incoming is None:
+        if self.state.put_checks_record and (incoming is None or not incoming.fields):
             return JSONResponse(
                 {"error": "Unable to parse record from request body", "error_code": "bad_record"},
                 400,
             )
+        if incoming is None:
+            return JSONResponse(INTERNAL_ERROR, 500)
         self.state.modify(biblionumber, incoming)
         return JSONResponse({"id": biblionumber})
 
@@ -807,9 +930,23 @@ class KohaApp:
                 return self.login_page(request, params, cookie, invalid=True, userid=userid)
             if cookie:
                 self.state.drop_session(cookie)  # A3: the session id changes at login
-            context = StaffContext(userid, self.state.new_session(userid), params, files, True)
+            # A3 [V] C4::Auth checkauth: the page's permission is checked first, then a
+            # second step is asked for instead of the page
+            pending = (
+                self.state.second_step(userid)
+                if self.state.has_permission(userid, permission)
+                else None
+            )
+            session_id = self.state.new_session(userid, pending)
+            context = StaffContext(userid, session_id, params, files, True)
+            if pending is not None:
+                return context.finish(self.second_step_page(request, params, session_id, pending))
         else:
             status, session = self.state.session(cookie)
+            if session is not None and session.pending is not None and cookie is not None:
+                # A3: the emulator holds no TOTP secret, so every otp_token is a wrong code
+                wrong = bool(params.get("otp_token"))
+                return self.second_step_page(request, params, cookie, session.pending, wrong)
             if status != "ok" or session is None or session.user is None or cookie is None:
                 return self.login_page(request, params, cookie, timed_out=status == "expired")
             context = StaffContext(session.user, cookie, params, files)
@@ -902,11 +1039,72 @@ class KohaApp:
             if self.state.generation == "24.05" and session_id
             else None,
         )
-        # A3 [U]: the login page answers 200, also for a refused login or a missing permission
+        # A3 [V] C4::Auth checkauth ends in output_html_with_http_headers: the login page is a
+        # 200, also for a refused login or a missing permission
         response = Response(page, media_type="text/html")
         if new_cookie and session_id:
             response.set_cookie(COOKIE, session_id, path="/", httponly=True, samesite="lax")
         return response
+
+    def second_step_page(
+        self,
+        request: Request,
+        params: dict[str, str],
+        session_id: str,
+        pending: SecondStep,
+        wrong_code: bool = False,
+    ) -> Response:
+        """A3 [V] auth.tt: TwoFA_prompt reuses `<form id="loginform">` (same name, same action)
+        with an `otp_token` field instead of the user and password fields, and on 24.05 the
+        csrf_token and op=cud-login; TwoFA_setup shows auth-two-factor.inc's
+        `#registration-form` and no `#loginform` at all. Both answer 200."""
+        if pending == "waiting-for-2FA-setup":
+            title = "Two-factor authentication setup"
+            body = (
+                '<div id="login">\n<h1><a href="http://koha-community.org">Koha</a></h1>\n'
+                '<div id="registration-form" style="display: none">\n<div class="alert '
+                'alert-info"><p>Can\'t scan the code?</p></div>\n<div id="errors" class="alert '
+                'alert-error" style="display: none"></div>\n<fieldset class="rows">'
+                '<input type="hidden" id="secret32" name="secret32" value="" />\n<ol>'
+                '<li><label for="qr_code">QR code: </label><img id="qr_code" src="" /></li>\n'
+                '<li><label for="pin_code">PIN code: </label><input type="text" id="pin_code" '
+                'name="pin_code" value="" /></li></ol></fieldset>\n<fieldset class="action">'
+                '<input id="register-2FA" class="btn btn-primary" type="submit" value="Register '
+                'with two-factor app" /> <a class="cancel" href="/cgi-bin/koha/members/'
+                'two_factor_auth.pl">Cancel</a></fieldset>\n</div>\n</div>'
+            )
+        else:
+            title = "Two-factor authentication"
+            if self.state.generation == "24.05":
+                fixed = [
+                    hidden("csrf_token", self.state.csrf_token(session_id)),
+                    hidden("op", "cud-login"),
+                    hidden("koha_login_context", "intranet"),
+                ]
+                alert, message = "alert alert-warning", "alert alert-info"
+            else:
+                fixed = [hidden("koha_login_context", "intranet")]
+                alert, message = "dialog alert", "dialog message"
+            carried = [hidden(k, v) for k, v in params.items() if k not in LOGIN_FIELDS]
+            error = '<div id="login_error">Invalid two-factor code</div>\n' if wrong_code else ""
+            body = (
+                '<div id="login">\n<h1><a href="http://koha-community.org">Koha</a></h1>\n'
+                f'<form action="{e(request.url.path)}" method="post" name="loginform" '
+                'id="loginform" autocomplete="off">\n'
+                + "\n".join(fixed + carried)
+                + f'\n{error}<div id="email_error" class="{alert}" style="display: none;"></div>'
+                f'\n<div id="email_success" class="{message}" style="display: none;"></div>\n'
+                '<p><label for="otp_token">Two-factor authentication code:</label>\n'
+                '<input type="text" name="otp_token" id="otp_token" class="input focus" '
+                'value="" size="20" tabindex="1" /></p>\n<p><input type="submit" '
+                'id="submit-button" class="btn btn-primary" value="Verify code" />\n'
+                '<a class="send_otp" id="send_otp" href="#">Send the code by email</a>\n'
+                '<a class="cancel" id="logout" href="/cgi-bin/koha/mainpage.pl?logout.x=1">'
+                "Cancel</a></p>\n</form>\n</div>"
+            )
+        csrf = self.state.csrf_token(session_id) if self.state.generation == "24.05" else None
+        page = staff_page(self.state, title=title, body_id="main_auth", body=body, csrf=csrf)
+        return Response(page, media_type="text/html")
 
     def page_csrf(self, context: StaffContext) -> str | None:
         """A3 [V]: 24.05 pages carry a fresh token in <meta name="csrf-token"> (file-upload.js)."""
@@ -1006,6 +1204,14 @@ class KohaApp:
         params = context.params
         fileid = params.get("uploadedfileid")
         biblionumber = as_int(params.get("biblionumber"))
+        if (
+            self.state.generation == "24.05"
+            and params.get("biblionumber")
+            and self.state.stored(biblionumber) is None
+        ):
+            # A4 [P] (main-derived pders01 fork): the biblio's cover list is read before
+            # anything else, and `$biblio->cover_images` on an unknown biblio dies
+            return PlainTextResponse("Internal Server Error", 500)
         if self.state.generation == "24.05":
             # A4 [P] (pders01 fork): 24.05+ acts only on op=cud-process
             process = bool(fileid) and params.get("op") == "cud-process"
@@ -1025,8 +1231,8 @@ class KohaApp:
         except LookupError:  # Koha dies on an unknown upload id: a bare 500
             return PlainTextResponse("Internal Server Error", 500)
         if isinstance(outcome, str):
-            # A4 [V]: on error 200 HTML naming the error (the markup itself is [U])
-            return context.finish(self.cover_page(context, biblionumber, error=outcome))
+            # A4 [V]: on error a 200 page showing the error's text (not its code)
+            return context.finish(self.cover_page(context, biblionumber, error=outcome, total=0))
         if self.state.generation == "24.05":
             # A4 [P]: a single-image success redirects to the record's cover list
             target = f"/cgi-bin/koha/tools/upload-cover-image.pl?biblionumber={biblionumber}"
@@ -1041,44 +1247,47 @@ class KohaApp:
         error: str | None = None,
         total: int | None = None,
     ) -> Response:
-        """A4 [V] upload-images.tt: results or error, the upload form, and the cover list with
-        `<li id="imagenumber-N" class="thumbnail">` items."""
-        parts = []
-        if error:
-            parts.append(
-                f'<div class="alert alert-warning" data-error="{error}"><p><strong>Error '
-                f"({error}):</strong> {e(COVER_ERRORS[error])}</p></div>"
+        """A4 upload-images.tt: the results of a processed upload (`total` set), the upload
+        forms, and the cover list with `<li id="imagenumber-N" class="thumbnail">` items."""
+        stored = self.state.stored(biblionumber)
+        title = title_of(parse_marcxml(stored)) if stored is not None else None
+        if title is not None:
+            heading = (
+                '<h1>Upload local cover image for <a href="/cgi-bin/koha/catalogue/detail.pl?'
+                f'biblionumber={biblionumber}"><em>{e(title)}</em></a></h1>'
             )
+        else:
+            heading = "<h1>Upload local cover image</h1>"
+        parts = [heading]
         if total is not None:
-            parts.append(
-                '<div class="alert alert-info"><h3>Image upload results :</h3>'
-                f"<ul><li>{total} image(s) imported</li></ul></div>"
-            )
+            parts.append(self.cover_results(biblionumber, total, error))
         csrf = self.page_csrf(context)
         form_fields = [
             hidden("uploadedfileid", ""),
             hidden("biblionumber", str(biblionumber or "")),
+            hidden("filetype", "image"),
         ]
         if csrf:
             form_fields[:0] = [hidden("csrf_token", csrf), hidden("op", "cud-process")]
         parts.append(
-            '<form method="post" action="/cgi-bin/koha/tools/upload-cover-image.pl" '
-            'id="process_images">\n'
+            '<form method="post" id="processfile" action="/cgi-bin/koha/tools/'
+            'upload-cover-image.pl" enctype="multipart/form-data">\n'
             + "\n".join(form_fields)
-            + '\n<input type="radio" name="filetype" value="image" checked="checked" /> image'
-            '\n<input type="radio" name="filetype" value="zip" /> zip'
-            '\n<input type="checkbox" name="replace" value="1" /> Replace existing covers'
-            '\n<input type="submit" class="btn btn-primary" value="Process images" />\n</form>'
+            + '\n<input type="checkbox" id="replace" name="replace" value="1" /> Replace '
+            'existing covers\n<fieldset id="process_images" class="action"><button '
+            'type="submit" class="btn btn-primary btn-sm save_image">Process images</button>'
+            "</fieldset>\n</form>"
         )
         if biblionumber is not None and self.state.syspref("LocalCoverImages"):
             items = "\n".join(
                 f'<li id="imagenumber-{n}" class="thumbnail"><a class="show_cover" '
                 f'data-coverimg="{n}" href="/cgi-bin/koha/catalogue/imageviewer.pl?'
-                f'biblionumber={biblionumber}&amp;imagenumber={n}">\n   <img alt="" '
-                f'src="/cgi-bin/koha/catalogue/image.pl?imagenumber={n}&amp;thumbnail=1"></a></li>'
+                f'biblionumber={biblionumber}&amp;imagenumber={n}">\n   <img id="thumbnail_{n}" '
+                f'src="/cgi-bin/koha/catalogue/image.pl?imagenumber={n}&amp;thumbnail=1" '
+                'alt="Thumbnail" /></a></li>'
                 for n in self.state.covers_of(biblionumber)
             )
-            parts.append(f'<ul class="thumbnails">\n{items}\n</ul>')
+            parts.append(f'<h3>Existing images</h3>\n<ul class="thumbnails">\n{items}\n</ul>')
         page = staff_page(
             self.state,
             title="Upload local cover image",
@@ -1087,6 +1296,37 @@ class KohaApp:
             csrf=csrf,
         )
         return Response(page, media_type="text/html")
+
+    def cover_results(self, biblionumber: int | None, total: int, error: str | None) -> str:
+        """A4 upload-images.tt under `uploadimage`: the error is shown only as its text, two
+        sentences around a <br />, never as its code. Main (Koha-Community 03b15b8, [V]):
+        `#upload_results` with div.alert.alert-warning and <strong>. Older (0ad9220, [V]; that
+        22.11 still had it is [P]): a <ul> with div.dialog.alert and <b>."""
+        text = ""
+        if error is not None:
+            first, second = COVER_ERRORS.get(error, UNKNOWN_COVER_ERROR)
+            text = e(first) + (f"<br />{e(second)}" if second else "")
+        if self.state.generation == "24.05":
+            alert = (
+                f'<div class="alert alert-warning">\n<p><strong>{text}</strong></p>\n</div>\n'
+                if error is not None
+                else ""
+            )
+            return (
+                '<h2>Image upload results :</h2>\n<div id="upload_results">\n'
+                f"{alert}<h3>{total} images found</h3>\n<ul>\n</ul>\n<hr />\n</div>"
+            )
+        alert = (
+            f'<div class="dialog alert">\n<p><b>{text}</b></p>\n</div>\n</li>\n'
+            if error is not None
+            else ""
+        )
+        return (
+            f"<p>Image upload results :</p>\n<ul>\n<li>{total} images found</li>\n{alert}"
+            f'<li><a href="/cgi-bin/koha/catalogue/detail.pl?biblionumber={biblionumber or ""}">'
+            'View final record</a></li>\n<li><a href="/cgi-bin/koha/tools/tools-home.pl">Back'
+            "</a></li>\n</ul>\n<hr />"
+        )
 
     # -- images ----------------------------------------------------------------------------------
 
@@ -1173,24 +1413,84 @@ class KohaApp:
         return JSONResponse(self.state.summary()["sysprefs"])
 
 
-def preferred_type(accept: str) -> str | None:
-    """The first MARC type the Accept header names, highest q first (Mojolicious `respond_to`);
-    wildcards name nothing, so an Accept of */* or none is a 406."""
-    ranked: list[tuple[float, int, str]] = []
-    for position, part in enumerate(accept.split(",")):
+def unauthorized(error: str) -> Response:
+    """A2 [V] Auth.pm `under`: Authorization::Unauthorized → 403 with its required_permissions,
+    null when the thrower set none (a refused password)."""
+    return JSONResponse({"error": error, "required_permissions": None}, 403)
+
+
+def accept_types(accept: str) -> list[tuple[str, float]]:
+    """The media types of an Accept header with their q (1 when absent), lower-cased."""
+    found: list[tuple[str, float]] = []
+    for part in accept.split(","):
         pieces = [piece.strip() for piece in part.split(";")]
+        if not pieces[0]:
+            continue
         quality = 1.0
         for piece in pieces[1:]:
-            if piece.startswith("q="):
+            if piece.replace(" ", "").startswith("q="):
                 try:
-                    quality = float(piece[2:])
+                    quality = float(piece.split("=", 1)[1])
                 except ValueError:
                     quality = 0.0
-        ranked.append((-quality, position, pieces[0].lower()))
-    for _, _, mime in sorted(ranked):
-        if mime in GET_TYPES[1:]:
-            return mime
-    return None
+        found.append((pieces[0].lower(), quality))
+    return found
+
+
+def accept_refusal(accept: str, produces: list[str]) -> Response | None:
+    """A1: the OpenAPI validation `valid_input` does before a controller runs (biblios.t
+    'get() tests': an Accept outside the spec's `produces` is 400, not the controller's 406).
+    Negotiation as JSON::Validator's `negotiate_content_type`: an exact type, or a wildcard in
+    the header; an empty Accept is not checked. The body is Mojolicious::Plugin::OpenAPI's
+    {errors, status} with JSON::Validator::Error's "Expected %1 - got %3." [P]"""
+    if not accept.strip():
+        return None
+    types = [mime for mime, _ in accept_types(accept)]
+    if any(mime in produces for mime in types):
+        return None
+    for mime in types:
+        if "*" in mime:
+            pattern = re.compile(re.escape(mime).replace(r"\*", ".*"))
+            if any(pattern.search(kind) for kind in produces):
+                return None
+    message = f"Expected {', '.join(produces)} - got {accept}."
+    return JSONResponse(
+        {"errors": [{"message": message, "path": "/header/Accept"}], "status": 400}, 400
+    )
+
+
+#: A1 [V] Koha/REST/V1.pm registers marcxml, mij and marc; Mojolicious knows txt, html, xml...
+FORMAT_OF = {
+    MARCXML: "marcxml",
+    "application/marc-in-json": "mij",
+    "application/marc": "marc",
+    "text/plain": "txt",
+    "text/html": "html",
+    "application/xml": "xml",
+    "text/xml": "xml",
+    "application/json": "json",
+}
+
+
+#: A1 [V] Biblios.pm `get`: the formats its respond_to offers, in its order
+RESPONDS = {
+    "marcxml": MARCXML,
+    "mij": "application/marc-in-json",
+    "marc": "application/marc",
+    "txt": "text/plain",
+}
+
+
+def respond_to(accept: str) -> str | None:
+    """A1: the MARC type Biblios.pm `get`'s respond_to picks. Mojolicious `accepts` maps the
+    Accept types (sorted by name, then highest q first) to formats and takes the first one
+    offered; when the header names no known format (*/*, or none) it takes the first offered,
+    MARCXML. None → the controller's `any` branch, a 406 ([U] beyond Mojolicious' docs)."""
+    ranked = sorted(sorted(accept_types(accept)), key=lambda item: -item[1])
+    formats = [FORMAT_OF[mime] for mime, _ in ranked if mime in FORMAT_OF]
+    if not formats:
+        return MARCXML
+    return next((RESPONDS[name] for name in formats if name in RESPONDS), None)
 
 
 def as_int(value: str | None) -> int | None:
