@@ -124,3 +124,54 @@ def test_x_forwarded_for_is_believed_from_a_configured_proxy(start_server: Start
     site = start_server(trusted_proxies=["127.0.0.1/32"])
     failed_login_from(site, "203.0.113.9")
     assert recorded_addresses(site) == {"203.0.113.9"}
+
+
+def pushed_before_refusal(
+    port: int, head: bytes, limit: int, *, chunked: bool = False
+) -> tuple[bytes, int]:
+    """Send `head`, then body bytes until the server stops taking them (or `limit` bytes).
+    Returns the server's answer and how many body bytes got into the connection."""
+    pushed = 0
+    chunk = b" " * (256 * 1024)
+    if chunked:
+        chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(head)
+        s.settimeout(1.0)  # the server stopped reading once a send stalls this long
+        try:
+            while pushed < limit:
+                s.sendall(chunk)
+                pushed += len(chunk)
+        except (TimeoutError, ConnectionResetError, BrokenPipeError):
+            pass
+        answer = b""
+        try:
+            while piece := s.recv(65536):
+                answer += piece
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return answer, pushed
+
+
+def test_a_300_mb_body_without_a_token_is_refused_without_being_read(start_server: Start) -> None:
+    """The server answers 401 after the headers and closes; the client gets only what the
+    kernel buffers into the connection, not 300 MB."""
+    site = start_server()
+    size = 300 * 1024 * 1024
+    head = (
+        f"POST /api/v1/jobs HTTP/1.1\r\nHost: shelfwork\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {size}\r\n\r\n"
+    ).encode()
+    answer, pushed = pushed_before_refusal(site.port, head, limit=64 * 1024 * 1024)
+    assert answer.startswith(b"HTTP/1.1 413 ")  # declared over the 1 MiB cap: refused at once
+    assert pushed < 16 * 1024 * 1024, pushed
+    chunked_head = (
+        b"POST /api/v1/jobs HTTP/1.1\r\nHost: shelfwork\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    answer, pushed = pushed_before_refusal(
+        site.port, chunked_head, limit=64 * 1024 * 1024, chunked=True
+    )
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+    assert b"connection: close" in answer.lower()
+    assert pushed < 16 * 1024 * 1024, pushed

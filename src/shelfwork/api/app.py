@@ -34,6 +34,7 @@ from . import (
     trackers,
 )
 from .auth import CSRF_HEADER, Auth
+from .bodies import RequestBodies
 from .errors import install
 
 if TYPE_CHECKING:
@@ -108,6 +109,8 @@ def create_app(
 
     mount_dashboard(app)
 
+    # Inside CORS, so a refusal still carries the CORS headers a Koha page needs to read it.
+    app.add_middleware(RequestBodies, max_body=engine.settings.max_body)
     if engine.settings.cors_origins:
         # Cross-origin callers (the Koha staff client) send tokens, never cookies: with
         # credentials off, no foreign page can act with a dashboard session.

@@ -1,0 +1,215 @@
+"""Request bodies: capped, and read only for callers who may send them.
+
+The app is driven at the ASGI level with a body fed chunk by chunk, so each test counts the bytes
+the app actually pulled (read and parsed), not how long something took."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from shelfwork.api.bodies import PUBLIC_BODY
+
+from .conftest import Api, ApiFactory
+
+MiB = 1024 * 1024
+CHUNK = 64 * 1024
+BIG = 16 * MiB  # far above the default cap of 1 MiB
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    pulled: int  # body bytes the app asked for
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Body:
+    """`size` bytes in CHUNK-sized pieces, made only when the app asks for them."""
+
+    size: int
+    start: bytes = b""
+    pulled: int = 0
+    done: bool = False
+    _pieces: Iterator[bytes] = field(init=False)
+
+    def __post_init__(self) -> None:
+        def pieces() -> Iterator[bytes]:
+            sent = 0
+            if self.start:
+                sent += len(self.start)
+                yield self.start
+            filler = b" " * CHUNK
+            while sent < self.size:
+                piece = filler[: self.size - sent]
+                sent += len(piece)
+                yield piece
+
+        self._pieces = pieces()
+
+    def next(self) -> tuple[bytes, bool]:
+        try:
+            piece = next(self._pieces)
+        except StopIteration:
+            self.done = True
+            return b"", False
+        self.pulled += len(piece)
+        return piece, self.pulled < self.size
+
+
+def call(
+    api: Api,
+    method: str,
+    path: str,
+    body: Body,
+    headers: dict[str, str] | None = None,
+    *,
+    chunked: bool = False,
+) -> Answer:
+    """One request through the whole app (middleware included), as uvicorn would make it."""
+    app = api.client.app
+    raw = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    raw.append((b"host", b"testserver"))
+    if chunked:
+        raw.append((b"transfer-encoding", b"chunked"))
+    else:
+        raw.append((b"content-length", str(body.size).encode()))
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": raw,
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+        "state": {},
+    }
+    sent: list[dict[str, Any]] = []
+    finished = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        if finished.is_set() or body.done:
+            await finished.wait()
+            return {"type": "http.disconnect"}
+        piece, more = body.next()
+        if not more:
+            body.done = True
+        return {"type": "http.request", "body": piece, "more_body": more}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            finished.set()
+
+    async def run() -> None:
+        await app(scope, receive, send)  # type: ignore[arg-type]
+
+    asyncio.run(run())
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    content = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    found = {k.decode().lower(): v.decode() for k, v in start.get("headers", [])}
+    return Answer(start["status"], found, content, body.pulled)
+
+
+@pytest.fixture
+def api(api_for: ApiFactory) -> Api:
+    return api_for()
+
+
+JOB = b'{"pipeline": "noop", "params": {}, "context": "'
+
+
+@pytest.mark.parametrize(
+    ("size", "chunked"), [(BIG, True), (MiB // 2, False)], ids=["chunked", "content-length"]
+)
+def test_a_body_without_a_token_is_refused_unread(api: Api, size: int, chunked: bool) -> None:
+    answer = call(api, "POST", "/api/v1/jobs", Body(size, JOB), chunked=chunked)
+    assert answer.status == 401 and answer.json()["error"] == "unauthorized"
+    assert answer.pulled == 0
+    assert answer.headers["connection"] == "close"  # the server reads no more of it either
+
+
+def test_a_declared_size_over_the_cap_is_refused_unread_even_without_a_token(api: Api) -> None:
+    answer = call(api, "POST", "/api/v1/jobs", Body(BIG, JOB))
+    assert answer.status == 413 and answer.pulled == 0
+
+
+def test_a_wrong_token_is_refused_before_the_body_too(api: Api) -> None:
+    wrong = {"Authorization": "Bearer swk_0123456789ab_wrongwrongwrongwrongwrong"}
+    answer = call(api, "POST", "/api/v1/jobs", Body(BIG, JOB), wrong, chunked=True)
+    assert answer.status == 401 and answer.pulled == 0
+
+
+def test_a_declared_size_over_the_cap_is_refused_unread(api: Api) -> None:
+    answer = call(api, "POST", "/api/v1/jobs", Body(BIG, JOB), api.operator)
+    assert answer.status == 413 and answer.json()["error"] == "too_large"
+    assert "1048576 bytes" in answer.json()["detail"]
+    assert answer.pulled == 0 and answer.headers["connection"] == "close"
+
+
+def test_a_chunked_body_is_counted_and_cut_at_the_cap(api: Api) -> None:
+    answer = call(api, "POST", "/api/v1/jobs", Body(BIG, JOB), api.operator, chunked=True)
+    assert answer.status == 413 and answer.json()["error"] == "too_large"
+    assert answer.pulled <= MiB + CHUNK
+    assert answer.headers["connection"] == "close"
+
+
+def test_the_cap_is_a_setting(api_for: ApiFactory) -> None:
+    api = api_for(max_body=4 * MiB)
+    context = "x" * (2 * MiB)
+    ok = api.client.post(
+        "/api/v1/jobs", json={"pipeline": "noop", "context": context}, headers=api.operator
+    )
+    assert ok.status_code != 413  # 2 MiB passes a 4 MiB cap (the context itself may be refused)
+    answer = call(api, "POST", "/api/v1/jobs", Body(5 * MiB, JOB), api.operator, chunked=True)
+    assert answer.status == 413 and answer.pulled <= 4 * MiB + CHUNK
+
+
+def test_ordinary_requests_still_work(api: Api) -> None:
+    made = api.client.post("/api/v1/jobs", json={"pipeline": "noop"}, headers=api.operator)
+    assert made.status_code == 202, made.text
+    assert "connection" not in made.headers  # a body read to its end keeps the connection
+
+
+def test_routes_open_to_anyone_take_only_a_small_body(api: Api) -> None:
+    """The login form (and OAI-PMH POSTs) need no token, so their cap is much smaller."""
+    login = call(
+        api,
+        "POST",
+        "/login",
+        Body(BIG, b"username=admin&password="),
+        {"Content-Type": "application/x-www-form-urlencoded"},
+        chunked=True,
+    )
+    assert login.status == 413 and login.pulled <= PUBLIC_BODY + CHUNK
+    declared = call(api, "POST", "/login", Body(BIG), {"Content-Type": "text/plain"})
+    assert declared.status == 413 and declared.pulled == 0
+
+
+def test_a_dashboard_form_post_without_a_session_goes_to_the_login_page_unread(api: Api) -> None:
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    answer = call(api, "POST", "/jobs", Body(BIG, b"pipeline=noop&params="), form, chunked=True)
+    assert answer.status == 303 and answer.headers["location"].startswith("/login")
+    assert answer.pulled == 0
+
+
+def test_the_integrator_token_is_capped_too(api: Api) -> None:
+    _, secret = api.client.app.state.auth.tokens.create("integrator", "koha-button")  # type: ignore[attr-defined]
+    button = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
+    answer = call(api, "POST", "/integrate", Body(BIG, b'{"biblionumber": 1, "x": "'), button)
+    assert answer.status == 413 and answer.pulled == 0
