@@ -15,7 +15,7 @@ import pytest
 from shelfwork.config import load_settings
 from shelfwork.engine import Engine
 from shelfwork.pipelines.oai.snapshots import Snapshots
-from tests.support.oai_provider import Repository, generate_items, running
+from tests.support.oai_provider import LOOPBACK_HOSTS, Repository, generate_items, running
 
 REPO = Path(__file__).resolve().parents[2]
 PAGE = 20
@@ -38,6 +38,7 @@ def test_killed_harvest_resumes_from_its_token(tmp_path: Path) -> None:
                 "oai": {
                     "rules_dir": str(tmp_path / "rules"),
                     "retry_backoff": 0.01,
+                    "allow_private_hosts": LOOPBACK_HOSTS,
                     "networks": [{"acronym": "LB", "name": "LB", "base_url": provider.url}],
                 }
             },

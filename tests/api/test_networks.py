@@ -17,7 +17,14 @@ from sqlalchemy import func, select
 from shelfwork.pipelines import oai
 from shelfwork.pipelines.oai.snapshots import entries_t
 from tests.api.conftest import Api, ApiFactory
-from tests.support.oai_provider import Item, Provider, Repository, generate_items, running
+from tests.support.oai_provider import (
+    LOOPBACK_HOSTS,
+    Item,
+    Provider,
+    Repository,
+    generate_items,
+    running,
+)
 
 RULES = """
 name = "test driver"
@@ -75,6 +82,7 @@ def api(api_for: ApiFactory, tmp_path: Path, provider: Provider) -> Api:
             "oai": {
                 "rules_dir": str(rules),
                 "retry_backoff": 0.01,
+                "allow_private_hosts": LOOPBACK_HOSTS,
                 "networks": [
                     {
                         "acronym": "LB",

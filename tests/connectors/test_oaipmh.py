@@ -3,6 +3,8 @@ served on loopback behind a fault-injection layer (tests/support/oai_provider.py
 
 Contract points (issue 5, section 3; la-referencia-oaipmh-dcb.md section 2) are named H1..H16
 in the test docstrings. Sleeping is injected: no test waits for a backoff or a Retry-After.
+A hostile upstream (tests/support/oai_hostile.py) sends what a WSGI app cannot: gzip bombs,
+bytes one at a time, redirects into the server's own network.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from lxml import etree
 
-from shelfwork.connectors import AuthFailed, RemoteUnavailable
+from shelfwork.connectors import AuthFailed, RemoteRefused, RemoteUnavailable
+from shelfwork.connectors import oaipmh as oaipmh_module
 from shelfwork.connectors.oaipmh import (
     ILLEGAL_XML,
     BadArgument,
@@ -31,15 +34,19 @@ from shelfwork.connectors.oaipmh import (
     OaiClient,
     OaiError,
     Page,
+    PageTooLarge,
     Record,
     RepeatedToken,
     Throttled,
     UnsafePage,
     format_datestamp,
     parse_datestamp,
+    salvage_page,
 )
+from tests.support.oai_hostile import Hostile, drip_body, drip_headers, gzip_bomb, plain, redirect
 from tests.support.oai_provider import (
     ILLEGAL_COUNT,
+    LOOPBACK,
     START,
     Item,
     Provider,
@@ -71,6 +78,7 @@ class Sleeps(list[float]):
 
 
 def client_for(provider: Provider, sleeps: Sleeps | None = None, **options: object) -> OaiClient:
+    options.setdefault("addresses", LOOPBACK)
     return OaiClient(provider.url, sleep=sleeps if sleeps is not None else Sleeps(), **options)  # type: ignore[arg-type]
 
 
@@ -263,19 +271,49 @@ def test_retry_after_http_date_honoured(provider: Provider) -> None:
 
 
 def test_retry_after_capped_then_bounded(provider: Provider) -> None:
-    """H9: a huge Retry-After is capped per wait; past the total bound the client backs off
-    exponentially and then fails, naming the URL and the server's answer."""
+    """H9: a huge Retry-After is capped per wait; the request fails once the next wait would
+    pass the total, naming the URL and the server's answer."""
     provider.faults.failing, provider.faults.retry_after = 1000, "86400"
     sleeps = Sleeps()
-    options = {"max_retry_after": 5.0, "retry_after_cap_total": 12.0, "retries": 3, "backoff": 1.0}
+    options = {"max_wait": 5.0, "max_total_wait": 12.0, "retries": 30, "backoff": 1.0}
     with client_for(provider, sleeps, **options) as client, pytest.raises(Throttled) as caught:
         client.list_records("oai_dc")
-    assert sleeps == [5.0, 5.0, 1.0, 2.0, 4.0]
+    assert sleeps == [5.0, 5.0]
     assert isinstance(caught.value, RemoteUnavailable)
     message = str(caught.value)
     assert provider.url in message and "503" in message and "86400" in message
     assert "come back later" in message and "metadataPrefix=oai_dc" in message
-    assert len(provider.faults.requests()) == 6
+    assert len(provider.faults.requests()) == 3
+
+
+PAST = format_datetime(datetime(2001, 1, 1, tzinfo=UTC), True)
+
+
+@pytest.mark.parametrize("retry_after", ["0", PAST], ids=["zero", "past-date"])
+def test_retry_after_now_still_backs_off_and_gives_up(provider: Provider, retry_after: str) -> None:
+    """C1: Retry-After 0 or a date gone by is not an invitation to hammer: every attempt counts,
+    each wait is at least the backoff (doubling), and the request fails after `retries`."""
+    provider.faults.failing, provider.faults.retry_after = 200, retry_after
+    sleeps = Sleeps()
+    with (
+        client_for(provider, sleeps, backoff=2.0, retries=4) as client,
+        pytest.raises(Throttled),
+    ):
+        client.list_records("oai_dc")
+    assert sleeps == [2.0, 4.0, 8.0, 16.0]
+    assert len(provider.faults.requests()) == 5
+
+
+def test_retry_after_forever_stops_at_the_total_wait(provider: Provider) -> None:
+    """C1: a repository that says Retry-After: 1 for ever is given up on once the waits would
+    pass `max_total_wait`, however many attempts are left."""
+    provider.faults.failing, provider.faults.retry_after = 10_000, "1"
+    sleeps = Sleeps()
+    options = {"backoff": 1.0, "retries": 1000, "max_total_wait": 10.0}
+    with client_for(provider, sleeps, **options) as client, pytest.raises(Throttled):
+        client.list_records("oai_dc")
+    assert sleeps == [1.0, 2.0, 4.0]
+    assert len(provider.faults.requests()) == 4
 
 
 def test_503_without_retry_after_backs_off(provider: Provider) -> None:
@@ -470,3 +508,248 @@ def test_illegal_character_filter_across_chunks(pieces: list[bytes], cuts: list[
     assert out == whole
     assert cleaner.removed == len(ILLEGAL_XML.findall(data))
     etree.fromstring(b"<r>" + out.replace(b"<t>", b"") + b"</r>")
+
+
+# ------------------------------------------------------------------- outbound addresses
+
+
+def test_loopback_repository_is_refused_by_default(provider: Provider) -> None:
+    """B2: without an allow-list a repository on loopback is never contacted, nor retried."""
+    sleeps = Sleeps()
+    with (
+        OaiClient(provider.url, sleep=sleeps) as client,
+        pytest.raises(RemoteRefused) as caught,
+    ):
+        client.identify()
+    assert "loopback" in str(caught.value) and "allow_private_hosts" in str(caught.value)
+    assert provider.faults.requests() == [] and sleeps == []
+
+
+@pytest.mark.parametrize(
+    ("url", "kind"),
+    [
+        ("http://10.255.0.1/oai", "private"),
+        ("http://192.168.77.1:8080/oai", "private"),
+        ("http://169.254.169.254/latest/meta-data", "link-local"),
+        ("http://[fe80::1]/oai", "link-local"),
+        ("http://[::ffff:127.0.0.1]:{port}/oai", "loopback"),
+        ("http://[::ffff:169.254.169.254]/oai", "link-local"),
+        ("http://localhost:{port}/oai", "loopback"),
+    ],
+)
+def test_non_public_addresses_are_refused_without_a_connection(
+    provider: Provider, url: str, kind: str
+) -> None:
+    """B2: private, link-local and IPv4-mapped IPv6 forms are refused before any packet."""
+    port = provider.url.split(":")[2].split("/")[0]
+    sleeps = Sleeps()
+    started = time.monotonic()
+    with (
+        OaiClient(url.format(port=port), sleep=sleeps, timeout=30) as client,
+        pytest.raises(RemoteRefused, match=kind),
+    ):
+        client.list_records("oai_dc")
+    assert time.monotonic() - started < 2, "refused without trying to connect"
+    assert provider.faults.requests() == [] and sleeps == []
+
+
+def test_a_redirect_into_a_refused_address_is_not_followed() -> None:
+    """B2: an allowed repository that redirects elsewhere has each hop checked: another loopback
+    address (not allowed) and the cloud metadata address are refused, never reached."""
+    with Hostile("127.0.0.2") as inside, Hostile() as front:
+        inside.route("/oai", plain(200, b"<internal>secret</internal>"))
+        front.route("/hop", redirect(f"{inside.url}/oai"))
+        front.route("/meta", redirect("http://169.254.169.254/latest/meta-data/"))
+        for path, kind in (("/hop", "loopback"), ("/meta", "link-local")):
+            sleeps = Sleeps()
+            with (
+                OaiClient(f"{front.url}{path}", addresses=LOOPBACK, sleep=sleeps) as client,
+                pytest.raises(RemoteRefused, match=kind) as caught,
+            ):
+                client.identify()
+            assert "secret" not in str(caught.value) and sleeps == []
+        assert inside.requests == [] and front.requests == ["/hop", "/meta"]
+
+
+def test_error_bodies_are_quoted_short_and_clean() -> None:
+    """B2: a remote answer is quoted as a short excerpt on one line, without control
+    characters, so an error readable by viewers cannot carry a whole internal page."""
+    body = b"Forbidden\r\n\x1b[31mline two\x1b[0m\t" + b"x" * 400 + b" SECRET-AT-THE-END"
+    with Hostile() as hostile:
+        hostile.route("/oai", plain(403, body))
+        with (
+            OaiClient(f"{hostile.url}/oai", addresses=LOOPBACK, sleep=Sleeps()) as client,
+            pytest.raises(AuthFailed) as caught,
+        ):
+            client.identify()
+    error = caught.value
+    message = str(error)
+    assert "Forbidden line two" in message
+    assert "SECRET" not in message and "\n" not in message and "\x1b" not in message
+    assert len(error.body) <= oaipmh_module.QUOTED
+
+
+# --------------------------------------------------------------------- resource limits
+
+
+class CountingSpool(oaipmh_module.SpooledTemporaryFile):  # type: ignore[misc,name-defined]
+    """The client's spool, counting the bytes written to it."""
+
+    written = 0
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        CountingSpool.written += len(data)
+        return super().write(data)
+
+
+def test_a_gzip_bomb_stops_at_the_byte_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """B4: a body that inflates past `max_bytes` is refused as it inflates (the spool never
+    holds more than the cap) and not fetched again: it would be as big the next time."""
+    cap = 1 << 20
+    monkeypatch.setattr(oaipmh_module, "SpooledTemporaryFile", CountingSpool)
+    CountingSpool.written = 0
+    sleeps = Sleeps()
+    with Hostile() as hostile:
+        hostile.route("/oai", gzip_bomb(40 << 20))
+        with (
+            OaiClient(
+                f"{hostile.url}/oai", addresses=LOOPBACK, max_bytes=cap, sleep=sleeps
+            ) as client,
+            pytest.raises(PageTooLarge) as caught,
+        ):
+            client.list_records("oai_dc")
+        assert hostile.requests == ["/oai"]
+    assert "1048576 bytes" in str(caught.value)
+    assert CountingSpool.written <= cap and sleeps == []
+
+
+@pytest.mark.parametrize("route", [drip_body(0.05), drip_headers(0.05)], ids=["body", "headers"])
+def test_a_dripping_server_is_cut_at_the_request_deadline(route: object) -> None:
+    """B4: a server sending a byte every 50 ms never trips the 1 s read timeout; the request's
+    own deadline ends it (and says so)."""
+    sleeps = Sleeps()
+    with Hostile() as hostile:
+        hostile.route("/oai", route)  # type: ignore[arg-type]
+        started = time.monotonic()
+        with (
+            OaiClient(
+                f"{hostile.url}/oai",
+                addresses=LOOPBACK,
+                timeout=1.0,
+                deadline=0.6,
+                retries=0,
+                sleep=sleeps,
+            ) as client,
+            pytest.raises(RemoteUnavailable) as caught,
+        ):
+            client.list_records("oai_dc")
+        took = time.monotonic() - started
+    assert took < 1.6
+    assert "deadline" in str(caught.value)
+
+
+# ---------------------------------------------------------------------------- salvage
+
+OAI_NS = "http://www.openarchives.org/OAI/2.0/"
+PAGE_HEAD = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n'
+    f'<OAI-PMH xmlns="{OAI_NS}" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">\n'
+    "<responseDate>2024-05-01T10:00:00Z</responseDate>\n"
+    '<request verb="ListRecords" metadataPrefix="oai_dc">http://repo.test/oai</request>\n'
+    "<ListRecords>\n"
+)
+PAGE_TAIL = (
+    '<resumptionToken cursor="0" completeListSize="99">tok-1</resumptionToken>\n'
+    "</ListRecords>\n</OAI-PMH>\n"
+)
+
+
+def dc_record(identifier: str, title: str = "A title", *, opening: str = "<record>") -> str:
+    name = opening[1:].split()[0].rstrip(">")
+    prefix = name.split(":")[0] + ":" if ":" in name else ""
+    return (
+        f"{opening}<{prefix}header><{prefix}identifier>{identifier}</{prefix}identifier>"
+        f"<{prefix}datestamp>2024-04-01</{prefix}datestamp></{prefix}header>"
+        f"<{prefix}metadata><oai_dc:dc xmlns:oai_dc='http://www.openarchives.org/OAI/2.0/oai_dc/' "
+        f"xmlns:dc='http://purl.org/dc/elements/1.1/'><dc:title>{title}</dc:title></oai_dc:dc>"
+        f"</{prefix}metadata></{name}>\n"
+    )
+
+
+MARC_RECORD = (
+    "<record><header><identifier>oai:x:E</identifier><datestamp>2024-04-01</datestamp></header>"
+    '<metadata><record xmlns="http://www.loc.gov/MARC21/slim"><leader>00000nam</leader>'
+    '<datafield tag="245"><subfield code="a">Marc title</subfield></datafield></record>'
+    "</metadata></record>\n"
+)
+
+
+def salvage_example() -> bytes:
+    """A page that does not parse, holding eight records opened in every legal way and a few
+    broken ones, each broken in its own way."""
+    xmlns = f'<record xmlns="{OAI_NS}">'
+    parts = [
+        dc_record("oai:x:A"),
+        dc_record("oai:x:B", opening=xmlns),
+        dc_record(
+            "oai:x:C", '<!DOCTYPE t [<!ENTITY x SYSTEM "file:///etc/passwd">]>&x;', opening=xmlns
+        ),
+        dc_record("oai:x:D", opening=f'<oai:record xmlns:oai="{OAI_NS}">'),
+        MARC_RECORD,
+        dc_record("oai:x:F", "<unclosed>"),
+        dc_record("oai:x:G", opening="<recrd>"),
+        '<record><header status="deleted"><identifier>oai:x:H</identifier>'
+        "<datestamp>2024-04-02</datestamp></header></record>\n",
+        dc_record("oai:x:I", "caf\udce9"),  # a Latin-1 byte: not UTF-8
+    ]
+    text = PAGE_HEAD + "".join(parts) + PAGE_TAIL
+    return text.encode("utf-8", "surrogateescape")
+
+
+def test_salvage_keeps_every_record_or_says_why_not() -> None:
+    """C4: every record of an unparseable page is either read or refused under its own
+    identifier with its own reason, whatever way its start tag is written; nothing vanishes."""
+    raw = salvage_example()
+    with pytest.raises(etree.XMLSyntaxError):
+        etree.fromstring(raw)
+    answer = salvage_page(raw)
+    assert answer is not None
+    assert [r.identifier for r in answer.records] == [
+        "oai:x:A",
+        "oai:x:B",
+        "oai:x:D",
+        "oai:x:E",
+        "oai:x:H",
+    ]
+    refused = {b.identifier: b.reason for b in answer.broken}
+    assert set(refused) == {"oai:x:C", "oai:x:F", "oai:x:G", "oai:x:I"}
+    assert "DOCTYPE" in refused["oai:x:C"]
+    assert "malformed" in refused["oai:x:F"]
+    assert "recrd" in refused["oai:x:G"]
+    assert "UTF-8" in refused["oai:x:I"]
+    assert len(answer.records) + len(answer.broken) == 9
+    marc = next(r for r in answer.records if r.identifier == "oai:x:E")
+    assert marc.metadata is not None and b"Marc title" in marc.metadata
+    assert next(r for r in answer.records if r.identifier == "oai:x:H").deleted
+    assert answer.token is not None and answer.token.value == "tok-1"
+    assert answer.response_date == "2024-05-01T10:00:00Z"
+
+
+def test_salvage_through_the_client() -> None:
+    """C4: the client salvages such a page (when asked) instead of failing the harvest."""
+    with Hostile() as hostile:
+        hostile.route("/oai", plain(200, salvage_example()))
+        with OaiClient(
+            f"{hostile.url}/oai", addresses=LOOPBACK, salvage=True, sleep=Sleeps()
+        ) as client:
+            page = client.list_records("oai_dc")
+    assert len(page.records) == 5 and len(page.broken) == 4
+    assert page.token is not None and page.token.value == "tok-1"
+
+
+def test_a_page_with_a_doctype_before_its_root_is_not_salvaged() -> None:
+    """C4: entities declared for the whole page would make every record suspect: refused."""
+    raw = salvage_example().replace(
+        b"<OAI-PMH", b'<!DOCTYPE OAI-PMH [<!ENTITY e "x">]>\n<OAI-PMH', 1
+    )
+    assert salvage_page(raw) is None

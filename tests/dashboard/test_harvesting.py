@@ -26,7 +26,13 @@ from shelfwork.pipeline import Registry
 from shelfwork.pipelines import builtin, oai
 from shelfwork.pipelines.oai.validation import RuleStats, ValidationStats, ValueHistogram
 from tests.conftest import test_settings as settings_for
-from tests.support.oai_provider import Item, Repository, generate_items, start_provider
+from tests.support.oai_provider import (
+    LOOPBACK_HOSTS,
+    Item,
+    Repository,
+    generate_items,
+    start_provider,
+)
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
@@ -117,6 +123,7 @@ def engine_with_network(root: Path, provider_url: str, **settings: Any) -> Engin
             "oai": {
                 "rules_dir": str(rules),
                 "retry_backoff": 0.01,
+                "allow_private_hosts": LOOPBACK_HOSTS,
                 "networks": [network],
             }
         },

@@ -20,6 +20,7 @@ from shelfwork.pipelines.oai.snapshots import Snapshots
 from shelfwork.pipelines.oai.storage import MetadataStore
 from shelfwork.store.models import DeadLetter
 from tests.support.oai_provider import (
+    LOOPBACK_HOSTS,
     Item,
     Provider,
     Repository,
@@ -47,6 +48,7 @@ def oai_settings(tmp_path: Path, url: str, **network: Any) -> dict[str, Any]:
             "oai": {
                 "rules_dir": str(tmp_path / "rules"),
                 "retry_backoff": 0.01,
+                "allow_private_hosts": LOOPBACK_HOSTS,
                 "networks": [
                     {"acronym": "LB", "name": "Loopback", "base_url": url, **network},
                 ],

@@ -30,7 +30,7 @@ from shelfwork.sandbox import serve
 from shelfwork.sandbox.solr import SolrState, serve_solr
 from shelfwork.search import BuiltinSearch
 from shelfwork.store.database import alembic_config
-from tests.support.oai_provider import Item, Provider, Repository, running
+from tests.support.oai_provider import LOOPBACK_HOSTS, Item, Provider, Repository, running
 
 RULES = """
 name = "years"
@@ -114,6 +114,7 @@ def test_builtin_and_solr_get_only_what_changed(
         pipeline_modules=["shelfwork.pipelines.oai"],
         systems={
             "oai": {
+                "allow_private_hosts": LOOPBACK_HOSTS,
                 "rules_dir": str(rules),
                 "solr": {"url": solr.url, "core": "oai", "batch": 7},
                 "networks": [
@@ -225,6 +226,7 @@ def exposure(backend: str, make_engine: Any, upstream: Provider) -> Iterator[Exp
         pipeline_modules=["shelfwork.pipelines.oai"],
         systems={
             "oai": {
+                "allow_private_hosts": LOOPBACK_HOSTS,
                 "networks": [
                     {
                         "acronym": "EX",
@@ -232,7 +234,7 @@ def exposure(backend: str, make_engine: Any, upstream: Provider) -> Iterator[Exp
                         "base_url": upstream.url,
                         "properties": {"index_oai": True},
                     }
-                ]
+                ],
             }
         },
     )

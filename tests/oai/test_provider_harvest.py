@@ -27,6 +27,7 @@ from shelfwork.connectors.oaipmh import OaiClient
 from shelfwork.errors import DatabaseUnavailable
 from shelfwork.pipelines.oai.provider import ExposedRecord, RepositoryInfo
 from shelfwork.sandbox import RunningServer, free_port, serve
+from tests.support.oai_provider import LOOPBACK
 from tests.support.oai_source import (
     EPOCH,
     SETS,
@@ -218,7 +219,13 @@ def test_our_client_harvests_with_cursor_and_complete_list_size(
     provider: Provider, method: str
 ) -> None:
     provider.methods.clear()
-    with OaiClient(provider.url, method=method, retries=0, timeout=30) as client:  # type: ignore[arg-type]
+    with OaiClient(
+        provider.url,
+        method=method,  # type: ignore[arg-type]
+        retries=0,
+        timeout=30,
+        addresses=LOOPBACK,
+    ) as client:
         assert client.identify().granularity == "YYYY-MM-DDThh:mm:ssZ"
         pages = list(client.pages("oai_dc"))
     assert provider.methods == [method] * 14
@@ -235,7 +242,7 @@ def test_our_client_harvests_with_cursor_and_complete_list_size(
 
 
 def test_our_client_harvests_a_set_in_a_window(provider: Provider) -> None:
-    with OaiClient(provider.url, retries=0, timeout=30) as client:
+    with OaiClient(provider.url, retries=0, timeout=30, addresses=LOOPBACK) as client:
         pages = client.pages("oai_dc", set_="articles", from_="2020-04-01", until="2020-09-30")
         got = [r.identifier for page in pages for r in page.records]
     assert got == wanted(set_spec="articles", start=WINDOW_START, before=WINDOW_BEFORE)

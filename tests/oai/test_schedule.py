@@ -15,7 +15,13 @@ import pytest
 
 from shelfwork.engine import Engine
 from shelfwork.pipelines import oai
-from tests.support.oai_provider import Provider, Repository, generate_items, running
+from tests.support.oai_provider import (
+    LOOPBACK_HOSTS,
+    Provider,
+    Repository,
+    generate_items,
+    running,
+)
 
 
 @pytest.fixture
@@ -49,6 +55,7 @@ def test_cron_runs_respect_context_and_lanes(
         pipeline_modules=["shelfwork.pipelines.oai"],
         systems={
             "oai": {
+                "allow_private_hosts": LOOPBACK_HOSTS,
                 "rules_dir": str(tmp_path / "rules"),
                 "networks": [
                     {"acronym": "A", "name": "A", **network},

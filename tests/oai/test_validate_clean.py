@@ -15,7 +15,14 @@ from shelfwork.engine import Engine
 from shelfwork.pipelines import oai
 from shelfwork.pipelines.oai.snapshots import Snapshots
 from shelfwork.pipelines.oai.storage import MetadataStore
-from tests.support.oai_provider import Item, Provider, Repository, generate_items, running
+from tests.support.oai_provider import (
+    LOOPBACK_HOSTS,
+    Item,
+    Provider,
+    Repository,
+    generate_items,
+    running,
+)
 
 TRANSFORM = """
 name = "ids"
@@ -53,6 +60,7 @@ def engine(make_engine: Any, tmp_path: Path, provider: Provider) -> Engine:
         pipeline_modules=["shelfwork.pipelines.oai"],
         systems={
             "oai": {
+                "allow_private_hosts": LOOPBACK_HOSTS,
                 "rules_dir": str(rules),
                 "networks": [
                     {

@@ -10,6 +10,10 @@ gzip/deflate when the client asks. Dropped connections happen one level lower, i
 handler, because WSGI cannot close a socket without answering.
 
 Every exchange is logged on `Faults.log` so a test can check what went over the wire.
+
+The provider listens on 127.0.0.1, which shelfwork refuses to reach by default (outbound.py): a
+test that harvests it says so explicitly, with `LOOPBACK` (for an OaiClient) or `LOOPBACK_HOSTS`
+(the `allow_private_hosts` of `[systems.oai]`).
 """
 
 from __future__ import annotations
@@ -34,7 +38,15 @@ from oaipmh import common, error
 from oaipmh.metadata import MetadataRegistry
 from oaipmh.server import BatchingServer, oai_dc_writer
 
+from shelfwork.outbound import AddressPolicy
+
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+#: the loopback address the test servers listen on, allowed explicitly ([systems.oai]
+#: allow_private_hosts); everything else private stays refused
+LOOPBACK_HOSTS = ["127.0.0.1"]
+#: the same for an OaiClient made by hand
+LOOPBACK = AddressPolicy.allowing(LOOPBACK_HOSTS)
 
 OAI_DC = (
     "oai_dc",

@@ -1,12 +1,24 @@
 """OAI-PMH 2.0 harvesting client: Identify, then ListRecords page by page.
 
 It answers the faults the reference harvester's maintainers list (la-referencia-oaipmh-dcb.md
-1.2): 503 + Retry-After is honoured but bounded (per wait and in total), network errors and
-5xx are retried with exponential backoff, a page that does not parse is retried a couple of
-times (a truncated page is often transient), a repository that hands back a token it already
-gave is caught instead of looping forever, and every OAI error code becomes an exception the
-harvest pipeline can act on (`BadResumptionToken` names the token so it can restart from `from`
-with an overlap). `noRecordsMatch` is an empty page, not an error.
+1.2): 503 + Retry-After is honoured but bounded, network errors and 5xx are retried with
+exponential backoff, a page that does not parse is retried a couple of times (a truncated page is
+often transient), a repository that hands back a token it already gave is caught instead of
+looping forever, and every OAI error code becomes an exception the harvest pipeline can act on
+(`BadResumptionToken` names the token so it can restart from `from` with an overlap).
+`noRecordsMatch` is an empty page, not an error.
+
+Every attempt of a request counts, whatever failed: each wait is the backoff (doubling per
+attempt) or the server's Retry-After if longer, never more than `max_wait`; a request is given up
+after `retries` retries or when the next wait would pass `max_total_wait`. So `Retry-After: 0`
+(or a date gone by) cannot make the client hammer a repository.
+
+A repository is reached only at addresses the outbound policy allows (outbound.py: public ones,
+plus an operator's allow-list), checked on every connection, so a redirect cannot lead into the
+server's own network. A response may inflate to at most `max_bytes` (gzip bombs stop as they
+inflate) and must arrive whole within `deadline` seconds (a server sending one byte a second
+never trips a read timeout). What a remote answered is quoted in errors only as a short excerpt
+on one line.
 
 Each page is streamed to a spooled temporary file with the characters XML 1.0 forbids removed
 on the way (counted on the page), then parsed with lxml's iterparse, clearing records as they
@@ -18,22 +30,22 @@ passes it back as `pages(..., resume=token)` after a crash.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import re
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from tempfile import SpooledTemporaryFile
-from typing import IO, Literal, Self
+from typing import IO, Any, Literal, Self
 
 import httpx
 from lxml import etree
 
+from ..outbound import PUBLIC_ONLY, AddressPolicy, AddressRefused, request_deadline
 from . import (
-    EXCERPT,
     RemoteError,
     RemoteRefused,
     RemoteUnavailable,
@@ -53,6 +65,16 @@ SPOOL_IN_MEMORY = 8 << 20
 SALVAGE_LIMIT = 64 << 20
 #: how much of an error answer is read to quote it
 ERROR_BODY_LIMIT = 4096
+#: the most characters of a remote answer an error quotes (one line, no control characters)
+QUOTED = 160
+#: the most bytes one response may inflate to, by default (a network's limits may change it)
+MAX_BYTES = 100_000_000
+#: seconds one request may take in all (connect, headers, body), by default
+DEADLINE = 600.0
+#: redirects followed for one request (each hop's address is checked)
+MAX_REDIRECTS = 5
+#: bytes inflated at a time: what a gzip bomb can make the client hold at once
+INFLATE_PIECE = 1 << 20
 
 #: characters XML 1.0 forbids, in UTF-8 (C0 controls but tab/LF/CR; U+FFFE, U+FFFF) and as
 #: character references (which lxml refuses just the same); surrogates cannot occur in UTF-8
@@ -68,6 +90,19 @@ ILLEGAL_XML_MAX = 14
 ILLEGAL_XML_STARTS = (b"&", b"\xef")
 
 Method = Literal["GET", "POST"]
+
+#: terminal escape sequences, control characters and line separators a quote must not carry
+_UNPRINTABLE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_SPACES = re.compile(r"\s+")
+
+
+def quoted(text: str | bytes, limit: int = QUOTED) -> str:
+    """A remote answer as an error may quote it: on one line, without control characters or
+    terminal escapes, white space collapsed, at most `limit` characters."""
+    if isinstance(text, bytes):
+        text = text[: limit * 4].decode("utf-8", "replace")
+    flat = _SPACES.sub(" ", _UNPRINTABLE.sub(" ", text[: limit * 4])).strip()
+    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
 
 
 def tag(name: str) -> str:
@@ -153,11 +188,11 @@ class OaiError(RemoteRefused):
         self, code: str, server_message: str, *, method: str, url: str, arguments: dict[str, str]
     ) -> None:
         self.code = code
-        self.server_message = server_message
+        self.server_message = quoted(server_message)
         self.arguments = dict(arguments)
         super().__init__(
             SYSTEM,
-            f"{code} for [{describe(arguments)}]: {server_message or '(no message)'}",
+            f"{quoted(code, 40)} for [{describe(arguments)}]: {self.server_message or '(no message)'}",
             method=method,
             url=url,
             status=200,
@@ -211,7 +246,7 @@ class BadPage(RemoteError):
         self.reason = reason
         self.arguments = dict(arguments)
         self.line = line
-        self.excerpt = excerpt
+        self.excerpt = quoted(excerpt)
         #: the page's bytes, kept for salvage (clients with `salvage=True` only)
         self.raw: bytes | None = None
         where = f" at line {line}" if line is not None else ""
@@ -220,7 +255,7 @@ class BadPage(RemoteError):
             f"{self.label} for [{describe(arguments)}]{where}: {reason}",
             method=method,
             url=url,
-            body=excerpt,
+            body=self.excerpt,
         )
 
 
@@ -229,6 +264,22 @@ class UnsafePage(BadPage):
 
     transient = False
     label = "refused page"
+
+
+class PageTooLarge(BadPage):
+    """A response that inflates past the byte cap (a gzip bomb, or a page far too big): refused
+    as it inflates, never retried (it would be as big the next time)."""
+
+    transient = False
+    label = "page too large"
+
+
+class TooLarge(Exception):
+    """Raised by the Inflater; the client turns it into a PageTooLarge naming the request."""
+
+
+class UnreadableBody(Exception):
+    """A body the Inflater cannot decode (unknown coding, corrupt or cut compressed data)."""
 
 
 class Throttled(RemoteUnavailable):
@@ -339,6 +390,87 @@ class IllegalCharacterFilter:
         cleaned, count = ILLEGAL_XML.subn(b"", data)
         self.removed += count
         return cleaned
+
+
+# ---------------------------------------------------------------------------------- inflating
+
+_GZIP = 16 + zlib.MAX_WBITS
+
+
+class Inflater:
+    """A response body as sent (`iter_raw`) decoded from its Content-Encoding (gzip, deflate or
+    none) in pieces of at most INFLATE_PIECE bytes, refusing to make more than `limit` bytes: a
+    small compressed body cannot fill the spool, nor memory at once (httpx's own decoders inflate
+    each chunk whole). Raw bytes count against the limit too (endless empty gzip members).
+    """
+
+    def __init__(self, content_encoding: str, limit: int) -> None:
+        codings = [c.strip().lower() for c in content_encoding.split(",")]
+        codings = [c for c in codings if c and c != "identity"]
+        if len(codings) > 1 or (codings and codings[0] not in ("gzip", "x-gzip", "deflate")):
+            raise UnreadableBody(f"unsupported Content-Encoding {quoted(content_encoding, 60)!r}")
+        self.coding = codings[0] if codings else None
+        self.limit = limit
+        self.made = 0
+        self.received = 0
+        self._inflate: Any = None
+        self._held = b""
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        self.received += len(data)
+        if self.received > self.limit:
+            raise TooLarge
+        if self.coding is None:
+            yield self._counted(data)
+            return
+        if self._inflate is None:
+            data = self._held + data
+            if self.coding == "deflate" and len(data) < 2:
+                self._held = data  # the first two bytes say zlib or raw deflate
+                return
+            self._held = b""
+            self._inflate = zlib.decompressobj(self._wbits(data))
+        try:
+            yield from self._pieces(data)
+        except zlib.error as exc:
+            raise UnreadableBody(f"corrupt {self.coding} body: {exc}") from None
+
+    def close(self) -> None:
+        """The body ended: a compressed one must have ended where its stream says."""
+        if self.coding is None or (self._inflate is None and not self._held):
+            return
+        if self._inflate is None or not self._inflate.eof:
+            raise UnreadableBody(f"the {self.coding} body ends before its compressed stream")
+
+    def _wbits(self, head: bytes) -> int:
+        if self.coding != "deflate":
+            return _GZIP
+        # RFC 9110 deflate is a zlib stream; some servers send raw deflate (httpx accepts both)
+        zlib_header = head[0] & 0x0F == 8 and (head[0] << 8 | head[1]) % 31 == 0
+        return zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS
+
+    def _pieces(self, data: bytes) -> Iterator[bytes]:
+        z = self._inflate
+        while True:
+            piece = z.decompress(data, INFLATE_PIECE)
+            if piece:
+                yield self._counted(piece)
+            if z.eof:
+                rest = z.unused_data
+                if self.coding != "deflate" and rest.startswith(b"\x1f\x8b"):
+                    self._inflate = z = zlib.decompressobj(_GZIP)  # another gzip member
+                    data = rest
+                    continue
+                return  # bytes after the stream's end are ignored, as httpx does
+            data = z.unconsumed_tail
+            if not data and len(piece) < INFLATE_PIECE:
+                return
+
+    def _counted(self, piece: bytes) -> bytes:
+        self.made += len(piece)
+        if self.made > self.limit:
+            raise TooLarge
+        return piece
 
 
 # ------------------------------------------------------------------------------------ parsing
@@ -493,7 +625,7 @@ def line_excerpt(source: IO[bytes], line: int | None) -> str:
     source.seek(0)
     for number, text in enumerate(iter(lambda: source.readline(64 * 1024), b""), start=1):
         if number == line:
-            return text.decode("utf-8", "replace").strip()[:EXCERPT]
+            return quoted(text)
     return ""
 
 
@@ -506,7 +638,14 @@ def public_url(url: str) -> str:
 
 
 class OaiClient:
-    """One OAI-PMH repository; stateless between calls, not shared between threads."""
+    """One OAI-PMH repository; stateless between calls, not shared between threads.
+
+    `timeout` bounds each connect and read, `deadline` a whole request; `retries` counts every
+    retry of one request (throttling, network errors, 5xx, unreadable pages); a wait is
+    `backoff` doubling per attempt, or a longer Retry-After, capped at `max_wait`, and waits
+    stop at `max_total_wait` in all. `addresses` says which hosts may be reached (a `transport`
+    given by a test replaces the guarded one, and its checks).
+    """
 
     def __init__(
         self,
@@ -514,32 +653,40 @@ class OaiClient:
         *,
         method: Method = "GET",
         timeout: float = 120.0,
-        max_retry_after: float = 300.0,
-        retry_after_cap_total: float = 1800.0,
+        deadline: float = DEADLINE,
+        max_bytes: int = MAX_BYTES,
         retries: int = 5,
         backoff: float = 3.0,
+        max_wait: float = 300.0,
+        max_total_wait: float = 900.0,
         bad_page_retries: int = 2,
         salvage: bool = False,
+        addresses: AddressPolicy = PUBLIC_ONLY,
         sleep: Callable[[float], None] = time.sleep,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         if method not in ("GET", "POST"):
             raise ValueError(f"OAI-PMH method must be GET or POST, not {method!r}")
+        if backoff <= 0 or retries < 0:
+            raise ValueError("backoff must be positive and retries not negative")
         self.base_url = base_url
         self.method: Method = method
-        self.max_retry_after = max_retry_after
-        self.retry_after_cap_total = retry_after_cap_total
+        self.deadline = deadline
+        self.max_bytes = max_bytes
         self.retries = retries
         self.backoff = backoff
+        self.max_wait = max_wait
+        self.max_total_wait = max_total_wait
         self.bad_page_retries = bad_page_retries
         self.salvage = salvage
+        self.addresses = addresses
         self._url = public_url(base_url)
         self._sleep = sleep
         self._client = httpx.Client(
             timeout=timeout,
-            transport=transport,
+            transport=transport or addresses.transport(tls_context()),
             follow_redirects=True,
-            verify=tls_context(),
+            max_redirects=MAX_REDIRECTS,
             headers={"Accept-Encoding": "gzip, deflate", "User-Agent": "shelfwork-harvester"},
         )
 
@@ -640,30 +787,24 @@ class OaiClient:
             raise cls(code, message, method=self.method, url=self._url, arguments=arguments)
 
     def _call(self, arguments: dict[str, str]) -> Response:
-        """One request with the retry rules: Retry-After waits first (bounded per wait and in
-        total), then exponential backoff for 5xx, network errors and unreadable pages."""
-        failures = bad_pages = 0
+        """One request with the retry rules: every attempt counts; waits are the backoff
+        (doubling) or a longer Retry-After, capped each and in total (module docstring)."""
+        attempt = bad_pages = 0
         waited = 0.0
         while True:
+            attempt += 1
             failure: RemoteError
+            asked: float | None = None
             try:
                 return self._attempt(arguments)
             except Throttled as exc:
-                failure = exc
-                if exc.retry_after is not None:
-                    wait = min(exc.retry_after, self.max_retry_after)
-                    if waited + wait <= self.retry_after_cap_total:
-                        waited += wait
-                        log.info(
-                            "%s asks to retry after %.0f s; waiting %.0f s",
-                            self._url,
-                            exc.retry_after,
-                            wait,
-                        )
-                        self._sleep(wait)
-                        continue
+                failure, asked = exc, exc.retry_after
             except BadPage as exc:
-                if not exc.transient or bad_pages >= self.bad_page_retries:
+                if (
+                    not exc.transient
+                    or bad_pages >= self.bad_page_retries
+                    or attempt > self.retries
+                ):
                     salvaged = self._salvaged(exc)
                     if salvaged is None:
                         raise
@@ -672,12 +813,27 @@ class OaiClient:
                 failure = exc
             except RemoteUnavailable as exc:
                 failure = exc
-            if failures >= self.retries:
+            wait = self.backoff * 2 ** (attempt - 1)
+            if asked is not None:
+                wait = max(wait, asked)
+            wait = min(wait, self.max_wait)
+            if attempt > self.retries or waited + wait > self.max_total_wait:
+                log.warning(
+                    "%s: giving up after %d attempts and %.0f s of waiting",
+                    failure,
+                    attempt,
+                    waited,
+                )
                 raise failure
-            delay = self.backoff * 2**failures
-            failures += 1
-            log.warning("%s; retry %d/%d in %.0f s", failure, failures, self.retries, delay)
-            self._sleep(delay)
+            waited += wait
+            log.warning(
+                "%s; attempt %d failed, next in %.1f s (%d retries allowed)",
+                failure,
+                attempt,
+                wait,
+                self.retries,
+            )
+            self._sleep(wait)
 
     def _salvaged(self, exc: BadPage) -> Response | None:
         """A complete page with some unreadable records, read record by record (when asked)."""
@@ -720,23 +876,46 @@ class OaiClient:
         what = f"[{describe(arguments)}]"
         request = {"params": arguments} if self.method == "GET" else {"data": arguments}
         cleaner = IllegalCharacterFilter()
+        started = time.monotonic()
         try:
-            with self._client.stream(self.method, self.base_url, **request) as response:
+            with (
+                request_deadline(self.deadline),
+                self._client.stream(self.method, self.base_url, **request) as response,
+            ):
                 if response.status_code != 200:
                     raise self._status_error(response, what)
-                for chunk in response.iter_bytes():
-                    spool.write(cleaner.feed(chunk))
+                inflater = Inflater(response.headers.get("Content-Encoding", ""), self.max_bytes)
+                for raw in response.iter_raw():
+                    for piece in inflater.feed(raw):
+                        spool.write(cleaner.feed(piece))
+                inflater.close()
                 spool.write(cleaner.close())
-        except httpx.DecodingError as exc:
-            raise BadPage(
-                f"undecodable body: {exc}", method=self.method, url=self._url, arguments=arguments
-            ) from exc
-        except httpx.TransportError as exc:
-            raise RemoteUnavailable(
-                SYSTEM,
-                f"{what} got no answer: {type(exc).__name__}: {exc}".rstrip(": "),
+        except TooLarge:
+            raise PageTooLarge(
+                f"the answer inflates past {self.max_bytes} bytes; refused",
                 method=self.method,
                 url=self._url,
+                arguments=arguments,
+            ) from None
+        except UnreadableBody as exc:
+            raise BadPage(
+                str(exc), method=self.method, url=self._url, arguments=arguments
+            ) from None
+        except AddressRefused as exc:
+            raise RemoteRefused(
+                SYSTEM, f"{what} not sent: {exc}", method=self.method, url=self._url
+            ) from None
+        except (httpx.TooManyRedirects, httpx.UnsupportedProtocol) as exc:
+            raise RemoteRefused(
+                SYSTEM, f"{what}: {quoted(str(exc))}", method=self.method, url=self._url
+            ) from exc
+        except httpx.TransportError as exc:
+            if time.monotonic() - started >= self.deadline:
+                problem = f"did not finish within the {self.deadline:g} s deadline"
+            else:
+                problem = f"got no answer: {type(exc).__name__}: {quoted(str(exc))}".rstrip(": ")
+            raise RemoteUnavailable(
+                SYSTEM, f"{what} {problem}", method=self.method, url=self._url
             ) from exc
         return cleaner.removed
 
@@ -765,22 +944,22 @@ class OaiClient:
             ) from exc
 
     def _status_error(self, response: httpx.Response, what: str) -> RemoteError:
-        """The error for a non-200 answer, quoting the start of its body."""
+        """The error for a non-200 answer, quoting the start of its body (short, one line)."""
         status = response.status_code
         body = bytearray()
         try:
-            for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) >= ERROR_BODY_LIMIT:
-                    break
-        except httpx.HTTPError:
+            inflater = Inflater(response.headers.get("Content-Encoding", ""), ERROR_BODY_LIMIT)
+            for raw in response.iter_raw():
+                for piece in inflater.feed(raw):
+                    body += piece
+        except (TooLarge, UnreadableBody, httpx.HTTPError):
             pass
-        text = bytes(body[:ERROR_BODY_LIMIT]).decode("utf-8", "replace")
+        text = quoted(bytes(body[:ERROR_BODY_LIMIT]))
         message = f"{what} answered HTTP {status}"
         if status in (429, 503):
             header = response.headers.get("Retry-After")
             if header:
-                message += f" with Retry-After {header!r}"
+                message += f" with Retry-After {quoted(header, 40)!r}"
             return Throttled(
                 message,
                 retry_after=retry_after_seconds(header),
@@ -795,84 +974,228 @@ class OaiClient:
 
 # ---------------------------------------------------------------------------------- salvage
 
-_RECORD_START = re.compile(rb"<record>\s*<header[\s>/]")
-_LIST_END = re.compile(rb"</ListRecords>\s*</OAI-PMH>\s*$")
-_ROOT_TAG = re.compile(rb"<OAI-PMH\b[^>]*>")
-_XMLNS = re.compile(rb"""\sxmlns(?::[\w.-]+)?\s*=\s*("[^"]*"|'[^']*')""")
-_RESPONSE_DATE = re.compile(rb"<responseDate>\s*([^<\s]+)\s*</responseDate>")
-_TOKEN_ELEMENT = re.compile(rb"<resumptionToken\b[^>]*?(?:/>|>.*?</resumptionToken>)", re.S)
-_IDENTIFIER = re.compile(rb"<identifier>\s*([^<]{1,500}?)\s*</identifier>")
+#: one piece of markup, in a page that may not be well-formed: a comment, CDATA, a processing
+#: instruction, a DOCTYPE (with its internal subset), another declaration, an end tag (group
+#: "end"), or a start tag (groups "name", "attributes", "empty")
+_MARKUP = re.compile(
+    rb"""<!--.*?-->
+    | <!\[CDATA\[.*?\]\]>
+    | <\?.*?\?>
+    | (?P<doctype><!DOCTYPE(?:[^\[>]*\[.*?\])?[^>]*>)
+    | <![A-Za-z][^>]*>
+    | </\s*(?P<end>[^\s>]+)\s*>
+    | <(?P<name>[^\s/>!?=<"']+)
+      (?P<attributes>(?:\s+[^\s=/>]+\s*=\s*(?:"[^"]*"|'[^']*'))*)\s*(?P<empty>/?)>""",
+    re.S | re.X,
+)
+_NS_DECLARATION = re.compile(rb"""xmlns(?::([^\s=]+))?\s*=\s*(?:"([^"]*)"|'([^']*)')""")
+_RESPONSE_DATE = re.compile(rb"<(?:[\w.-]+:)?responseDate>\s*([^<\s]+)\s*</")
+_IDENTIFIER = re.compile(rb"<(?:[\w.-]+:)?identifier(?:\s[^>]*)?>\s*([^<]{1,500}?)\s*</")
+_HEADER_END = re.compile(rb"</(?:[\w.-]+:)?header\s*>")
 _MARKUP_DECLARATION = re.compile(rb"<!(?:DOCTYPE|ENTITY)", re.I)
+#: an unreadable page is salvaged only when it is whole: it ends where the protocol says
+_LIST_END = re.compile(rb"</(?:[\w.-]+:)?ListRecords\s*>\s*</(?:[\w.-]+:)?OAI-PMH\s*>\s*$")
 
 
-def _fragment(declarations: bytes, chunk: bytes) -> etree._Element:
-    """Parse one piece of a page under the root's namespace declarations, safely."""
+@dataclass
+class _Element:
+    """An element open while a page is scanned: its qualified name, namespace and declarations."""
+
+    qname: bytes
+    namespace: str | None
+    declarations: dict[bytes, bytes]
+
+
+@dataclass
+class _Item:
+    """A child of <ListRecords> as found in the page: where it lies and what it is."""
+
+    begin: int
+    end: int
+    kind: str  # "record", "token" or the local name of anything else
+    #: an unterminated record (the next record began, or the list ended, inside it)
+    cut: bool = False
+
+
+def _namespace_of(qname: bytes, own: dict[bytes, bytes], stack: list[_Element]) -> str | None:
+    prefix = qname.split(b":", 1)[0] if b":" in qname else b""
+    for declarations in (own, *(e.declarations for e in reversed(stack))):
+        if prefix in declarations:
+            return declarations[prefix].decode("utf-8", "replace") or None
+    return None
+
+
+def _local(qname: bytes) -> str:
+    return qname.rsplit(b":", 1)[-1].decode("utf-8", "replace")
+
+
+def _list_items(raw: bytes) -> tuple[list[_Item], dict[bytes, bytes]] | None:
+    """The children of a ListRecords page, found by scanning its markup with a stack that
+    resynchronises on end tags (an end tag closes up to the nearest open element of its name),
+    so one broken record cannot swallow its neighbours. A record opened in any legal way
+    (`<record>`, `<record xmlns=...>`, `<oai:record ...>`) is found by its namespace, not its
+    spelling; a record element inside a record's metadata (MARCXML's) is in another namespace.
+    Children that are not records are grouped up to each header, so a record with a broken
+    start tag is one item, not one per element. Also the namespace declarations in scope
+    inside <ListRecords>. None when the page is not a ListRecords page or declares a DOCTYPE
+    before its root."""
+    stack: list[_Element] = []
+    items: list[_Item] = []
+    list_depth = -1
+    current: _Item | None = None
+    for match in _MARKUP.finditer(raw):
+        if match.group("doctype") is not None and not stack:
+            return None  # entities declared for the whole page: nothing in it is safe to read
+        name, end = match.group("name"), match.group("end")
+        if name is not None:
+            attributes = match.group("attributes") or b""
+            own = {
+                (m.group(1) or b""): (m.group(2) if m.group(2) is not None else m.group(3))
+                for m in _NS_DECLARATION.finditer(attributes)
+            }
+            namespace = _namespace_of(name, own, stack)
+            local = _local(name)
+            depth = len(stack)
+            if depth == 0 and (local != "OAI-PMH" or namespace != OAI_NS):
+                return None
+            if list_depth < 0:
+                if depth == 1 and local == "ListRecords" and namespace == OAI_NS:
+                    list_depth = 1
+            elif depth == list_depth + 1 or (
+                current is not None
+                and current.kind == "record"
+                and local == "record"
+                and namespace == OAI_NS
+            ):
+                kind = (
+                    f"{{{namespace}}}{local}"
+                    if namespace != OAI_NS
+                    else {"record": "record", "resumptionToken": "token"}.get(local, local)
+                )
+                if current is not None:  # the record before was never closed
+                    current.end, current.cut = match.start(), True
+                    items.append(current)
+                    current = None
+                    del stack[list_depth + 1 :]
+                adjacent = items and not raw[items[-1].end : match.start()].strip()
+                if (
+                    adjacent
+                    and kind not in ("record", "token", "header")
+                    and items[-1].kind not in ("record", "token")
+                ):
+                    current = items.pop()  # the rest of a record whose start tag is broken
+                else:
+                    current = _Item(match.start(), match.end(), kind)
+            if match.group("empty"):
+                if current is not None and len(stack) == list_depth + 1:
+                    current.end = match.end()
+                    items.append(current)
+                    current = None
+                continue
+            stack.append(_Element(name, namespace, own))
+        elif end is not None:
+            at = next((i for i in range(len(stack) - 1, -1, -1) if stack[i].qname == end), None)
+            if at is None:
+                continue  # an end tag nothing opened: part of the damage, ignored
+            if list_depth >= 0 and at <= list_depth:  # the list (or the page) ends
+                if current is not None:
+                    current.end, current.cut = match.start(), True
+                    items.append(current)
+                return items, _in_scope(stack[: list_depth + 1])
+            del stack[at:]
+            if current is not None and len(stack) == list_depth + 1:
+                current.end = match.end()
+                items.append(current)
+                current = None
+    return None
+
+
+def _in_scope(stack: list[_Element]) -> dict[bytes, bytes]:
+    found: dict[bytes, bytes] = {}
+    for element in stack:
+        found.update(element.declarations)
+    return found
+
+
+def _fragment(declarations: dict[bytes, bytes], chunk: bytes) -> etree._Element:
+    """Parse one item of a page alone, under the namespace declarations in scope, safely; it
+    must be exactly one element."""
     parser = etree.XMLParser(
         resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False
     )
-    wrapped = b"<wrap" + declarations + b">" + chunk + b"</wrap>"
-    return etree.fromstring(wrapped, parser)[0]
+    attributes = b"".join(
+        (b" xmlns:" + prefix if prefix else b" xmlns") + b'="' + uri + b'"'
+        for prefix, uri in declarations.items()
+    )
+    wrap = etree.fromstring(b"<wrap" + attributes + b">" + chunk + b"</wrap>", parser)
+    if len(wrap) != 1 or (wrap.text or "").strip() or (wrap[0].tail or "").strip():
+        raise etree.XMLSyntaxError("not exactly one element", None, 0, 0)  # type: ignore[call-arg]
+    return wrap[0]
 
 
 def salvage_page(raw: bytes) -> Response | None:
     """Read a ListRecords page that failed to parse one record at a time.
 
     Only a page that is whole (it ends with </ListRecords></OAI-PMH>) is salvaged, so a
-    truncated page is never taken for the last one. Each record is cut at the next record's
-    start, checked (UTF-8, no markup declarations) and parsed alone; the ones that fail become
-    `BrokenRecord`s. None when the page is not a complete ListRecords page.
+    truncated page is never taken for the last one. Each child of <ListRecords> is cut out where
+    it begins and ends (`_list_items`), checked (UTF-8, no markup declarations) and parsed alone;
+    every one that is not a readable record becomes a `BrokenRecord` under its own identifier,
+    so each record of the page is either read or refused, and counted once. None when the page
+    is not a complete ListRecords page.
     """
     if not _LIST_END.search(raw[-4096:]):
         return None
-    root = _ROOT_TAG.search(raw, 0, 8192)
-    starts = [m.start() for m in _RECORD_START.finditer(raw)]
-    if root is None:
+    found = _list_items(raw)
+    if found is None:
         return None
-    declarations = b"".join(m.group(0) for m in _XMLNS.finditer(root.group(0)))
-    head = raw[: starts[0]] if starts else raw
+    items, declarations = found
     answer = Response()
-    date = _RESPONSE_DATE.search(head)
+    date = _RESPONSE_DATE.search(raw, 0, items[0].begin if items else len(raw))
     answer.response_date = date.group(1).decode("ascii", "replace") if date else ""
-    list_end = raw.rfind(b"</ListRecords>")
-    bounds = [*starts, list_end]
-    tail = raw[starts[-1] : list_end] if starts else raw[:list_end]
-    for begin, end in itertools.pairwise(bounds):
-        chunk = raw[begin:end].rstrip()
-        token_at = _TOKEN_ELEMENT.search(chunk) if end == list_end else None
-        if token_at is not None:
-            chunk = chunk[: token_at.start()].rstrip()
-        answer_record = _salvage_record(declarations, chunk)
-        if isinstance(answer_record, Record):
-            answer.records.append(answer_record)
+    for item in items:
+        chunk = raw[item.begin : item.end]
+        if item.kind == "token":
+            try:
+                answer.token = token_from(_fragment(declarations, chunk))
+            except etree.XMLSyntaxError:
+                return None  # where the list goes on is unknown: not a page to build on
+            continue
+        salvaged = _salvage_record(declarations, item, chunk)
+        if isinstance(salvaged, Record):
+            answer.records.append(salvaged)
         else:
-            answer.broken.append(answer_record)
-    token = _TOKEN_ELEMENT.search(tail)
-    if token is not None:
-        try:
-            element = _fragment(declarations, token.group(0))
-        except etree.XMLSyntaxError:
-            return None
-        answer.token = token_from(element)
+            answer.broken.append(salvaged)
     return answer
 
 
-def _salvage_record(declarations: bytes, chunk: bytes) -> Record | BrokenRecord:
-    found = _IDENTIFIER.search(chunk)
-    identifier = found.group(1).decode("utf-8", "replace") if found else None
-    excerpt = chunk[:200].decode("utf-8", "replace")
+def _salvage_record(
+    declarations: dict[bytes, bytes], item: _Item, chunk: bytes
+) -> Record | BrokenRecord:
+    header_end = _HEADER_END.search(chunk)
+    found = _IDENTIFIER.search(chunk, 0, header_end.end() if header_end else len(chunk))
+    identifier = found.group(1).decode("utf-8", "replace").strip() if found else None
+    excerpt = quoted(chunk[:400])
+
+    def refused(reason: str) -> BrokenRecord:
+        return BrokenRecord(identifier, reason, excerpt)
+
     try:
         chunk.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return BrokenRecord(identifier, f"not valid UTF-8 (byte 0x{chunk[exc.start]:02x})", excerpt)
+        return refused(f"not valid UTF-8 (byte 0x{chunk[exc.start]:02x})")
     if _MARKUP_DECLARATION.search(chunk):
-        return BrokenRecord(identifier, "holds a DOCTYPE or ENTITY declaration; refused", excerpt)
+        return refused("holds a DOCTYPE or ENTITY declaration; refused")
+    if item.kind == "header":
+        return refused("the record's start tag is unreadable (its header stands alone)")
+    if item.kind != "record":
+        return refused(f"not a record element: <{quoted(item.kind, 60)}>")
+    if item.cut:
+        return refused("the record is never closed (the next one begins inside it)")
     try:
         element = _fragment(declarations, chunk)
     except etree.XMLSyntaxError as exc:
-        return BrokenRecord(identifier, f"malformed XML: {exc.msg}", excerpt)
-    if element.tag != RECORD:
-        return BrokenRecord(identifier, f"not a record element: {element.tag}", excerpt)
+        return refused(f"malformed XML: {quoted(exc.msg or str(exc), 120)}")
     try:
         return record_from(element)
     except PageProblem as exc:
-        return BrokenRecord(identifier, exc.reason, excerpt)
+        return refused(exc.reason)

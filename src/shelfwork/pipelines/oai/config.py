@@ -47,6 +47,7 @@ from pydantic import (
 from ...config import Settings, env_secret
 from ...errors import ConfigError
 from ...locks import UNSET, EntityValues
+from ...outbound import AddressPolicy
 from ...store.database import Store
 from .storage import ACRONYM
 
@@ -148,8 +149,12 @@ class OaiConfig(BaseModel):
     admin_emails: list[str] = Field(default_factory=lambda: ["oai-admin@localhost"], min_length=1)
     #: how far back a restarted list (after badResumptionToken) reaches before its `from`
     restart_overlap: float = Field(default=3600.0, ge=0)
-    #: first wait (seconds, doubling) before a failed request is tried again
-    retry_backoff: float = Field(default=3.0, ge=0)
+    #: first wait (seconds, doubling) before a failed request is tried again; also the least
+    #: any wait is, whatever a Retry-After says
+    retry_backoff: float = Field(default=3.0, gt=0)
+    #: private, loopback or link-local addresses and networks harvesting may reach (a local
+    #: setup: "127.0.0.1", "10.0.0.0/8"); by default only public addresses are (outbound.py)
+    allow_private_hosts: list[str] = Field(default_factory=list)
     #: restarts allowed per list before the harvest fails
     max_restarts: int = Field(default=3, ge=0)
     #: catalog rows and blobs written per transaction while validating or indexing
@@ -162,6 +167,16 @@ class OaiConfig(BaseModel):
     _env = field_validator("provider_secret", mode="before")(
         classmethod(lambda cls, v: env_secret(v))
     )
+
+    @field_validator("allow_private_hosts")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        AddressPolicy.allowing(value)  # a wrong entry is named
+        return value
+
+    def addresses(self) -> AddressPolicy:
+        """Where harvesting (and URL checks) may connect: public addresses and the allow-list."""
+        return AddressPolicy.allowing(self.allow_private_hosts)
 
     @model_validator(mode="after")
     def _checked(self) -> OaiConfig:

@@ -28,11 +28,14 @@ from rich.table import Table
 from ...config import Settings
 from ...connectors.oaipmh import OaiClient
 from ...engine import Engine
+from ...outbound import AddressPolicy
 from ...sandbox import RunningServer, fresh_folder, serve, stay_up
 from ...sandbox.oai import MemorySource
 from .provider import ExposedRecord, RepositoryInfo
 
 NETWORK = "DEMO"
+#: where the demo's servers listen: allowed explicitly, as a local setup must
+LOOPBACK_HOSTS = ("127.0.0.1",)
 DEADLINE = 120.0
 SETS = (("tesis", "Tesis"), ("articulos", "Artículos"), ("articulos:abiertos", "Acceso abierto"))
 TITLES = (
@@ -131,6 +134,8 @@ def run_oai_demo(folder: Path, *, keep: bool | None = None, console: Console | N
             systems={
                 "oai": {
                     "rules_dir": str(rules),
+                    # the sandbox upstream is on loopback, which harvesting refuses unless told
+                    "allow_private_hosts": list(LOOPBACK_HOSTS),
                     "networks": [
                         {
                             "acronym": NETWORK,
@@ -273,7 +278,7 @@ def _diagnose(api: httpx.Client, out: Console, snapshot_id: int) -> None:
 
 
 def _exposed(endpoint: str) -> list[str]:
-    with OaiClient(endpoint) as client:
+    with OaiClient(endpoint, addresses=AddressPolicy.allowing(LOOPBACK_HOSTS)) as client:
         return [
             record.identifier
             for page in client.pages("oai_dc")

@@ -94,11 +94,13 @@ class HarvestFailed(ShelfworkError):
 
 def client_for(network: Network, ctx: StepContext) -> OaiClient:
     """A client whose waits (Retry-After, backoff) wake up when the job is cancelled."""
+    config = oai_config(ctx.engine.settings)
     return OaiClient(
         network.base_url,
         method="POST" if network.method == "POST" else "GET",
         salvage=True,
-        backoff=oai_config(ctx.engine.settings).retry_backoff,
+        backoff=config.retry_backoff,
+        addresses=config.addresses(),
         sleep=ctx.sleep,
     )
 

@@ -1,0 +1,156 @@
+"""The outbound address policy: which addresses are refused by default, the allow-list, and a
+transport that checks every connection (each redirect hop) and connects to what it checked."""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from shelfwork.connectors import tls_context
+from shelfwork.outbound import (
+    PUBLIC_ONLY,
+    AddressPolicy,
+    AddressRefused,
+    request_deadline,
+)
+from tests.support.oai_hostile import Hostile, drip_body, drip_headers, plain, redirect
+
+REFUSED = [
+    ("127.0.0.1", "loopback"),
+    ("127.8.9.10", "loopback"),
+    ("::1", "loopback"),
+    ("10.1.2.3", "private"),
+    ("172.16.5.4", "private"),
+    ("192.168.0.10", "private"),
+    ("fc00::1", "private"),
+    ("169.254.169.254", "link-local"),
+    ("fe80::1", "link-local"),
+    ("fe80::1%eth0", "link-local"),
+    ("::ffff:127.0.0.1", "loopback"),
+    ("::ffff:169.254.169.254", "link-local"),
+    ("::ffff:10.0.0.1", "private"),
+    ("2002:7f00:1::", "loopback"),  # 6to4 of 127.0.0.1
+    ("64:ff9b::a9fe:a9fe", "link-local"),  # NAT64 of 169.254.169.254
+    ("100.64.0.1", "non-public"),  # shared address space (carrier-grade NAT)
+    ("0.0.0.0", "unspecified"),
+    ("::", "unspecified"),
+    ("224.0.0.251", "multicast"),
+    ("240.0.0.1", "private"),
+]
+
+
+@pytest.mark.parametrize(("address", "kind"), REFUSED)
+def test_non_public_addresses_are_refused_by_default(address: str, kind: str) -> None:
+    assert PUBLIC_ONLY.refusal(address) == kind
+
+
+@pytest.mark.parametrize("address", ["93.184.215.14", "8.8.8.8", "2606:4700:4700::1111"])
+def test_public_addresses_pass(address: str) -> None:
+    assert PUBLIC_ONLY.refusal(address) is None
+
+
+def test_the_allow_list_lets_exactly_its_networks_through() -> None:
+    local = AddressPolicy.allowing(["127.0.0.1", "10.0.0.0/8", "fd00::/8"])
+    assert local.refusal("127.0.0.1") is None
+    assert local.refusal("::ffff:127.0.0.1") is None  # the same destination
+    assert local.refusal("10.200.3.4") is None
+    assert local.refusal("fd12::1") is None
+    assert local.refusal("127.0.0.2") == "loopback"
+    assert local.refusal("192.168.1.1") == "private"
+    assert local.refusal("169.254.169.254") == "link-local"
+    with pytest.raises(ValueError, match="host names are not accepted"):
+        AddressPolicy.allowing(["localhost"])
+
+
+def test_a_name_with_any_refused_address_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fake(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.215.14", port)),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.7", port)),
+        ]
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    with pytest.raises(AddressRefused, match="private"):
+        PUBLIC_ONLY.resolve("mixed.test", 80)
+    assert not PUBLIC_ONLY.permits_url("http://mixed.test/oai")
+
+
+def client(policy: AddressPolicy, **options: Any) -> httpx.Client:
+    return httpx.Client(transport=policy.transport(tls_context()), follow_redirects=True, **options)
+
+
+def test_loopback_server_is_not_reached_by_default() -> None:
+    with Hostile() as hostile:
+        hostile.route("/oai", plain(200, b"secret"))
+        with client(PUBLIC_ONLY) as http, pytest.raises(AddressRefused, match="loopback"):
+            http.get(f"{hostile.url}/oai")
+        assert hostile.requests == []
+        with client(AddressPolicy.allowing(["127.0.0.1"])) as http:
+            assert http.get(f"{hostile.url}/oai").text == "secret"
+        assert hostile.requests == ["/oai"]
+
+
+def test_every_redirect_hop_is_checked() -> None:
+    """An allowed host that redirects to a refused one (another loopback address that is not
+    allowed, and the cloud metadata address) does not get the request through."""
+    with Hostile("127.0.0.2") as inside, Hostile() as front:
+        inside.route("/secret", plain(200, b"internal"))
+        front.route("/hop", redirect(f"{inside.url}/secret"))
+        front.route("/meta", redirect("http://169.254.169.254/latest/meta-data/"))
+        with client(AddressPolicy.allowing(["127.0.0.1"])) as http:
+            with pytest.raises(AddressRefused, match="loopback"):
+                http.get(f"{front.url}/hop")
+            with pytest.raises(AddressRefused, match="link-local"):
+                http.get(f"{front.url}/meta")
+        assert inside.requests == [] and front.requests == ["/hop", "/meta"]
+        # without the policy the hop would have gone through (the test's premise)
+        with httpx.Client(follow_redirects=True, trust_env=False) as plain_http:
+            assert plain_http.get(f"{front.url}/hop").text == "internal"
+
+
+def test_the_connection_goes_to_the_address_that_was_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One lookup per connection, and the socket connects to its answer: a name that would
+    resolve differently a moment later (DNS rebinding) has no second lookup to slip into."""
+    real = socket.getaddrinfo
+    lookups: list[str] = []
+
+    def once_allowed(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
+        lookups.append(host)
+        if host == "repository.test":
+            if lookups.count(host) == 1:
+                return real("127.0.0.1", port, *args, **kwargs)
+            return real("127.0.0.2", port, *args, **kwargs)  # what a rebinding would answer
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", once_allowed)
+    with Hostile() as hostile:
+        hostile.route("/oai", plain(200, b"ok"))
+        port = hostile.url.rsplit(":", 1)[1]
+        with client(AddressPolicy.allowing(["127.0.0.1"])) as http:
+            assert http.get(f"http://repository.test:{port}/oai").text == "ok"
+        # (connecting to the literal address looks it up too, numerically: no DNS there)
+        assert [name for name in lookups if name == "repository.test"] == ["repository.test"]
+
+
+@pytest.mark.parametrize("route", [drip_body(0.05), drip_headers(0.05)])
+def test_a_request_deadline_bounds_a_dripping_server(route: Any) -> None:
+    """A server that sends a byte every 50 ms never trips a 1 s read timeout; the deadline of
+    the whole request ends it."""
+    with Hostile() as hostile:
+        hostile.route("/drip", route)
+        with client(AddressPolicy.allowing(["127.0.0.1"]), timeout=1.0) as http:
+            started = time.monotonic()
+            with (
+                pytest.raises(httpx.TimeoutException),
+                request_deadline(0.6),
+                http.stream("GET", f"{hostile.url}/drip") as answer,
+            ):
+                for _ in answer.iter_raw():
+                    pass
+            assert time.monotonic() - started < 1.5
