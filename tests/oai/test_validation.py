@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from shelfwork.errors import ConfigError
+from shelfwork.outbound import PUBLIC_ONLY
 from shelfwork.pipelines.oai.record import MetadataRecord
 from shelfwork.pipelines.oai.validation import (
     MAX_PATTERN_CHARS,
@@ -27,7 +28,6 @@ from shelfwork.pipelines.oai.validation import (
     RuleSetError,
     UrlChecker,
     ValidationStats,
-    _names_private_address,
     compile_guarded,
     parse_expression,
     validate,
@@ -887,8 +887,8 @@ def test_ruleset_default_url_checker_is_kept(url_server: UrlServer) -> None:
     ],
 )
 def test_private_addresses_are_recognised(url: str) -> None:
-    assert _names_private_address(url)
+    assert not PUBLIC_ONLY.permits_url(url)  # the one outbound policy (tests/unit/test_outbound.py)
 
 
 def test_public_address_is_not_private() -> None:
-    assert not _names_private_address("http://93.184.215.14/x")
+    assert PUBLIC_ONLY.permits_url("http://93.184.215.14/x")

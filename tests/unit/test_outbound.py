@@ -154,3 +154,24 @@ def test_a_request_deadline_bounds_a_dripping_server(route: Any) -> None:
                 for _ in answer.iter_raw():
                     pass
             assert time.monotonic() - started < 1.5
+
+
+def test_url_exists_checks_follow_the_same_policy() -> None:
+    """validation.py's URL checker connects through the policy: the allow-list lets a local
+    server be checked, and its redirect into a refused address counts as "does not exist"."""
+    from shelfwork.pipelines.oai.validation import UrlChecker
+
+    with Hostile("127.0.0.2") as inside, Hostile() as front:
+        inside.route("/doc", plain(200, b""))
+        front.route("/doc", plain(200, b""))
+        front.route("/moved", redirect(f"{inside.url}/doc", 301))
+        default = UrlChecker()
+        local = UrlChecker(addresses=AddressPolicy.allowing(["127.0.0.1"]))
+        try:
+            assert not default.exists(f"{front.url}/doc")
+            assert local.exists(f"{front.url}/doc")
+            assert not local.exists(f"{front.url}/moved")
+        finally:
+            default.close()
+            local.close()
+        assert front.requests == ["/doc", "/moved"] and inside.requests == []

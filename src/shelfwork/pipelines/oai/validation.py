@@ -10,9 +10,7 @@ mistake is reported with the rule's position and id before any record is read.
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import re
-import socket
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,6 +34,7 @@ from pydantic import (
 
 from ...connectors import tls_context
 from ...errors import ConfigError
+from ...outbound import PUBLIC_ONLY, AddressPolicy, AddressRefused
 from .record import DEFAULT_NAMESPACES, FIELD_SYNTAX, MetadataRecord
 from .rulefile import (
     RuleFile,
@@ -329,6 +328,8 @@ def parse_expression(text: str, known_prefixes: Iterable[str] | None = None) -> 
 
 #: one HEAD request: the URL in, (HTTP status, Location header) out; status 0 = no answer
 HeadCall = Callable[[str], tuple[int, str | None]]
+#: `allow_private=True`: every address (tests of the checker itself)
+EVERYWHERE = AddressPolicy.allowing(["0.0.0.0/0", "::/0"])
 
 _REDIRECTS = {301, 302, 303, 307, 308}
 
@@ -339,25 +340,6 @@ def _is_web_url(url: str) -> bool:
     except ValueError:
         return False
     return parts.scheme.lower() in ("http", "https") and bool(parts.netloc)
-
-
-def _names_private_address(url: str) -> bool:
-    """True when the URL's host is, or resolves to, an address outside the public internet.
-
-    (The connection resolves the name again; a DNS answer that changes in between is not
-    guarded against.)"""
-    host = urlsplit(url).hostname
-    if not host:
-        return True
-    try:
-        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    except (OSError, UnicodeError):
-        return False  # unresolvable: the request fails on its own
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%", 1)[0])
-        if not address.is_global or address.is_multicast:
-            return True
-    return False
 
 
 class UrlChecker:
@@ -375,11 +357,13 @@ class UrlChecker:
         max_concurrency: int = 8,
         timeout: float = 10.0,
         allow_private: bool = False,
+        addresses: AddressPolicy = PUBLIC_ONLY,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
-        #: private, loopback, link-local and reserved addresses count as "does not exist"
-        self.allow_private = allow_private
+        #: where a check may connect (outbound.py); elsewhere a URL counts as "does not exist":
+        #: a harvested record must not make the server probe its own network
+        self.addresses = EVERYWHERE if allow_private else addresses
         self.max_concurrency = max_concurrency
         self.timeout = timeout
         self._head = head or self._httpx_head
@@ -392,17 +376,17 @@ class UrlChecker:
         self.cache_hits = 0
 
     def _httpx_head(self, url: str) -> tuple[int, str | None]:
-        if not self.allow_private and _names_private_address(url):
-            return 0, None  # a harvested record must not make the server probe its own network
         with self._lock:
             if self._client is None:
                 self._client = httpx.Client(
-                    follow_redirects=False, timeout=self.timeout, verify=tls_context()
+                    follow_redirects=False,
+                    timeout=self.timeout,
+                    transport=self.addresses.transport(tls_context()),
                 )
             client = self._client
         try:
             response = client.head(url)
-        except (httpx.HTTPError, httpx.InvalidURL):
+        except (httpx.HTTPError, httpx.InvalidURL, AddressRefused):
             return 0, None
         return response.status_code, response.headers.get("location")
 
