@@ -4,14 +4,27 @@ README's [systems.oai] example is a valid configuration."""
 from __future__ import annotations
 
 import re
+import shutil
 import tomllib
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from shelfwork.pipelines.oai.config import OaiConfig
+import pytest
+from lxml import etree
+from pydantic import ValidationError
+
+from shelfwork.pipelines import oai
+from shelfwork.pipelines.oai.config import OaiConfig, oai_config
+from shelfwork.pipelines.oai.exposure import sources_for
+from shelfwork.pipelines.oai.provider import ADMIN_EMAIL, respond
+from shelfwork.pipelines.oai.provider import OAI_NS as OAI
 from shelfwork.pipelines.oai.record import MetadataRecord
 from shelfwork.pipelines.oai.transform import TransformContext, TransformerSet, apply
 from shelfwork.pipelines.oai.validation import RuleSet, validate
+from tests.support.oai_provider import LOOPBACK_HOSTS, Item, Repository, start_provider
+from tests.support.oai_schemas import oai_schema
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "src" / "shelfwork" / "pipelines" / "oai" / "examples"
@@ -57,3 +70,116 @@ def test_readme_oai_table_is_valid() -> None:
     config = OaiConfig.model_validate(raw)
     assert config.networks[0].acronym == "RI"
     assert config.networks[0].properties["index_oai"]
+
+
+# --- what the provider serves after the example sets ran: valid OAI-PMH 2.0 and oai_dc ----------
+
+SECRET = b"examples-test-secret-0123456789abcdef"
+SET_NAMES = {"art": "Artículos", "art:open": "Open access articles", "th": "Tesis"}
+
+
+def example_items() -> list[Item]:
+    start = datetime(2024, 2, 1)
+    return [
+        Item(
+            f"oai:repo:{n}",
+            start.replace(minute=n),
+            (("art",), ("art:open",), ("th",))[n % 3],
+            deleted=n == 7,
+            fields={
+                "title": [f"Historia de la imprenta {n}."],
+                "creator": ["Pérez, Ana"],
+                "type": ["thesis" if n % 3 == 2 else "article"],
+                "rights": ["info:eu-repo/semantics/openAccess"],
+                "date": ["2019-05-02"],
+                "subject": ["imprenta", "imprenta"],
+                "identifier": [f"https://repo.example/handle/1/{n}"],
+            },
+        )
+        for n in range(12)
+    ]
+
+
+@pytest.fixture
+def published(make_engine: Any, tmp_path: Path) -> Iterator[Any]:
+    """The example rule and transformer sets run on a repository, published by INDEX_OAI with
+    the default provider settings; yields the provider's source."""
+    rules = tmp_path / "rules"
+    shutil.copytree(EXAMPLES, rules)
+    repository = Repository(example_items(), set_names=SET_NAMES)
+    provider = start_provider(repository, batch_size=5)
+    try:
+        engine = make_engine(
+            oai.PIPELINES,
+            pipeline_modules=["shelfwork.pipelines.oai"],
+            systems={
+                "oai": {
+                    "allow_private_hosts": LOOPBACK_HOSTS,
+                    "rules_dir": str(rules),
+                    "networks": [
+                        {
+                            "acronym": "RI",
+                            "name": "Repositorio",
+                            "base_url": provider.url,
+                            "validation": "driver.toml",
+                            "transformation": "transform.toml",
+                        }
+                    ],
+                }
+            },
+        )
+        for pipeline, params in (
+            ("oai-harvest", {"incremental": False}),
+            ("oai-validate", {}),
+            ("oai-index", {"target": "oai"}),
+        ):
+            job = engine.submit(pipeline, {"network": "RI", **params})
+            done = engine.wait(job.job_id, timeout=60)
+            assert done.state == "succeeded", done.error
+        sources = sources_for(engine.store, oai_config(engine.settings))
+        yield sources("RI", "https://harvest.example/oai/RI")
+    finally:
+        provider.stop()
+
+
+def answer(source: Any, **arguments: str) -> etree._Element:
+    body = respond(
+        {name: [value] for name, value in arguments.items()},
+        source,
+        now=datetime.now(UTC),
+        page_size=4,
+        token_secret=SECRET,
+    )
+    return etree.fromstring(body)
+
+
+def test_the_provider_answers_valid_oai_pmh_and_oai_dc(published: Any, tmp_path: Path) -> None:
+    schema = oai_schema(tmp_path)
+    answers = [
+        answer(published, verb="Identify"),
+        answer(published, verb="ListMetadataFormats"),
+        answer(published, verb="ListSets"),
+        answer(published, verb="GetRecord", identifier="oai:repo:1", metadataPrefix="oai_dc"),
+        answer(published, verb="GetRecord", identifier="oai:nope", metadataPrefix="oai_dc"),
+        answer(published, verb="ListRecords", metadataPrefix="oai_dc", set="art"),
+        answer(published, verb="Bogus"),
+    ]
+    for verb in ("ListRecords", "ListIdentifiers"):
+        page = answer(published, verb=verb, metadataPrefix="oai_dc")
+        answers.append(page)
+        while (token := page.findtext(f".//{{{OAI}}}resumptionToken")) is not None and token:
+            page = answer(published, verb=verb, resumptionToken=token)
+            answers.append(page)
+    records = [r for a in answers for r in a.iter(f"{{{OAI}}}record")]
+    assert len(records) > 12  # the lists and GetRecord brought records with metadata
+    for document in answers:
+        assert schema.validate(document), (schema.error_log.last_error, etree.tostring(document))
+
+
+def test_admin_emails_are_what_the_oai_pmh_schema_accepts() -> None:
+    # OAI-PMH.xsd emailType \S+@(\S+\.)+\S+; the default was oai-admin@localhost, which fails it
+    assert all(ADMIN_EMAIL.fullmatch(email) for email in OaiConfig().admin_emails)
+    assert OaiConfig(admin_emails=["oai@repo.example.org"]).admin_emails == ["oai@repo.example.org"]
+    for bad in ("root@localhost", "nobody", "a b@example.org"):
+        with pytest.raises(ValidationError, match="admin_emails"):
+            OaiConfig(admin_emails=[bad])

@@ -674,6 +674,10 @@ def test_configuration_mistakes_are_refused(source: MemorySource) -> None:
         ask(source, verb="Identify", secret=b"short")
     with pytest.raises(ConfigError, match="admin e-mail"):
         ask(MemorySource(replace(repository_info(), admin_emails=())), verb="Identify")
+    for email in ("oai-admin@localhost", "no-at-sign.example.org", "a b@example.org", "x@.org"):
+        # OAI-PMH.xsd emailType: \S+@(\S+\.)+\S+
+        with pytest.raises(ConfigError, match="adminEmail"):
+            ask(MemorySource(replace(repository_info(), admin_emails=(email,))), verb="Identify")
     with pytest.raises(ConfigError, match="granularity"):
         ask(MemorySource(replace(repository_info(), granularity="YYYY")), verb="Identify")
     with pytest.raises(ConfigError, match="deleted_record"):

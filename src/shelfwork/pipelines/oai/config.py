@@ -32,7 +32,7 @@ import secrets
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -145,8 +145,11 @@ class OaiConfig(BaseModel):
     #: where harvesters reach this server (the provider's baseURL is <public_url>/oai/<acronym>);
     #: unset: the URL each request came to
     public_url: str | None = Field(default=None, pattern=r"^https?://[^?#]+$")
-    #: the provider's Identify adminEmail(s)
-    admin_emails: list[str] = Field(default_factory=lambda: ["oai-admin@localhost"], min_length=1)
+    #: the provider's Identify adminEmail(s); OAI-PMH's schema (emailType) wants user@host.domain,
+    #: so the default is a placeholder that passes it: set your own
+    admin_emails: list[Annotated[str, Field(pattern=r"^\S+@(\S+\.)+\S+$")]] = Field(
+        default_factory=lambda: ["oai-admin@example.invalid"], min_length=1
+    )
     #: how far back a restarted list (after badResumptionToken) reaches before its `from`
     restart_overlap: float = Field(default=3600.0, ge=0)
     #: first wait (seconds, doubling) before a failed request is tried again; also the least

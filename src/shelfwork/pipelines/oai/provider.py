@@ -70,6 +70,8 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "ListRecords": ("metadataPrefix",),
 }
 
+#: OAI-PMH.xsd's emailType, which every adminEmail must match (user@host.domain)
+ADMIN_EMAIL = re.compile(r"\S+@(\S+\.)+\S+")
 SET_SPEC = re.compile(r"[A-Za-z0-9\-_.!~*'()]+(?::[A-Za-z0-9\-_.!~*'()]+)*")
 DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 SECOND = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
@@ -468,6 +470,12 @@ def check_info(info: RepositoryInfo) -> None:
         raise ConfigError(f"{where}: base_url is empty")
     if not info.admin_emails:
         raise ConfigError(f"{where}: at least one admin e-mail address is required")
+    for email in info.admin_emails:
+        if not ADMIN_EMAIL.fullmatch(email):
+            raise ConfigError(
+                f"{where}: adminEmail {email!r} is not an address the OAI-PMH schema accepts "
+                "(user@host.domain)"
+            )
     if info.deleted_record not in DELETED_RECORD_POLICIES:
         raise ConfigError(
             f"{where}: deleted_record {info.deleted_record!r} is not one of "
