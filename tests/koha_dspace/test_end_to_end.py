@@ -420,7 +420,9 @@ def test_koha_wrong_password(world: WorldFactory, peers: Peers) -> None:
     peers.koha.staff_users["integrator"] = "changed by someone"
     view = w.run(25)
     assert view.state == "failed"
-    assert "401" in (view.error or "")
+    # Koha/REST/V1/Auth.pm `_basic_auth`: a refused password is 403 "Invalid password"
+    assert "403" in (view.error or "")
+    assert "Koha refused the password of API user 'integrator'" in (view.error or "")
     assert w.files("inbox") == ["scans/book-25.pdf"]  # never taken
 
 
