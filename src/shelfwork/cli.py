@@ -176,7 +176,10 @@ def root(
     options.debug = debug
     options._settings = None
     if debug:
+        from .redaction import install_log_filter
+
         logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(name)s %(message)s")
+        install_log_filter()  # no tokens, cookies or URL credentials in the debug log
     else:
         # Jobs run by `submit --wait` or `demo` mirror their logs to Python logging; here they are
         # already in the job's events (`shelfwork status ID`), so keep the terminal for the job's
@@ -446,6 +449,9 @@ def _configure_logging(level: str) -> None:
         fail(f"unknown log level {level!r} (use DEBUG, INFO, WARNING or ERROR)", EXIT_BAD_INPUT)
     logging.getLogger("shelfwork").setLevel(logging.NOTSET)
     logging.basicConfig(level=numeric, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .redaction import install_log_filter
+
+    install_log_filter()
 
 
 # --- submit and follow ----------------------------------------------------------------------------

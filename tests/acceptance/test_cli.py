@@ -407,3 +407,48 @@ def test_readme_python_example_runs(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "succeeded"
+
+
+def test_debug_logs_keep_credentials_out(tmp_path: Path) -> None:
+    """`--debug` turns on every library's debug log; the DSpace bearer token, the XSRF tokens,
+    Koha's session cookie and credentials in a configured URL must still never reach it."""
+    from shelfwork.cli import _systems_table
+    from shelfwork.pipelines.koha_dspace.demo import cases, seed_books
+    from shelfwork.sandbox.peers import start_peers
+
+    peers = start_peers()
+    try:
+        plan = [case for case in cases() if case.book.biblionumber == 1001]  # a deposit + a cover
+        seed_books(peers, tmp_path, plan)
+        table = peers.integrator_config(tmp_path)
+        table["koha"]["url"] = table["koha"]["url"].replace("://", "://leaky:hunter2@", 1)
+        (tmp_path / "shelfwork.toml").write_text(
+            f'[database]\nurl = "sqlite:///{tmp_path / "jobs.db"}"\n\n'
+            '[pipelines]\nmodules = ["shelfwork.pipelines.koha_dspace"]\n\n'
+            f"{_systems_table(table)}\n"
+        )
+        run = cli(
+            "--debug",
+            "submit",
+            "--wait",
+            "koha-dspace",
+            "-p",
+            "biblionumber=1001",
+            cwd=tmp_path,
+            timeout=120,
+        )
+    finally:
+        peers.stop()
+    log = run.stderr
+    assert run.returncode == 0, log[-3000:]
+    assert "HTTP Request: POST" in log  # debug logging was on, and the clients were heard
+    assert "hunter2" not in log and "leaky:" not in log
+    assert "eyJ" not in log  # no JSON Web Token (DSpace's bearer token) at all
+    for name in ("Authorization", "Set-Cookie", "Cookie", "DSPACE-XSRF-TOKEN", "X-XSRF-TOKEN"):
+        for line in log.splitlines():
+            lowered = line.lower()
+            at = lowered.find(f"'{name.lower()}', b'")
+            if at >= 0:
+                value = line[at + len(name) + 6 :]
+                assert value.startswith("[redacted]"), line
+    assert peers.koha_password not in log and peers.dspace_password not in log

@@ -1,7 +1,9 @@
 """Clients for the outside systems shelfwork talks to, one module per system.
 
 Every client raises a `RemoteError` subclass that names the system, the request and what the remote
-answered, so a job record tells a person which system refused what and why. Whether a step should
+answered, so a job record tells a person which system refused what and why. Credentials in the
+request's URL never appear in it, and the answer is quoted as a short one-line excerpt (control
+characters and terminal escapes removed; see shelfwork.redaction). Whether a step should
 retry follows from the class: `RemoteUnavailable` (timeouts, refused connections, 5xx, 429) is
 worth another attempt; `RemoteRefused` (the other 4xx) is not, the same request would be refused
 again.
@@ -15,9 +17,8 @@ from functools import cache
 import httpx
 
 from ..errors import ShelfworkError
-
-#: how much of a remote answer an error message quotes
-EXCERPT = 300
+from ..redaction import EXCERPT as EXCERPT  # the clients quote remote answers this short
+from ..redaction import excerpt, redact_text, redact_url
 
 
 @cache
@@ -42,14 +43,14 @@ class RemoteError(ShelfworkError):
     ) -> None:
         self.system = system
         self.method = method
-        self.url = url
+        self.url = redact_url(url) if url is not None else None
         self.status = status
-        self.body = (body or "")[:EXCERPT]
-        where = f" ({method} {url}" if method and url else ""
+        self.body = excerpt(body)
+        where = f" ({method} {self.url}" if method and self.url else ""
         if where:
             where += f" -> HTTP {status})" if status is not None else ")"
         answer = f": {self.body}" if self.body else ""
-        super().__init__(f"{system}: {message}{where}{answer}")
+        super().__init__(redact_text(f"{system}: {message}{where}{answer}"))
 
 
 class RemoteUnavailable(RemoteError):
