@@ -76,6 +76,8 @@ def test_readme_oai_table_is_valid() -> None:
 
 SECRET = b"examples-test-secret-0123456789abcdef"
 SET_NAMES = {"art": "Artículos", "art:open": "Open access articles", "th": "Tesis"}
+#: sets the repository lists without records in them; first, so ListSets needs two pages
+UNUSED_SETS = {f"a{n}": f"Unused {n}" for n in range(4)}
 
 
 def example_items() -> list[Item]:
@@ -106,7 +108,7 @@ def published(make_engine: Any, tmp_path: Path) -> Iterator[Any]:
     the default provider settings; yields the provider's source."""
     rules = tmp_path / "rules"
     shutil.copytree(EXAMPLES, rules)
-    repository = Repository(example_items(), set_names=SET_NAMES)
+    repository = Repository(example_items(), set_names={**UNUSED_SETS, **SET_NAMES})
     provider = start_provider(repository, batch_size=5)
     try:
         engine = make_engine(
@@ -174,6 +176,15 @@ def test_the_provider_answers_valid_oai_pmh_and_oai_dc(published: Any, tmp_path:
     assert len(records) > 12  # the lists and GetRecord brought records with metadata
     for document in answers:
         assert schema.validate(document), (schema.error_log.last_error, etree.tostring(document))
+
+
+def test_list_sets_carries_the_upstream_set_names(published: Any) -> None:
+    listed = answer(published, verb="ListSets")
+    names = {
+        s.findtext(f"{{{OAI}}}setSpec"): s.findtext(f"{{{OAI}}}setName")
+        for s in listed.iter(f"{{{OAI}}}set")
+    }
+    assert names == SET_NAMES  # and not the unused ones on ListSets' first page
 
 
 def test_admin_emails_are_what_the_oai_pmh_schema_accepts() -> None:

@@ -117,6 +117,9 @@ TOKEN = tag("resumptionToken")
 ERROR = tag("error")
 RESPONSE_DATE = tag("responseDate")
 IDENTIFY = tag("Identify")
+SET = tag("set")
+#: the most sets `list_sets` reads (names only label sets; a list without end must not stall)
+MAX_SETS = 10_000
 
 
 # ---------------------------------------------------------------------------------- results
@@ -487,6 +490,8 @@ class Response:
     identify: Identify | None = None
     removed_characters: int = 0
     broken: list[BrokenRecord] = field(default_factory=list)
+    #: (setSpec, setName) of a ListSets answer
+    sets: list[tuple[str, str]] = field(default_factory=list)
 
 
 class PageProblem(Exception):
@@ -613,6 +618,8 @@ def read_response(source: IO[bytes]) -> Response:
             answer.errors.append((element.get("code") or "", (element.text or "").strip()))
         elif name == IDENTIFY:
             answer.identify = identify_from(element)
+        elif name == SET:
+            answer.sets.append((text_of(element, "setSpec"), text_of(element, "setName")))
     if first:
         raise PageProblem("empty page")
     return answer
@@ -713,6 +720,28 @@ class OaiClient:
                 "no <Identify> element", method=self.method, url=self._url, arguments=arguments
             )
         return answer.identify
+
+    def list_sets(self, *, limit: int = MAX_SETS) -> list[tuple[str, str]]:
+        """(setSpec, setName) of every set the repository lists, following resumption tokens
+        (at most `limit`); none when it has no set hierarchy."""
+        arguments = {"verb": "ListSets"}
+        found: list[tuple[str, str]] = []
+        followed: set[str] = set()
+        while True:
+            answer = self._call(arguments)
+            if any(code == "noSetHierarchy" for code, _ in answer.errors):
+                return []
+            self._raise_errors(answer, arguments)
+            found += [(spec, name) for spec, name in answer.sets if spec]
+            token = answer.token
+            if token is None or len(found) >= limit:
+                return found[:limit]
+            if token.value in followed:
+                raise RepeatedToken(
+                    token.value, method=self.method, url=self._url, arguments=arguments
+                )
+            followed.add(token.value)
+            arguments = {"verb": "ListSets", "resumptionToken": token.value}
 
     def list_records(
         self,

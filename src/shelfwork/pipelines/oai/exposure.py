@@ -21,7 +21,7 @@ from ...store.database import Store
 from ...store.models import OaiEntrySet
 from .config import OaiConfig
 from .provider import OAI_DC, ExposedRecord, MetadataFormat, RecordSource, RepositoryInfo
-from .snapshots import Network, Networks, UnknownNetwork, entries_t
+from .snapshots import Network, Networks, Snapshots, UnknownNetwork, entries_t
 from .storage import MetadataStore
 
 TARGET = "oai"
@@ -115,7 +115,15 @@ class ExposedNetwork:
                     .distinct()
                 ).scalars()
             )
-        return [(spec, spec) for spec in sorted(specs)]
+        names = self._set_names()
+        return [(spec, names.get(spec) or spec) for spec in sorted(specs)]
+
+    def _set_names(self) -> dict[str, str]:
+        """The upstream's names of its sets, as its ListSets gave them to the harvest of the
+        last good known snapshot (harvest.upstream_sets)."""
+        good = Snapshots(self.store).last_good(self.network.acronym)
+        listed = ((good.identify or {}).get("sets") if good is not None else None) or []
+        return {str(pair[0]): str(pair[1]) for pair in listed if len(pair) == 2}
 
     def _window(self, prefix: str, set_spec: str | None, start: Any, before: Any) -> list[Any]:
         where = [self._mine]

@@ -24,7 +24,7 @@ from sqlalchemy import func
 
 from ...batch import Page as BatchPage
 from ...batch import run_batches
-from ...connectors import RemoteUnavailable
+from ...connectors import RemoteError, RemoteUnavailable
 from ...connectors.oaipmh import (
     DAY_GRANULARITY,
     BadResumptionToken,
@@ -105,11 +105,23 @@ def client_for(network: Network, ctx: StepContext) -> OaiClient:
     )
 
 
+def upstream_sets(oai: OaiClient, ctx: StepContext) -> list[list[str]]:
+    """The repository's [setSpec, setName] pairs, which shelfwork's provider shows in ListSets
+    (exposure.py). Names only label sets: a repository whose ListSets fails is harvested all
+    the same, with a warning."""
+    try:
+        return [[spec, name] for spec, name in oai.list_sets()]
+    except RemoteError as exc:
+        ctx.warn(f"ListSets failed, so sets keep their specs as names: {exc}")
+        return []
+
+
 def begin(ctx: StepContext) -> dict[str, Any]:
     network = Networks(ctx.engine.store).get(ctx.params.network)
     snapshots = Snapshots(ctx.engine.store)
     with client_for(network, ctx) as oai:
         identify = oai.identify()
+        set_names = upstream_sets(oai, ctx)
     previous = snapshots.latest(network.acronym, HARVEST_DONE)
     incremental = bool(ctx.params.incremental and previous is not None and previous.response_date)
     harvest_from = None
@@ -117,7 +129,7 @@ def begin(ctx: StepContext) -> dict[str, Any]:
         harvest_from = format_datestamp(
             parse_datestamp(previous.response_date), identify.granularity
         )
-    info = asdict(identify)
+    info = {**asdict(identify), "sets": set_names}
 
     def open_snapshot() -> int:
         return snapshots.create(
