@@ -1049,11 +1049,16 @@ def koha_button(
     url: Annotated[str, typer.Option(help="Where Koha's staff browsers reach shelfwork.")],
     token_file: Annotated[
         Path | None,
-        typer.Option(help="File holding an operator token (else $SHELFWORK_BUTTON_TOKEN)."),
+        typer.Option(help="File holding an integrator token (else $SHELFWORK_BUTTON_TOKEN)."),
     ] = None,
 ) -> None:
-    """Print the "Integrate to repository" button for Koha's IntranetUserJS, filled in."""
-    from .pipelines.koha_dspace.button import button_script
+    """Print the "Integrate to repository" button for Koha's IntranetUserJS, filled in.
+
+    The token is checked in the database first: only an integrator token is accepted, since
+    every staff browser can read the script."""
+    from .api.auth import Tokens
+    from .api.commands import open_store
+    from .pipelines.koha_dspace.button import button_script, check_button_token
 
     if token_file is not None:
         try:
@@ -1068,6 +1073,9 @@ def koha_button(
             "and pass --token-file or set SHELFWORK_BUTTON_TOKEN",
             EXIT_BAD_INPUT,
         )
+    with open_store(options.settings) as store:
+        principal = Tokens(store).authenticate(token, touch=False)
+    check_button_token(principal.role if principal is not None else None)
     out.print(button_script(url, token), markup=False, highlight=False)
 
 

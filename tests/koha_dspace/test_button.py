@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from shelfwork.api.auth import Tokens
+from shelfwork.cli import main
 from shelfwork.errors import ConfigError
 from shelfwork.pipelines.koha_dspace.button import button_script, button_template
+from shelfwork.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,19 +30,111 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
-def test_the_command_fills_in_url_and_token(tmp_path: Path) -> None:
+def here(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    *args: str,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """`shelfwork ARGS` through `main` in this process (faster than a new interpreter)."""
+    logger = logging.getLogger("shelfwork")
+    monkeypatch.setattr(logger, "level", logger.level)  # the CLI quiets it; restored after
+    with monkeypatch.context() as scoped:
+        for key, value in (env or {}).items():
+            scoped.setenv(key, value)
+        capsys.readouterr()
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        captured = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, captured.out, captured.err)
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> Iterator[tuple[str, Tokens]]:
+    url = f"sqlite:///{tmp_path / 'shelfwork.db'}"
+    store = Store(url)
+    store.upgrade()
+    yield url, Tokens(store)
+    store.dispose()
+
+
+def test_the_command_fills_in_url_and_token(tmp_path: Path, database: tuple[str, Tokens]) -> None:
+    url, tokens = database
+    _, secret = tokens.create("integrator", "koha-staff")
     token = tmp_path / "koha.token"
-    token.write_text("swk_0123456789ab_secretsecretsecretsecret\n")
-    run = cli("koha-button", "--url", "https://shelfwork.example/", "--token-file", str(token))
+    token.write_text(secret + "\n")
+    run = cli(
+        "--database-url",
+        url,
+        "koha-button",
+        "--url",
+        "https://shelfwork.example/",
+        "--token-file",
+        str(token),
+    )
     assert run.returncode == 0, run.stderr
     assert 'var SHELFWORK_URL = "https://shelfwork.example";' in run.stdout
-    assert 'var SHELFWORK_TOKEN = "swk_0123456789ab_secretsecretsecretsecret";' in run.stdout
+    assert f'var SHELFWORK_TOKEN = "{secret}";' in run.stdout
     assert "__SHELFWORK" not in run.stdout
     assert run.stdout.rstrip().endswith("})();")
     script = tmp_path / "button.js"
     script.write_text(run.stdout)
     checked = subprocess.run(["node", "--check", str(script)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr  # still valid JavaScript once filled in
+
+
+@pytest.mark.parametrize("role", ["admin", "operator", "viewer"])
+def test_only_an_integrator_token_goes_into_koha_pages(
+    database: tuple[str, Tokens],
+    role: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every staff browser can read the script: a token with more power than starting an
+    integration and reading its status must never be put there."""
+    url, tokens = database
+    _, secret = tokens.create(role, f"{role}-token")
+    run = here(
+        capsys,
+        monkeypatch,
+        "--database-url",
+        url,
+        "koha-button",
+        "--url",
+        "https://shelfwork.example",
+        env={"SHELFWORK_BUTTON_TOKEN": secret},
+    )
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert secret not in run.stdout and secret not in run.stderr
+    assert f"is a {role} token" in run.stderr and "only an integrator token" in run.stderr
+    assert "shelfwork token create --role integrator" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_an_unknown_or_revoked_token_is_refused(
+    database: tuple[str, Tokens],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url, tokens = database
+    info, secret = tokens.create("integrator", "old-button")
+    tokens.revoke(info.id)
+    for token in (secret, "swk_0123456789ab_secretsecretsecretsecret"):
+        run = here(
+            capsys,
+            monkeypatch,
+            "--database-url",
+            url,
+            "koha-button",
+            "--url",
+            "https://x.example",
+            env={"SHELFWORK_BUTTON_TOKEN": token},
+        )
+        assert run.returncode == 2, run.stdout + run.stderr
+        assert "unknown, revoked or expired" in run.stderr and token not in run.stderr
 
 
 def test_no_token_is_a_clear_error() -> None:

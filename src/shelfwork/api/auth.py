@@ -263,9 +263,10 @@ class Tokens:
             log.info("API token %s (%s) revoked by %s", info.prefix, info.name, by)
         return info
 
-    def authenticate(self, presented: str) -> Principal | None:
+    def authenticate(self, presented: str, *, touch: bool = True) -> Principal | None:
         """The principal for a presented token, or None if it is malformed, unknown, revoked
-        or expired. The hash comparison takes the same time whatever matches."""
+        or expired. The hash comparison takes the same time whatever matches. `touch=False`
+        looks without recording a use (e.g. to check a token's role before handing it out)."""
         match = _TOKEN.match(presented)
         if match is None:
             return None
@@ -287,7 +288,7 @@ class Tokens:
         now = utcnow()
         if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
             return None
-        if row.last_used_at is None or now - row.last_used_at > TOUCH_EVERY:
+        if touch and (row.last_used_at is None or now - row.last_used_at > TOUCH_EVERY):
             with self.store.write() as conn:
                 conn.execute(
                     update(tokens_t).where(tokens_t.c.id == row.id).values(last_used_at=now)

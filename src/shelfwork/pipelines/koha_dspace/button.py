@@ -19,6 +19,20 @@ def button_template() -> str:
     )
 
 
+def check_button_token(role: str | None) -> None:
+    """Refuse a token that must not be embedded in Koha's pages: every staff browser can read
+    the script, so only the integrator role (start an integration, read its status) may go
+    there. `role` is the token's role, None when the database does not know the token."""
+    make = "make one with `shelfwork token create --role integrator --name koha-staff`"
+    if role is None:
+        raise ConfigError(f"the token is unknown, revoked or expired in this database; {make}")
+    if role != "integrator":
+        raise ConfigError(
+            f"the token is a {role} token, and only an integrator token may be put in Koha's "
+            f"pages (every staff browser can read it); {make}"
+        )
+
+
 def button_script(url: str, token: str) -> str:
     """The snippet for Koha's IntranetUserJS, with the server URL and token as JS strings."""
     if not url.startswith(("http://", "https://")):
