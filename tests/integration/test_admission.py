@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import itertools
 import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from sqlalchemy import select, update
 
 from shelfwork.admission import Admission, Limits
-from shelfwork.errors import QueueFull
+from shelfwork.errors import InvalidTransition, LeaseLost, QueueFull
 from shelfwork.jobs import Jobs, jobs_t
 from shelfwork.pipelines.builtin import noop
 from shelfwork.store import Store
@@ -133,17 +136,50 @@ def test_engine_never_runs_two_in_one_context(make_engine, backend) -> None:
     assert min(v.finished_at for v in views[6:]) < max(v.finished_at for v in views[:6])
 
 
-def _finish(store: Store, job_id: int) -> None:
-    with store.write() as conn:
-        conn.execute(
-            update(jobs_t)
-            .where(jobs_t.c.id == job_id)
-            .values(state="succeeded", finished_at=utcnow(), lease_owner=None)
-        )
+def _finish(store: Store, job_id: int, owner: str = "w") -> None:
+    Jobs(store).finish(job_id, owner, "succeeded")
+
+
+class FakeClock:
+    """Admission and jobs read the time through this in the state machine: leases run out when a
+    rule moves the clock on, not when the machine happens to be slow."""
+
+    def __init__(self) -> None:
+        self.at = utcnow()
+
+    def __call__(self) -> datetime:
+        return self.at
+
+
+CLOCK = FakeClock()
+OWNERS = ["worker-a", "worker-b"]
+TTLS = [5.0, 60.0]  # a short lease, and one that outlives most clock moves
+LIVE = ("waiting", "held", "running")
+
+
+@dataclass
+class Expected:
+    """What the machine expects of one job's row."""
+
+    context: str | None
+    lane: str | None
+    dedup: str | None
+    state: str = "waiting"  # waiting | held | running | succeeded | failed | cancelled
+    runs: int = 0
+    owner: str | None = None  # the lease owner while it runs
+    expires: datetime | None = None
+
+
+def _state(row: Any) -> str:
+    if row.state == "queued":
+        return "waiting" if row.attention is None else "held"
+    return str(row.state)
 
 
 class AdmissionMachine(RuleBasedStateMachine):
-    """Random submits, claims, finishes and cancels; the invariants must hold after every step."""
+    """Random submits, claims, finishes, holds and releases, unclaims, clock moves with reclaims of
+    expired leases, cancels and retries, all through the production API, against a model of each
+    job: after every step the admission rules hold and every row is what the model says."""
 
     url: str = ""
 
@@ -152,14 +188,27 @@ class AdmissionMachine(RuleBasedStateMachine):
         self.store = Store(self.url)
         with self.store.write() as conn:
             conn.execute(jobs_t.delete())
-        self.limits = Limits(max_running=2, max_queue=4)
+        self.limits = Limits(max_running=2, max_queue=3)
         self.adm = Admission(self.store, self.limits)
-        self.accepted = 0
+        self.jobs = Jobs(self.store)
+        self.model: dict[int, Expected] = {}
         self.rejected = 0
-        self.deduped = 0
+        CLOCK.at = utcnow()
 
     def teardown(self) -> None:
-        self.store.dispose()
+        if hasattr(self, "store"):
+            self.store.dispose()
+
+    def _in(self, *states: str) -> list[int]:
+        return sorted(i for i, e in self.model.items() if e.state in states)
+
+    def _has(self, *states: str) -> bool:
+        return hasattr(self, "model") and bool(self._in(*states))
+
+    def _waiting(self) -> int:
+        return len(self._in("waiting"))
+
+    # --- submitting and claiming ----------------------------------------------------------
 
     @rule(
         context=st.sampled_from([None, None, "c1", "c2", "c3"]),
@@ -168,71 +217,171 @@ class AdmissionMachine(RuleBasedStateMachine):
         priority=st.integers(0, 2),
     )
     def submit(self, context, lane, dedup, priority) -> None:
-        waiting_before = self._count("queued")
+        waiting = self._waiting()
+        live = [i for i in self._in(*LIVE) if dedup and self.model[i].dedup == dedup]
         try:
             res = self.adm.submit(
                 noop, context=context, lane=lane, dedup_key=dedup, priority=priority
             )
         except QueueFull as exc:
-            assert waiting_before >= self.limits.max_queue
-            assert exc.waiting == waiting_before
+            assert not live and waiting >= self.limits.max_queue
+            assert exc.waiting == min(waiting, self.limits.max_queue)  # counted to the bound
             self.rejected += 1
             return
-        if res.created:
-            self.accepted += 1
+        if live:
+            assert (res.job_id, res.created) == (live[0], False), "dedup missed a live job"
+            return
+        assert res.created and waiting < self.limits.max_queue, "admitted beyond the bound"
+        self.model[res.job_id] = Expected(context, lane, dedup)
+
+    @rule(owner=st.sampled_from(OWNERS), ttl=st.sampled_from(TTLS))
+    def claim(self, owner: str, ttl: float) -> None:
+        free = self.limits.max_running - len(self._in("running"))
+        claimed = self.adm.claim(owner, ttl)
+        assert len(claimed) <= max(free, 0)
+        for c in claimed:
+            exp = self.model[c.job_id]
+            assert exp.state == "waiting", f"claimed a job that is {exp.state}"
+            assert c.resumed == (exp.runs > 0)
+            exp.state, exp.owner, exp.runs = "running", owner, exp.runs + 1
+            exp.expires = CLOCK() + timedelta(seconds=ttl)
+
+    @rule(
+        seconds=st.sampled_from([0, 4, 10, 30]),
+        owner=st.sampled_from(OWNERS),
+        ttl=st.sampled_from(TTLS),
+    )
+    def scheduler_pass(self, seconds: int, owner: str, ttl: float) -> None:
+        """Time passes; a node's scheduler takes over every running job whose lease ran out, and
+        only those, then claims what admission allows."""
+        CLOCK.at += timedelta(seconds=seconds)
+        expired = [i for i in self._in("running") if self.model[i].expires < CLOCK()]
+        assert sorted(self.adm.reclaim_expired(owner, ttl)) == expired
+        for job_id in expired:
+            exp = self.model[job_id]
+            exp.owner, exp.runs = owner, exp.runs + 1
+            exp.expires = CLOCK() + timedelta(seconds=ttl)
+        self.claim(owner, ttl)
+
+    # --- the end of a run ----------------------------------------------------------------------
+
+    @precondition(lambda self: self._has("running"))
+    @rule(data=st.data(), how=st.sampled_from(["succeeded", "failed", "cancelled"]))
+    def finish(self, data, how: str) -> None:
+        job_id = data.draw(st.sampled_from(self._in("running")))
+        exp = self.model[job_id]
+        self.jobs.finish(job_id, exp.owner, how, None, None if how == "succeeded" else how)
+        exp.state, exp.owner, exp.expires = how, None, None
+
+    @precondition(lambda self: self._has("running"))
+    @rule(data=st.data())
+    def hold(self, data) -> None:
+        """A run finds its pipeline's code changed: the job waits for a person."""
+        job_id = data.draw(st.sampled_from(self._in("running")))
+        exp = self.model[job_id]
+        self.jobs.hold(job_id, exp.owner, "pipeline changed")
+        exp.state, exp.owner, exp.expires = "held", None, None
+
+    @precondition(lambda self: self._has("running"))
+    @rule(data=st.data())
+    def unclaim(self, data) -> None:
+        """A dispatcher gives back a claim no executor took: as if never claimed."""
+        job_id = data.draw(st.sampled_from(self._in("running")))
+        exp = self.model[job_id]
+        self.adm.unclaim([job_id], exp.owner, "broker unreachable")
+        exp.state, exp.owner, exp.expires, exp.runs = "waiting", None, None, exp.runs - 1
+
+    @precondition(lambda self: self._has("running"))
+    @rule(data=st.data(), how=st.sampled_from(["finish", "hold", "unclaim"]))
+    def stale_writer(self, data, how: str) -> None:
+        """A node that no longer holds the lease (another took it over) changes nothing."""
+        job_id = data.draw(st.sampled_from(self._in("running")))
+        stale = next(o for o in [*OWNERS, "node:gone"] if o != self.model[job_id].owner)
+        if how == "unclaim":
+            self.adm.unclaim([job_id], stale, "broker unreachable")
+            return
+        with pytest.raises(LeaseLost):
+            if how == "hold":
+                self.jobs.hold(job_id, stale, "pipeline changed")
+            else:
+                self.jobs.finish(job_id, stale, "succeeded")
+
+    # --- people ------------------------------------------------------------------------------
+
+    @precondition(lambda self: self._has("held"))
+    @rule(data=st.data(), release=st.booleans())
+    def release_or_cancel_held(self, data, release: bool) -> None:
+        """A held job resumes on the new code when released (outside the queue bound: it was
+        admitted long ago), or is cancelled."""
+        job_id = data.draw(st.sampled_from(self._in("held")))
+        if release:
+            self.jobs.release(job_id, "2")
+            self.model[job_id].state = "waiting"
         else:
-            self.deduped += 1
+            self.jobs.cancel(job_id)
+            self.model[job_id].state = "cancelled"
 
-    @rule()
-    def claim(self) -> None:
-        self.adm.claim("worker", 30)
-
-    @precondition(lambda self: self._count("running") > 0)
+    @precondition(lambda self: self._has("waiting"))
     @rule(data=st.data())
-    def finish(self, data) -> None:
-        with self.store.read() as conn:
-            running = (
-                conn.execute(select(jobs_t.c.id).where(jobs_t.c.state == "running")).scalars().all()
-            )
-        _finish(self.store, data.draw(st.sampled_from(sorted(running))))
+    def cancel_waiting(self, data) -> None:
+        job_id = data.draw(st.sampled_from(self._in("waiting")))
+        self.jobs.cancel(job_id)
+        self.model[job_id].state = "cancelled"
 
+    @precondition(lambda self: self._has("succeeded", "failed", "cancelled"))
     @rule(data=st.data())
-    def cancel(self, data) -> None:
-        with self.store.read() as conn:
-            queued = (
-                conn.execute(select(jobs_t.c.id).where(jobs_t.c.state == "queued")).scalars().all()
-            )
-        if queued:
-            Jobs(self.store).cancel(data.draw(st.sampled_from(sorted(queued))))
+    def retry(self, data) -> None:
+        """A failed or cancelled job is queued again, within the queue bound and not while another
+        live job has its dedup key; a succeeded one is refused."""
+        job_id = data.draw(st.sampled_from(self._in("succeeded", "failed", "cancelled")))
+        exp = self.model[job_id]
+        waiting = self._waiting()
+        clash = exp.dedup is not None and any(
+            self.model[i].dedup == exp.dedup for i in self._in(*LIVE)
+        )
+        try:
+            self.adm.retry(job_id)
+        except QueueFull:
+            assert exp.state != "succeeded" and waiting >= self.limits.max_queue
+            self.rejected += 1
+            return
+        except InvalidTransition:
+            assert exp.state == "succeeded" or (clash and waiting < self.limits.max_queue)
+            return
+        assert exp.state != "succeeded" and not clash and waiting < self.limits.max_queue
+        exp.state = "waiting"
 
-    def _count(self, state: str) -> int:
-        with self.store.read() as conn:
-            return len(conn.execute(select(jobs_t.c.id).where(jobs_t.c.state == state)).all())
+    # --- invariants ----------------------------------------------------------------------
 
     @invariant()
-    def limits_hold(self) -> None:
+    def rows_are_as_modelled_and_limits_hold(self) -> None:
         if not hasattr(self, "store"):
             return
         with self.store.read() as conn:
-            rows = conn.execute(
-                select(jobs_t.c.state, jobs_t.c.context, jobs_t.c.lane, jobs_t.c.dedup_key)
-            ).all()
+            rows = conn.execute(select(jobs_t)).all()
+        # every submission is accounted for: a job row, a dedup hit, or a reported rejection
+        assert {r.id for r in rows} == set(self.model)
+        assert self.adm.rejections == self.rejected
+        for r in rows:
+            exp = self.model[r.id]
+            assert _state(r) == exp.state, f"job {r.id} is {_state(r)}, expected {exp.state}"
+            assert r.runs == exp.runs, f"job {r.id}: runs {r.runs}, expected {exp.runs}"
+            assert r.lease_owner == exp.owner, f"job {r.id}: leased to {r.lease_owner}"
+            assert r.lease_expires_at == exp.expires, f"job {r.id}: lease {r.lease_expires_at}"
         running = [r for r in rows if r.state == "running"]
         assert len(running) <= self.limits.max_running
         contexts = [r.context for r in running if r.context]
         lanes = [r.lane for r in running if r.lane]
         assert len(contexts) == len(set(contexts)), "two running jobs share a context"
         assert len(lanes) == len(set(lanes)), "two running jobs share a lane"
-        assert sum(r.state == "queued" for r in rows) <= self.limits.max_queue
         live_dedup = [r.dedup_key for r in rows if r.dedup_key and r.state in ("queued", "running")]
         assert len(live_dedup) == len(set(live_dedup))
-        # every submission is accounted for: a job row, a dedup hit, or a reported rejection
-        assert len(rows) == self.accepted
-        assert self.adm.rejections == self.rejected
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
-def test_admission_invariants_stateful(kind: str, request: pytest.FixtureRequest, tmp_path) -> None:
+def test_admission_invariants_stateful(
+    kind: str, request: pytest.FixtureRequest, tmp_path, monkeypatch
+) -> None:
     if kind == "postgres":
         url = request.getfixturevalue("pg_url")
         truncate_pg(url)
@@ -241,11 +390,16 @@ def test_admission_invariants_stateful(kind: str, request: pytest.FixtureRequest
         url = f"sqlite:///{tmp_path / 'machine.db'}"
         Store(url).upgrade()
         examples = 60
+    monkeypatch.setattr("shelfwork.admission.utcnow", CLOCK)
+    monkeypatch.setattr("shelfwork.jobs.utcnow", CLOCK)
     AdmissionMachine.url = url
     AdmissionMachine.TestCase.settings = settings(
         max_examples=examples,
         stateful_step_count=30,
         deadline=None,
         suppress_health_check=list(HealthCheck),
+        # No shrinking: each step is a few database transactions, and shrinking a failure took
+        # minutes; the failing run's steps are printed as they are.
+        phases=[Phase.explicit, Phase.reuse, Phase.generate],
     )
     AdmissionMachine.TestCase().runTest()
