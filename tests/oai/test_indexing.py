@@ -352,3 +352,23 @@ def test_migration_0003_fills_in_the_sets_of_exposed_records(tmp_path: Path) -> 
         ("oai", "a:b", "oai:old:1"),
         ("oai", "a:b:c", "oai:old:1"),
     ]
+
+
+def test_a_record_that_only_changed_sets_is_exposed_again(
+    exposure: Exposure, upstream: Provider
+) -> None:
+    repository = upstream.repository
+    moved = "oai:ex:03"  # in chem, now in BIO; its metadata is the same
+    repository.items = [
+        Item(i.identifier, i.datestamp, ("BIO",), fields=i.fields) if i.identifier == moved else i
+        for i in repository.items
+    ]
+    run(exposure.engine, "HARVEST", "VALIDATE", incremental=False, network="EX")
+    jobs = run(exposure.engine, "INDEX_OAI", network="EX")  # incremental
+    assert sent(exposure.engine, next(j for j in jobs if j.pipeline == "oai-index")) == 1
+    record = exposure.ask(verb="GetRecord", identifier=moved, metadataPrefix="oai_dc")
+    assert [s.text for s in record.iter(f"{{{OAI}}}setSpec")] == ["BIO"]
+    upper = exposure.ask(verb="ListIdentifiers", metadataPrefix="oai_dc", set="BIO")
+    assert moved in identifiers(upper)
+    chem = exposure.ask(verb="ListIdentifiers", metadataPrefix="oai_dc", set="chem")
+    assert moved not in identifiers(chem)

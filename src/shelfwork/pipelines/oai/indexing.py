@@ -5,8 +5,8 @@ snapshot since it was last indexed.
 
 `oai_index_entries` remembers what each target holds of each network (identifier and the hash
 of the published metadata), so a run sends only records that are new or whose published
-metadata changed, and removes records that were deleted, became invalid or left the snapshot.
-Targets: `builtin` (the metadata database's full-text search), `solr` (JSON update API) and
+metadata or sets changed, and removes records that were deleted, became invalid or left the
+snapshot. Targets: `builtin` (the metadata database's full-text search), `solr` (JSON update API) and
 `oai` (shelfwork's own OAI-PMH provider, which serves straight from the entries: a removal stays
 as a deleted record there, with the moment of the change as its datestamp).
 
@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from typing import Any, Literal
 
 from lxml import etree
-from sqlalchemy import and_, delete, exists, func, not_, or_, select, update
+from sqlalchemy import Text, and_, cast, delete, exists, func, not_, or_, select, update
 
 from ...batch import Page as BatchPage
 from ...batch import run_batches
@@ -160,6 +160,8 @@ def index(ctx: StepContext) -> dict[str, Any] | None:
                 entries_t.c.identifier.is_(None),
                 entries_t.c.deleted.is_(True),
                 entries_t.c.published_hash != records_t.c.published_hash,
+                # a record moved to other sets with the same metadata: its header changed
+                cast(entries_t.c.sets, Text) != cast(records_t.c.sets, Text),
             ),
         )
         .order_by(pid)

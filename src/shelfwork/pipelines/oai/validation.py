@@ -137,6 +137,9 @@ class Comparison:
     (lareferencia-core-lib FieldExpressionEvaluator.toValue): with the default ONE_OR_MORE a term
     holds when some occurrence matches, with ALL when every one does (and when there is none),
     with ONE_ONLY when exactly one does, with ZERO_ONLY when none does; ZERO_OR_MORE always holds.
+    (The reference builds its evaluator before the rule's quantifier is set, so its deployments
+    may judge every term as ONE_OR_MORE; its own FieldExpressionValidatorRuleTest applies the
+    rule's quantifier, which is what is followed here.)
     """
 
     field: str
