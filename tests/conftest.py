@@ -90,7 +90,7 @@ def make_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engi
     )
     engines: list[Engine] = []
     workers: list[Any] = []
-    if backend == "postgres-celery":
+    if backend.startswith("postgres"):  # postgres-celery; postgres-local for local-pool tests
         url = request.getfixturevalue("pg_url")
         truncate_pg(url)
     else:
@@ -103,7 +103,7 @@ def make_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engi
         scheduler: bool = True,
         **overrides: Any,
     ) -> Engine:
-        executor = "celery" if backend == "postgres-celery" else "local"
+        executor = "celery" if backend.endswith("celery") else "local"
         settings = test_settings(url, executor=executor, **overrides)
         registry = Registry([*builtin.PIPELINES, *(pipelines or [])])
         engine = Engine(settings, registry)
@@ -119,7 +119,7 @@ def make_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engi
         w.__exit__(None, None, None)
     for e in engines:
         e.stop(wait=False)
-    if backend == "postgres-celery":
+    if backend.endswith("celery"):
         from shelfwork.executors import celery as celery_executor
 
         celery_executor.bind_engine(None)
@@ -145,6 +145,16 @@ def _celery_worker(engine: Engine) -> Any:
     )
     ctx.__enter__()
     return ctx
+
+
+def worker_serves(engine: Engine) -> None:
+    """From now on the in-process Celery worker runs jobs on `engine`, as a worker process of a
+    new node would (the one that served the previous engine is gone). Local engines run their
+    own jobs: nothing to do."""
+    if not engine.executor.runs_here:
+        from shelfwork.executors import celery as celery_executor
+
+        celery_executor.bind_engine(engine)
 
 
 def _purge(url: str) -> None:

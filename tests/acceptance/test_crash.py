@@ -615,15 +615,20 @@ def test_celery_redelivery_to_the_worker_running_the_job_is_turned_away(
     assert turned_away == deliveries - 1, f"{deliveries} deliveries, {turned_away} turned away"
 
 
-def test_job_that_waited_past_its_lease_renews_it_before_running(make_engine: Any) -> None:
+@pytest.mark.parametrize("backend", ["sqlite-local", "postgres-local"])
+def test_job_that_waited_past_its_lease_renews_it_before_running(
+    make_engine: Any, backend: str
+) -> None:
     """The local pool can hold a claimed job until its lease has run out (a reclaim takes every
     expired job, whatever the free threads). Run as it was, another node reclaims it mid-step and
-    two live processes run the same step; the runner must renew the lease first."""
+    two live processes run the same step; the runner must renew the lease first. (The local pool
+    on PostgreSQL too: several servers with local executors may share one database.)"""
     starts: list[str] = []
-    gate = threading.Event()
+    started, gate = threading.Event(), threading.Event()
 
     def hold(ctx: StepContext) -> None:
         starts.append(ctx.engine.node_id)
+        started.set()
         gate.wait(5)
 
     gated = Pipeline("crash-gate", steps=[step(hold)])
@@ -631,12 +636,15 @@ def test_job_that_waited_past_its_lease_renews_it_before_running(make_engine: An
     b = make_engine([gated], scheduler=False)
     job_id = a.admission.submit(gated).job_id  # queued only: the engine's submit would start it
     assert [c.job_id for c in a.admission.claim(a.node_id, 0.01)] == [job_id]
-    time.sleep(0.05)  # the lease runs out while the job waits for a thread
-    a.executor.submit(job_id)
+    # the lease runs out while the job waits for a thread
+    lease = a.jobs.get(job_id, steps=False).lease_expires_at
+    assert lease is not None
     deadline = time.monotonic() + 5
-    while not starts and time.monotonic() < deadline:
-        time.sleep(0.01)
+    while utcnow() <= lease and time.monotonic() < deadline:
+        time.sleep(0.005)
+    a.executor.submit(job_id)
     try:
+        assert started.wait(5)
         assert starts == [a.node_id]
         assert b.admission.reclaim_expired(b.node_id, 3.0) == []
     finally:

@@ -24,11 +24,11 @@ from sqlalchemy import update
 
 from shelfwork.context import StepContext
 from shelfwork.engine import Engine
-from shelfwork.executors import celery as celery_executor
 from shelfwork.jobs import jobs_t
 from shelfwork.pipeline import Pipeline, Retry, step
 from shelfwork.runner import Run
 from shelfwork.store.database import utcnow
+from tests.conftest import worker_serves
 
 WAIT = 20.0  # generous bound for any one event; a healthy run needs milliseconds
 
@@ -158,8 +158,7 @@ def take_over(make_engine: Callable[..., Engine], job_id: int) -> Engine:
     the lease (Celery; the in-process worker now serves the new node, as another worker host
     would)."""
     taker = make_engine(PIPELINES, scheduler=False)
-    if not taker.executor.runs_here:
-        celery_executor.bind_engine(taker)
+    worker_serves(taker)
     assert taker.reclaim() == [job_id]
     return taker
 

@@ -10,6 +10,7 @@ from sqlalchemy import update
 from shelfwork.errors import BadParams, PreconditionFailed, UnknownPipeline
 from shelfwork.jobs import jobs_t
 from shelfwork.pipeline import Pipeline, Retry, step
+from tests.conftest import worker_serves
 from tests.support import pipelines as tp
 
 
@@ -131,16 +132,17 @@ def crash(engine) -> None:
     engine.wake()
 
 
-def test_lost_lease_is_reclaimed_and_resumes_at_unfinished_step(make_engine) -> None:
+def test_lost_lease_is_reclaimed_and_resumes_at_unfinished_step(make_engine, backend) -> None:
     """A server that stops renewing its lease (as a crashed one would) loses the job; another
     reclaims it and resumes at the first unfinished step; the finished step does not run again.
-    (The same on real processes with SIGKILL, and on Celery: tests/acceptance/test_crash.py.)"""
+    (The same on real processes with SIGKILL: tests/acceptance/test_crash.py.)"""
     dying = make_engine(tp.ALL, lease_ttl=1.0)
-    gate = f"lease-{time.monotonic()}"
+    gate = f"lease-{backend}-{time.monotonic()}"
     job = dying.submit("gate", {"gate": gate, "hold": 60})
     _wait_for(lambda: tp.CALLS.get(f"gate:{gate}", 0) >= 1)
     crash(dying)
     survivor = make_engine(tp.ALL, lease_ttl=1.0)
+    worker_serves(survivor)
     _wait_for(lambda: tp.CALLS.get(f"gate:{gate}", 0) >= 2, timeout=20)
     tp.GATES[gate].set()
     view = survivor.wait(job.job_id, 30)
@@ -152,9 +154,9 @@ def test_lost_lease_is_reclaimed_and_resumes_at_unfinished_step(make_engine) -> 
     assert "reclaimed" in kinds and kinds.count("succeeded") == 1
 
 
-def test_changed_pipeline_version_is_held_then_released(make_engine) -> None:
+def test_changed_pipeline_version_is_held_then_released(make_engine, backend) -> None:
     dying = make_engine(tp.ALL, lease_ttl=1.0)
-    gate = f"version-{time.monotonic()}"
+    gate = f"version-{backend}-{time.monotonic()}"
     job = dying.submit("gate", {"gate": gate, "hold": 60})
     _wait_for(lambda: tp.CALLS.get(f"gate:{gate}", 0) >= 1)
     crash(dying)
@@ -163,6 +165,7 @@ def test_changed_pipeline_version_is_held_then_released(make_engine) -> None:
         "gate", version="2", params=tp.GateParams, steps=[step(tp.first), step(tp.wait_gate)]
     )
     engine = make_engine([new], lease_ttl=1.0)
+    worker_serves(engine)
     _wait_for(lambda: engine.get(job.job_id).attention is not None, timeout=20)
     view = engine.get(job.job_id)
     assert view.state == "queued"
