@@ -428,9 +428,9 @@ UUID_IN_PATH = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9
 PIPELINE_CALLS = (
     "render_cover",
     "check_pdf",
-    "md5_of",
+    "fingerprint_of",
     "claim_into",
-    "resolve_in_inbox",
+    "open_in_inbox",
     "parse_marcxml",
     "to_marcxml",
     "crosswalk",

@@ -18,14 +18,18 @@ import pytest
 from shelfwork.errors import ConfigError
 from shelfwork.pipelines.koha_dspace import files
 from shelfwork.pipelines.koha_dspace.files import (
+    FileChanged,
     FileRejected,
+    Fingerprint,
     Folders,
     MissingFile,
     PathOutsideInbox,
+    StillBeingWritten,
     claim_into,
+    fingerprint_of,
     md5_of,
     move_to_error,
-    resolve_in_inbox,
+    open_in_inbox,
 )
 
 
@@ -57,16 +61,38 @@ def test_folders_must_be_set_and_differ(tmp_path: Path) -> None:
         Folders.from_config({"inbox": tmp_path, "processed": tmp_path, "error": tmp_path / "e"})
 
 
-# --- resolve_in_inbox --------------------------------------------------------------------------
+# --- open_in_inbox -----------------------------------------------------------------------------
 
 
-def test_resolves_files_and_subfolders(inbox: Path) -> None:
-    assert resolve_in_inbox(inbox, "scan.pdf") == (inbox / "scan.pdf").resolve()
-    book = (inbox / "2024" / "May" / "книга 1.pdf").resolve()
-    assert resolve_in_inbox(inbox, "2024/May/книга 1.pdf") == book
-    assert resolve_in_inbox(inbox, "./2024//May/./книга 1.pdf") == book
-    assert resolve_in_inbox(inbox, "2024\\May\\книга 1.pdf") == book  # typed on Windows
-    assert resolve_in_inbox(inbox, "  scan.pdf  ") == (inbox / "scan.pdf").resolve()
+def identity(path: Path) -> tuple[int, int]:
+    info = path.stat(follow_symlinks=False)
+    return info.st_dev, info.st_ino
+
+
+def opened(inbox: Path, reference: str) -> tuple[bytes, tuple[int, int]]:
+    """The content and identity of the file `reference` opens, read through its descriptor."""
+    with open_in_inbox(inbox, reference) as file:
+        return os.pread(file.fd, 1 << 20, 0), file.identity
+
+
+def refusal(inbox: Path, reference: str) -> FileRejected:
+    with pytest.raises(FileRejected) as caught, open_in_inbox(inbox, reference):
+        pass
+    # errors reach Koha's 956$z and the task status: no server paths in them
+    assert str(inbox.parent) not in str(caught.value)
+    return caught.value
+
+
+def test_opens_files_and_subfolders(inbox: Path) -> None:
+    scan = (b"%PDF-1.4 scan", identity(inbox / "scan.pdf"))
+    assert opened(inbox, "scan.pdf") == scan
+    book = (b"%PDF-1.4 book", identity(inbox / "2024" / "May" / "книга 1.pdf"))
+    assert opened(inbox, "2024/May/книга 1.pdf") == book
+    assert opened(inbox, "./2024//May/./книга 1.pdf") == book
+    assert opened(inbox, "2024\\May\\книга 1.pdf") == book  # typed on Windows
+    assert opened(inbox, "  scan.pdf  ") == scan
+    with open_in_inbox(inbox, "2024/May/книга 1.pdf") as file:
+        assert (file.shown, file.name) == ("2024/May/книга 1.pdf", "книга 1.pdf")
 
 
 @pytest.mark.parametrize(
@@ -88,17 +114,15 @@ def test_resolves_files_and_subfolders(inbox: Path) -> None:
     ],
 )
 def test_references_leaving_the_inbox_are_refused(inbox: Path, reference: str, reason: str) -> None:
-    with pytest.raises(PathOutsideInbox) as caught:
-        resolve_in_inbox(inbox, reference)
-    assert reason in caught.value.reason
-    assert caught.value.path == reference
+    refused = refusal(inbox, reference)
+    assert isinstance(refused, PathOutsideInbox)
+    assert reason in refused.reason
+    assert refused.path == reference
 
 
 def test_empty_reference_and_the_inbox_itself(inbox: Path) -> None:
     for reference in ("", "   ", ".", "./"):
-        with pytest.raises(FileRejected) as caught:
-            resolve_in_inbox(inbox, reference)
-        assert not isinstance(caught.value, MissingFile)
+        assert not isinstance(refusal(inbox, reference), MissingFile)
 
 
 def test_symlink_out_of_the_inbox_is_refused(inbox: Path, tmp_path: Path) -> None:
@@ -108,48 +132,106 @@ def test_symlink_out_of_the_inbox_is_refused(inbox: Path, tmp_path: Path) -> Non
     (inbox / "link.pdf").symlink_to(outside / "secret.pdf")
     (inbox / "dir").symlink_to(outside)
     (inbox / "up.pdf").symlink_to(Path("..") / "outside" / "secret.pdf")  # relative symlink
-    for reference in ("link.pdf", "dir/secret.pdf", "up.pdf"):
-        with pytest.raises(PathOutsideInbox, match="symlink leads outside"):
-            resolve_in_inbox(inbox, reference)
+    for reference, link in (("link.pdf", "link.pdf"), ("dir/secret.pdf", "dir"), ("up.pdf",) * 2):
+        refused = refusal(inbox, reference)
+        assert isinstance(refused, PathOutsideInbox)
+        assert refused.reason.startswith(f"{link} is a symbolic link;")
+        assert "could lead outside" in refused.reason
 
 
-def test_symlink_inside_the_inbox_is_allowed(inbox: Path) -> None:
+def test_symlinks_inside_the_inbox_are_refused_too(inbox: Path) -> None:
+    """A link that stays inside could be changed to lead out between two looks: none is
+    followed, wherever it leads."""
     (inbox / "alias.pdf").symlink_to(inbox / "2024" / "May" / "книга 1.pdf")
     (inbox / "latest").symlink_to(Path("2024") / "May")
-    real = (inbox / "2024" / "May" / "книга 1.pdf").resolve()
-    assert resolve_in_inbox(inbox, "alias.pdf") == real
-    assert resolve_in_inbox(inbox, "latest/книга 1.pdf") == real
+    (inbox / "dangling.pdf").symlink_to(inbox / "gone.pdf")
+    (inbox / "loop.pdf").symlink_to(inbox / "loop.pdf")
+    for reference in ("alias.pdf", "latest/книга 1.pdf", "dangling.pdf", "loop.pdf"):
+        refused = refusal(inbox, reference)
+        assert isinstance(refused, PathOutsideInbox), reference
+        assert "is a symbolic link" in refused.reason
 
 
 def test_inbox_reached_through_a_symlink_works(inbox: Path, tmp_path: Path) -> None:
+    """The inbox folder itself is configured, not typed in a record: it may be a symlink."""
     (tmp_path / "scans").symlink_to(inbox)
-    assert resolve_in_inbox(tmp_path / "scans", "scan.pdf") == (inbox / "scan.pdf").resolve()
+    assert opened(tmp_path / "scans", "scan.pdf") == (
+        b"%PDF-1.4 scan",
+        identity(inbox / "scan.pdf"),
+    )
 
 
-def test_missing_file_says_which_and_where(inbox: Path) -> None:
-    with pytest.raises(MissingFile) as caught:
-        resolve_in_inbox(inbox, "2024/scan2.pdf")
-    assert str(caught.value) == f"2024/scan2.pdf not found in inbox {inbox.resolve()}"
-    (inbox / "dangling.pdf").symlink_to(inbox / "gone.pdf")
-    with pytest.raises(MissingFile):
-        resolve_in_inbox(inbox, "dangling.pdf")
+def test_missing_file_says_which_but_not_where(inbox: Path) -> None:
+    for reference in ("2024/scan2.pdf", "2025/May/scan.pdf"):
+        refused = refusal(inbox, reference)
+        assert isinstance(refused, MissingFile)
+        assert str(refused) == f"{reference} not found in inbox"
 
 
 def test_directory_and_special_files_are_refused(inbox: Path) -> None:
-    with pytest.raises(FileRejected, match="a directory") as caught:
-        resolve_in_inbox(inbox, "2024/May")
-    assert not isinstance(caught.value, MissingFile | PathOutsideInbox)
-    os.mkfifo(inbox / "pipe.pdf")
-    with pytest.raises(FileRejected, match="not a regular file"):
-        resolve_in_inbox(inbox, "pipe.pdf")
-    (inbox / "loop.pdf").symlink_to(inbox / "loop.pdf")
-    with pytest.raises(FileRejected, match="cannot be resolved"):
-        resolve_in_inbox(inbox, "loop.pdf")
+    refused = refusal(inbox, "2024/May")
+    assert refused.reason == "a directory, not a file"
+    assert not isinstance(refused, MissingFile | PathOutsideInbox)
+    os.mkfifo(inbox / "pipe.pdf")  # refused without waiting for a writer
+    assert refusal(inbox, "pipe.pdf").reason == "not a regular file"
+    assert refusal(inbox, "scan.pdf/x.pdf").reason == "scan.pdf is not a folder"
+
+
+def test_a_fifo_put_in_place_after_the_look_is_refused_without_hanging(
+    inbox: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The entry is looked at, then opened: what is opened is checked again."""
+    real_open = os.open
+
+    def swap_then_open(path: object, flags: int, *args: object, **kwargs: object) -> int:
+        if path == "scan.pdf":
+            os.unlink(inbox / "scan.pdf")
+            os.mkfifo(inbox / "scan.pdf")
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(files.os, "open", swap_then_open)
+    assert refusal(inbox, "scan.pdf").reason == "not a regular file"
 
 
 def test_missing_inbox_is_reported(tmp_path: Path) -> None:
-    with pytest.raises(FileRejected, match=r"the inbox .* is not usable"):
-        resolve_in_inbox(tmp_path / "nowhere", "scan.pdf")
+    refused = refusal(tmp_path / "nowhere", "scan.pdf")
+    assert str(refused) == (
+        "the inbox folder cannot be opened (No such file or directory); check the inbox setting"
+    )
+
+
+def test_the_fingerprint_is_read_from_the_open_file(inbox: Path) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    (inbox / "big.pdf").write_bytes(data)
+    with open_in_inbox(inbox, "big.pdf") as file:
+        os.rename(inbox / "big.pdf", inbox / "renamed.pdf")
+        (inbox / "big.pdf").write_bytes(b"another file under the name")
+        found = file.fingerprint()
+    assert found == Fingerprint(
+        size=len(data), sha256=hashlib.sha256(data).hexdigest(), md5=hashlib.md5(data).hexdigest()
+    )
+    assert fingerprint_of(inbox / "renamed.pdf") == found
+
+
+def test_a_file_growing_while_it_is_hashed_is_still_being_written(
+    inbox: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_pread = os.pread
+    grown: list[bool] = []
+
+    def pread_while_a_copier_appends(fd: int, size: int, offset: int) -> bytes:
+        chunk = real_pread(fd, size, offset)
+        if not grown:
+            grown.append(True)
+            with open(inbox / "scan.pdf", "ab") as out:
+                out.write(b" and the rest")
+        return chunk
+
+    monkeypatch.setattr(files.os, "pread", pread_while_a_copier_appends)
+    with open_in_inbox(inbox, "scan.pdf") as file:
+        with pytest.raises(StillBeingWritten, match=r"scan\.pdf is still being written"):
+            file.fingerprint()
+        assert file.fingerprint().size == len(b"%PDF-1.4 scan and the rest")
 
 
 # --- claim_into --------------------------------------------------------------------------------
@@ -185,6 +267,44 @@ def test_versions_grow_past_99_and_ignore_other_stems(tmp_path: Path) -> None:
 def test_claim_of_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(MissingFile):
         claim_into(tmp_path / "nothing.pdf", tmp_path / "processed")
+
+
+def test_a_claim_moves_the_file_opened_even_through_a_swapped_folder(
+    inbox: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "книга 1.pdf").write_bytes(b"%PDF outside")
+    with open_in_inbox(inbox, "2024/May/книга 1.pdf") as file:
+        os.rename(inbox / "2024" / "May", inbox / "2024" / "Moved")
+        (inbox / "2024" / "May").symlink_to(outside)
+        claimed = claim_into(file, tmp_path / "processed")
+    assert claimed.read_bytes() == b"%PDF-1.4 book"
+    assert not (inbox / "2024" / "Moved" / "книга 1.pdf").exists()
+    assert (outside / "книга 1.pdf").read_bytes() == b"%PDF outside"
+
+
+def test_a_claim_takes_nothing_if_another_file_took_the_name(inbox: Path, tmp_path: Path) -> None:
+    """Found, then renamed away and replaced (by a file or a symlink): the name no longer
+    names the file opened, so nothing is moved and both stay where they are."""
+    processed = tmp_path / "processed"
+    for replacement in ("file", "symlink"):
+        (inbox / "scan.pdf").write_bytes(b"%PDF-1.4 scan")
+        with open_in_inbox(inbox, "scan.pdf") as file:
+            os.rename(inbox / "scan.pdf", inbox / f"renamed-{replacement}.pdf")
+            if replacement == "file":
+                (inbox / "scan.pdf").write_bytes(b"%PDF another")
+            else:
+                (inbox / "scan.pdf").symlink_to(inbox / "2024" / "May" / "книга 1.pdf")
+            with pytest.raises(FileChanged) as caught:
+                claim_into(file, processed)
+        assert str(caught.value) == (
+            "scan.pdf was replaced by another file while it was being moved; nothing was taken"
+        )
+        assert list(processed.iterdir()) == []
+        assert (inbox / f"renamed-{replacement}.pdf").read_bytes() == b"%PDF-1.4 scan"
+        assert (inbox / "scan.pdf").is_symlink() == (replacement == "symlink")
+        (inbox / "scan.pdf").unlink()
 
 
 def _claim_after_barrier(source: str, processed: str, barrier: object) -> str:
@@ -309,11 +429,11 @@ def test_claim_without_hard_links_copies_exclusively(
     real_open = os.open
     raced = []
 
-    def racing_open(path: object, flags: int, *args: object) -> int:
-        if str(path).endswith("scan_v02.pdf") and not raced:
+    def racing_open(path: object, flags: int, *args: object, **kwargs: object) -> int:
+        if path == "scan_v02.pdf" and not raced:
             raced.append(True)
-            Path(str(path)).write_bytes(b"the other claim")
-        return real_open(path, flags, *args)
+            (processed / "scan_v02.pdf").write_bytes(b"the other claim")
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(files.os, "open", racing_open)
     claimed = claim_into(source, processed)

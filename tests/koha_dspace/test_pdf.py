@@ -52,6 +52,16 @@ def empty_file(path: Path) -> Path:
     return path
 
 
+def info_of(data: bytes, pages: int) -> PdfInfo:
+    """What check_pdf should report for a PDF of these bytes."""
+    return PdfInfo(
+        pages=pages,
+        size=len(data),
+        md5=hashlib.md5(data).hexdigest(),
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+
+
 def jpeg_bytes() -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (8, 8), "red").save(out, format="JPEG")
@@ -63,9 +73,7 @@ def jpeg_bytes() -> bytes:
 
 def test_good_pdfs(tmp_path: Path) -> None:
     text = text_pdf(tmp_path / "text.pdf", pages=3)
-    assert check_pdf(text, sleep=FakeSleep()) == PdfInfo(
-        pages=3, size=text.stat().st_size, md5=hashlib.md5(text.read_bytes()).hexdigest()
-    )
+    assert check_pdf(text, sleep=FakeSleep()) == info_of(text.read_bytes(), 3)
     scan = scanned_pdf(tmp_path / "скан 1.pdf", pages=4)  # a Cyrillic file name
     assert check_pdf(scan, sleep=FakeSleep()).pages == 4
 
@@ -78,7 +86,7 @@ def test_zero_byte_file_is_retried_then_reported_empty(tmp_path: Path) -> None:
         check_pdf(path, tries=3, delay=1.5, sleep=sleep)
     assert caught.value.reason == "empty file (0 bytes)"
     assert caught.value.path == path
-    assert str(caught.value) == f"{path}: empty file (0 bytes)"
+    assert str(caught.value) == "empty.pdf: empty file (0 bytes)"  # no server path: 956$z shows it
     assert sleep.calls == [1.5, 1.5]
 
 
@@ -182,7 +190,7 @@ def test_file_completed_by_a_copier_during_the_retries(tmp_path: Path) -> None:
     info = check_pdf(path, tries=3, delay=1.0, sleep=sleep)
     thread.join()
     assert sleep.calls == [1.0]
-    assert info == PdfInfo(pages=20, size=len(whole), md5=hashlib.md5(whole).hexdigest())
+    assert info == info_of(whole, 20)
 
 
 def test_a_file_that_grows_during_one_inspection_is_checked_again(
@@ -212,8 +220,7 @@ def test_a_file_that_grows_during_one_inspection_is_checked_again(
     sleep = FakeSleep()
     info = check_pdf(path, tries=2, delay=0.5, sleep=sleep)
     assert sleep.calls == [0.5]
-    whole = path.read_bytes()
-    assert info == PdfInfo(pages=2, size=len(whole), md5=hashlib.md5(whole).hexdigest())
+    assert info == info_of(path.read_bytes(), 2)
 
 
 def test_zero_byte_file_that_arrives(tmp_path: Path) -> None:

@@ -11,15 +11,24 @@ and bitmaps, happens under `PDFIUM_LOCK`. Objects are closed explicitly inside t
 than left to garbage collection, which could run their finalizers on any thread at any time.
 Other code in the process that uses pypdfium2 must take the same lock. The JPEG encoding
 (Pillow, thread-safe) runs outside it.
+
+Each check or render opens the file once (not following a symlink at its name) and reads
+everything, PDFium included, from that one descriptor: the checksums then describe the very
+bytes that were checked, whatever happens to the name meanwhile.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import io
+import os
 import re
+import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +37,6 @@ import pypdfium2.raw as pdfium_c
 from PIL import Image
 
 from ...errors import ShelfworkError
-from .files import md5_of
 
 #: serialises every PDFium call in this process (see the module docstring)
 PDFIUM_LOCK = threading.RLock()
@@ -39,6 +47,8 @@ MAX_COVER_RATIO = 4.0
 _ENCRYPT = re.compile(rb"/Encrypt\b")
 # a page tree dictionary (no nested dictionaries) whose /Count is 0
 _EMPTY_PAGE_TREE = re.compile(rb"<<(?=[^<>]*/Type\s*/Pages\b)(?=[^<>]*/Count\s+0\b)[^<>]*>>")
+_CHUNK = 1024 * 1024
+_OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: a FIFO won't hang
 _HEAD = 1024  # PDF readers accept the %PDF- header anywhere in the first 1024 bytes
 _TAIL = 1024  # and look for %%EOF near the end
 _MAGIC = (
@@ -54,19 +64,24 @@ _MAGIC = (
 
 
 class BadPdf(ShelfworkError):
-    """The file is not a PDF that can be deposited; `reason` says what is wrong with it."""
+    """The file is not a PDF that can be deposited; `reason` says what is wrong with it.
+
+    The message names the file, not its folder: it reaches Koha's 956$z and the task status."""
 
     def __init__(self, path: Path, reason: str) -> None:
         self.path = path
         self.reason = reason
-        super().__init__(f"{path}: {reason}")
+        super().__init__(f"{path.name}: {reason}")
 
 
 @dataclass(frozen=True)
 class PdfInfo:
+    """What was checked: the page count, and the size and checksums of those very bytes."""
+
     pages: int
     size: int
     md5: str
+    sha256: str
 
 
 class _Unreadable(Exception):
@@ -83,7 +98,7 @@ def check_pdf(
     delay: float = 1.0,
     sleep: Callable[[float], None] = time.sleep,
 ) -> PdfInfo:
-    """Pages, size and MD5 of a readable PDF; BadPdf with the last reason otherwise.
+    """Pages, size, MD5 and SHA-256 of a readable PDF; BadPdf with the last reason otherwise.
 
     A scan may still be being copied into place (a network share, a slow scanner), so an empty,
     truncated or changing file is tried again `tries` times, `delay` seconds apart. An encrypted
@@ -105,40 +120,66 @@ def check_pdf(
 
 
 def _inspect(path: Path) -> PdfInfo:
-    size = _size_and_header(path)
-    with open(path, "rb") as file:
-        file.seek(max(0, size - _TAIL))
-        tail = file.read(_TAIL)
-    if b"%%EOF" not in tail:
-        raise _Unreadable("corrupt PDF: truncated, no %%EOF at the end (still being copied?)")
-    with PDFIUM_LOCK:
-        document = _open(path)
-        try:
-            pages = len(document)
-            if pages == 0:
-                raise _Unreadable("no pages")
+    with _opened(path) as file:
+        size = _size_and_header(file)
+        tail = os.pread(file.fileno(), _TAIL, max(0, size - _TAIL))
+        if b"%%EOF" not in tail:
+            raise _Unreadable("corrupt PDF: truncated, no %%EOF at the end (still being copied?)")
+        with PDFIUM_LOCK:
+            document = _open(file)
             try:
-                document[0].close()
-            except pdfium.PdfiumError as exc:
-                raise _Unreadable(f"corrupt PDF: page 1 cannot be read ({exc})") from None
-        finally:
-            document.close()
-    md5 = md5_of(path)
-    after = path.stat().st_size
+                pages = len(document)
+                if pages == 0:
+                    raise _Unreadable("no pages")
+                try:
+                    document[0].close()
+                except pdfium.PdfiumError as exc:
+                    raise _Unreadable(f"corrupt PDF: page 1 cannot be read ({exc})") from None
+            finally:
+                document.close()
+        read, md5, sha256 = _checksums(file.fileno())
+        after = max(read, os.fstat(file.fileno()).st_size)
     if after != size:
         raise _Unreadable(f"still being written (size went from {size} to {after} bytes)")
-    return PdfInfo(pages=pages, size=size, md5=md5)
+    return PdfInfo(pages=pages, size=size, md5=md5, sha256=sha256)
 
 
-def _size_and_header(path: Path) -> int:
+@contextmanager
+def _opened(path: Path) -> Iterator[io.FileIO]:
+    """`path` opened once for reading, its name not followed, as an unbuffered file object
+    (PDFium reads it through its own callbacks)."""
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as file:
-            head = file.read(_HEAD)
+        fd = os.open(path, _OPEN)
     except FileNotFoundError:
         raise _Unreadable("file not found", lasting=True) from None
-    except IsADirectoryError:
-        raise _Unreadable("a directory, not a file", lasting=True) from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _Unreadable("a symbolic link, not a file", lasting=True) from None
+        raise _Unreadable(f"cannot be read: {exc.strerror or exc}") from None
+    with io.FileIO(fd, "rb", closefd=True) as file:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise _Unreadable("a directory, not a file", lasting=True)
+        if not stat.S_ISREG(mode):
+            raise _Unreadable("not a regular file", lasting=True)
+        yield file
+
+
+def _checksums(fd: int) -> tuple[int, str, str]:
+    """Bytes read, MD5 and SHA-256 of the whole file, in one pass."""
+    md5, sha256 = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+    read = 0
+    while chunk := os.pread(fd, _CHUNK, read):
+        md5.update(chunk)
+        sha256.update(chunk)
+        read += len(chunk)
+    return read, md5.hexdigest(), sha256.hexdigest()
+
+
+def _size_and_header(file: io.FileIO) -> int:
+    try:
+        size = os.fstat(file.fileno()).st_size
+        head = os.pread(file.fileno(), _HEAD, 0)
     except OSError as exc:
         raise _Unreadable(f"cannot be read: {exc.strerror or exc}") from None
     if size == 0 or not head:
@@ -158,15 +199,15 @@ def _describe_start(head: bytes) -> str:
     return shown
 
 
-def _open(path: Path) -> pdfium.PdfDocument:
-    """Call with PDFIUM_LOCK held."""
+def _open(file: io.FileIO) -> pdfium.PdfDocument:
+    """Call with PDFIUM_LOCK held; `file` must stay open until the document is closed."""
     try:
-        return pdfium.PdfDocument(path)
+        return pdfium.PdfDocument(file, autoclose=False)
     except pdfium.PdfiumError as exc:
-        raise _load_failure(path, exc.err_code) from None
+        raise _load_failure(file.fileno(), exc.err_code) from None
 
 
-def _load_failure(path: Path, code: int | None) -> _Unreadable:
+def _load_failure(fd: int, code: int | None) -> _Unreadable:
     """Why PDFium refused the file.
 
     PDFium's error code is a process-wide "last error" that some failures do not set (a PDF
@@ -174,13 +215,11 @@ def _load_failure(path: Path, code: int | None) -> _Unreadable:
     process), so the code alone could call such a file encrypted. An encryption verdict needs
     the file's own /Encrypt entry as well; an empty page tree is recognised in the file.
     """
-    if code in (pdfium_c.FPDF_ERR_PASSWORD, pdfium_c.FPDF_ERR_SECURITY) and _file_has(
-        path, _ENCRYPT
-    ):
+    if code in (pdfium_c.FPDF_ERR_PASSWORD, pdfium_c.FPDF_ERR_SECURITY) and _file_has(fd, _ENCRYPT):
         if code == pdfium_c.FPDF_ERR_SECURITY:
             return _Unreadable("encrypted PDF (unsupported security scheme)", lasting=True)
         return _Unreadable("encrypted PDF (password required)", lasting=True)
-    if _file_has(path, _EMPTY_PAGE_TREE):
+    if _file_has(fd, _EMPTY_PAGE_TREE):
         return _Unreadable("no pages")
     if code == pdfium_c.FPDF_ERR_FORMAT:
         return _Unreadable("corrupt PDF: PDFium cannot load it (data format error)")
@@ -189,16 +228,17 @@ def _load_failure(path: Path, code: int | None) -> _Unreadable:
     return _Unreadable("corrupt PDF: PDFium cannot load it")
 
 
-def _file_has(path: Path, pattern: re.Pattern[bytes]) -> bool:
+def _file_has(fd: int, pattern: re.Pattern[bytes]) -> bool:
     """Search the whole file in chunks (only on the failure path, so the cost does not matter)."""
     overlap = 4096
     previous = b""
+    offset = 0
     try:
-        with open(path, "rb") as file:
-            while chunk := file.read(1024 * 1024):
-                if pattern.search(previous + chunk):
-                    return True
-                previous = chunk[-overlap:]
+        while chunk := os.pread(fd, _CHUNK, offset):
+            if pattern.search(previous + chunk):
+                return True
+            previous = chunk[-overlap:]
+            offset += len(chunk)
     except OSError:
         return False
     return False
@@ -218,12 +258,13 @@ def render_cover(path: Path, *, width: int = 600, quality: int = 85) -> bytes:
     if not 1 <= quality <= 100:
         raise ValueError(f"quality must be 1..100, got {quality}")
     try:
-        _size_and_header(path)
-        first = _render_first_page(path, width, scans=True)
-        image = _decode_scan(first, width) if isinstance(first, bytes) else first
-        if image is None:  # not a JPEG Pillow decodes as plain L/RGB: let PDFium draw it
-            image = _render_first_page(path, width, scans=False)
-            assert isinstance(image, Image.Image)
+        with _opened(path) as file:
+            _size_and_header(file)
+            first = _render_first_page(file, width, scans=True)
+            image = _decode_scan(first, width) if isinstance(first, bytes) else first
+            if image is None:  # not a JPEG Pillow decodes as plain L/RGB: let PDFium draw it
+                image = _render_first_page(file, width, scans=False)
+                assert isinstance(image, Image.Image)
     except _Unreadable as exc:
         raise BadPdf(path, exc.reason) from None
     if image.width != width and not isinstance(first, bytes):
@@ -235,10 +276,10 @@ def render_cover(path: Path, *, width: int = 600, quality: int = 85) -> bytes:
     return out.getvalue()
 
 
-def _render_first_page(path: Path, width: int, *, scans: bool) -> Image.Image | bytes:
+def _render_first_page(file: io.FileIO, width: int, *, scans: bool) -> Image.Image | bytes:
     """Page 1 rendered, or (with `scans`) the JPEG bytes of a scanned page."""
     with PDFIUM_LOCK:
-        document = _open(path)
+        document = _open(file)
         try:
             if len(document) == 0:
                 raise _Unreadable("no pages")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import glob
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,17 @@ from ...errors import ShelfworkError, describe
 from ...pipeline import Pipeline, Retry, branch, parallel, step
 from .config import SYSTEM, IntegratorConfig, integrator_config
 from .crosswalk import crosswalk, load_rules
-from .files import Folders, MissingFile, claim_into, md5_of, move_to_error, resolve_in_inbox
+from .files import (
+    FileChanged,
+    Fingerprint,
+    Folders,
+    MissingFile,
+    StillBeingWritten,
+    claim_into,
+    fingerprint_of,
+    move_to_error,
+    open_in_inbox,
+)
 from .marc import (
     STATUS_ERROR,
     STATUS_IMPORTED,
@@ -224,7 +235,8 @@ def fetch_record(ctx: StepContext) -> dict[str, Any]:
 
 
 def take_file(ctx: StepContext) -> dict[str, Any]:
-    """Resolve 956$u inside the inbox and move the file to Processed under a new version name."""
+    """Open the file 956$u names inside the inbox, record its SHA-256, and move it to Processed
+    under a new version name, all through descriptors opened once (see files.py)."""
     config = integrator_config(ctx.engine.settings)
     record = ctx.results["fetch_record"]
     n = record["biblionumber"]
@@ -234,43 +246,97 @@ def take_file(ctx: StepContext) -> dict[str, Any]:
     ctx.progress(1, 5, f"taking {record['file']}", force=True)
     claimed = ctx.checkpoint if isinstance(ctx.checkpoint, dict) else None
     try:
-        source = resolve_in_inbox(config.inbox, record["file"])
+        with open_in_inbox(config.inbox, record["file"]) as scan:
+            found = _settled(ctx, config, scan.fingerprint)
+            ctx.save_checkpoint(
+                {
+                    "source": record["file"],
+                    "stem": Path(scan.name).stem,
+                    "md5": found.md5,
+                    "sha256": found.sha256,
+                    "size": found.size,
+                }
+            )
+            target = claim_into(scan, config.processed)
     except MissingFile:
         # A run that died between the move and its checkpoint: the file is already in
         # Processed; find it by the size and checksum recorded before the move.
         if claimed:
-            found = _claimed_earlier(config.processed, claimed)
-            if found is not None:
-                ctx.log.info(f"resumed: {record['file']} was already moved to {found.name}")
-                return _taken(found, claimed["md5"], record["file"])
+            earlier = _claimed_earlier(config.processed, claimed)
+            if earlier is not None:
+                ctx.log.info(f"resumed: {record['file']} was already moved to {earlier.name}")
+                return _taken(earlier, fingerprint_of(earlier), record["file"])
         if record["uuid"]:
             # A re-run after a failed one (956$y error, the scan in Error): 956$3 still names
             # the item, which the deposit step reuses; no file is needed for that.
             return {"skipped": f"no file in the inbox; 956$3 names DSpace item {record['uuid']}"}
         raise
-    md5 = md5_of(source)
-    ctx.save_checkpoint(
-        {"source": record["file"], "stem": source.stem, "md5": md5, "size": source.stat().st_size}
-    )
-    target = claim_into(source, config.processed)
-    ctx.log.info(f"biblio {n}: {record['file']} moved to {target}")
-    return _taken(target, md5, record["file"])
+    ctx.log.info(f"biblio {n}: {record['file']} moved to Processed as {target.name}")
+    return _taken(target, found, record["file"])
 
 
-def _taken(path: Path, md5: str, source: str) -> dict[str, Any]:
-    return {"path": str(path), "name": path.name, "md5": md5, "source": source}
+def _settled(
+    ctx: StepContext, config: IntegratorConfig, fingerprint: Callable[[], Fingerprint]
+) -> Fingerprint:
+    """The file's fingerprint once it holds still for a whole read (a copy may be arriving):
+    tried `pdf_tries` times, `pdf_retry_delay` seconds apart."""
+    for attempt in range(config.pdf_tries):
+        try:
+            return fingerprint()
+        except StillBeingWritten:
+            if attempt == config.pdf_tries - 1:
+                raise
+            ctx.sleep(config.pdf_retry_delay)
+    raise AssertionError("unreachable: pdf_tries is at least 1")
+
+
+def _taken(path: Path, found: Fingerprint, source: str) -> dict[str, Any]:
+    return {
+        "path": str(path),
+        "name": path.name,
+        "md5": found.md5,
+        "sha256": found.sha256,
+        "size": found.size,
+        "source": source,
+    }
 
 
 def _claimed_earlier(processed: Path, claimed: dict[str, Any]) -> Path | None:
     candidates = sorted(processed.glob(f"{glob.escape(claimed['stem'])}_v*.pdf"), reverse=True)
     for path in candidates:
-        if path.stat().st_size == claimed["size"] and md5_of(path) == claimed["md5"]:
+        if path.stat().st_size != claimed["size"]:
+            continue
+        try:
+            found = fingerprint_of(path)
+        except ShelfworkError:  # gone, a symlink, or changing: not the file claimed
+            continue
+        if found.md5 == claimed["md5"] and found.sha256 == claimed.get("sha256", found.sha256):
             return path
     return None
 
 
+def same_as_taken(taken: dict[str, Any], sha256: str) -> None:
+    """FileChanged unless `sha256` is that of the file take_file took.
+
+    The file in Processed could have been replaced, or written to by a copier that still held
+    it open; either way it is not what was found in the inbox, and is not deposited."""
+    expected = taken.get("sha256")
+    if expected is None:  # a result recorded before take_file recorded SHA-256
+        return
+    if sha256 != expected:
+        raise FileChanged(
+            taken["source"],
+            "changed after it was taken",
+            f"{taken['name']} is not the file taken from the inbox as {taken['source']}: its "
+            f"content changed afterwards (SHA-256 {sha256[:12]}…, taken as {expected[:12]}…; "
+            "was it still being copied?), so it is not deposited. Put the whole scan in the "
+            "inbox again and re-run",
+        )
+
+
 def check_file(ctx: StepContext) -> dict[str, Any]:
-    """Check the file is a readable PDF (tries again a few times: it may still be being copied)."""
+    """Check the file is a readable PDF (tries again a few times: it may still be being copied)
+    and is the very file take_file took."""
     config = integrator_config(ctx.engine.settings)
     taken = ctx.results["take_file"]
     if "path" not in taken:
@@ -282,7 +348,8 @@ def check_file(ctx: StepContext) -> dict[str, Any]:
         delay=config.pdf_retry_delay,
         sleep=ctx.sleep,
     )
-    return {"pages": info.pages, "size": info.size, "md5": info.md5}
+    same_as_taken(taken, info.sha256)
+    return {"pages": info.pages, "size": info.size, "md5": info.md5, "sha256": info.sha256}
 
 
 def cover(ctx: StepContext) -> dict[str, Any]:
@@ -350,6 +417,7 @@ def deposit(ctx: StepContext) -> dict[str, Any]:
             )
         ctx.progress(3, 5, "depositing in DSpace", force=True)
         file, name = Path(taken["path"]), taken["name"]
+        same_as_taken(taken, fingerprint_of(file).sha256)  # B1: the file take_file took
         if config.dspace.deposit == "submission" and resume is None:
             result = _create_by_submission(
                 ctx,
