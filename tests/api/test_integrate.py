@@ -3,7 +3,10 @@ status says while and after the job runs (a stand-in koha-dspace pipeline, no pe
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from shelfwork.context import StepContext
 from shelfwork.pipeline import Pipeline, branch, parallel, step
+from shelfwork.sandbox.peers import Peers, start_peers
 
 from .conftest import ApiFactory
 
@@ -64,7 +68,7 @@ def test_integrate_then_status_until_done(client: Any) -> None:
     first = api.client.post("/integrate", json={"biblionumber": 42}, headers=api.operator)
     assert first.status_code == 202, first.text
     task = first.json()["task_id"]
-    assert first.headers["Location"] == f"/status/{task}"
+    assert first.headers["Location"] == f"/status/{task}?biblionumber=42"
     again = api.client.post("/integrate", json={"biblionumber": "42"}, headers=api.operator)
     assert again.json()["task_id"] == task and again.json()["created"] is False
     running = api.client.get(f"/status/{task}", headers=api.viewer).json()
@@ -127,7 +131,8 @@ def test_the_integrator_role_may_integrate_and_read_status_and_nothing_else(clie
     started = api.client.post("/integrate", json={"biblionumber": 7}, headers=button)
     assert started.status_code == 202, started.text
     task = started.json()["task_id"]
-    assert api.client.get(f"/status/{task}", headers=button).status_code == 200
+    status = api.client.get(f"/status/{task}?biblionumber=7", headers=button)
+    assert status.status_code == 200, status.text
     for method, path in ROUTES:
         if path in ("/integrate", "/status/{task_id}"):
             continue
@@ -136,7 +141,88 @@ def test_the_integrator_role_may_integrate_and_read_status_and_nothing_else(clie
         assert answer.status_code == 403, (method, path, answer.status_code)
     viewer = api.client.post("/integrate", json={"biblionumber": 7}, headers=api.viewer)
     assert viewer.status_code == 403  # between integrator and operator: read-only
-    wait_final(api, task, button)
+    wait_final(api, f"{task}?biblionumber=7", button)
+
+
+def button_of(api: Any) -> dict[str, str]:
+    _, secret = api.client.app.state.auth.tokens.create("integrator", "koha-button")
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def test_the_integrator_reads_a_task_only_with_its_record(client: Any) -> None:
+    """Task ids are sequential: the button's token must also name the record (the biblionumber
+    the Koha page knows), so counting through ids shows nobody else's tasks."""
+    api = client
+    button = button_of(api)
+    mine = api.client.post("/integrate", json={"biblionumber": 21}, headers=button).json()
+    other = api.client.post("/integrate", json={"biblionumber": 22}, headers=button).json()
+    assert mine["status_url"] == f"/status/{mine['task_id']}?biblionumber=21"
+    task = mine["task_id"]
+    bare = api.client.get(f"/status/{task}", headers=button)
+    assert bare.status_code == 422 and "biblionumber" in bare.json()["fields"]
+    assert api.client.get(mine["status_url"], headers=button).status_code == 200
+    for wrong in (22, 999):
+        answer = api.client.get(f"/status/{task}?biblionumber={wrong}", headers=button)
+        assert answer.status_code == 404
+    stolen = api.client.get(f"/status/{other['task_id']}?biblionumber=21", headers=button)
+    assert stolen.status_code == 404 and "22" not in stolen.text
+    noop = api.submit("noop")
+    assert api.client.get(f"/status/{noop}?biblionumber=21", headers=button).status_code == 404
+    # API tokens (viewer and up) keep the seed's plain /status/{task_id}
+    assert api.client.get(f"/status/{task}", headers=api.viewer).status_code == 200
+    assert api.client.get(f"/status/{task}?biblionumber=22", headers=api.viewer).status_code == 404
+    wait_final(api, task, api.viewer)
+    wait_final(api, other["task_id"], api.viewer)
+
+
+LEAKY_FAILURE = (
+    "dspace: deposit refused (POST http://dspace.internal:8080/server/api/core/items -> HTTP 422):"
+    " <html>stack trace at /opt/dspace/lib</html>; file /srv/shelfwork/inbox/2026/a.pdf"
+)
+
+
+def leaky(ctx: StepContext) -> None:
+    ctx.progress(1, 2, "working", force=True)
+    raise RuntimeError(LEAKY_FAILURE)
+
+
+def leaky_cover(ctx: StepContext) -> None:
+    raise RuntimeError("koha: upload refused (POST http://koha.internal/cgi-bin/x -> HTTP 500)")
+
+
+LEAKY = Pipeline(
+    "koha-dspace",
+    params=Biblio,
+    dedup=lambda p: f"koha-dspace:{p.biblionumber}",
+    steps=[parallel(branch("cover", leaky_cover, critical=False)), step(leaky)],
+)
+
+
+def test_the_integrator_sees_no_server_paths_internal_urls_or_remote_answers(
+    api_for: ApiFactory,
+) -> None:
+    api = api_for(pipelines=[LEAKY], start=True)
+    button = button_of(api)
+    started = api.client.post("/integrate", json={"biblionumber": 31}, headers=button).json()
+    full = wait_final(api, started["task_id"], api.viewer)
+    assert full["error"] and "dspace.internal" in full["error"]  # readers of the API see all
+    assert full["warnings"] and "koha.internal" in full["warnings"][0]
+    seen = api.client.get(started["status_url"], headers=button)
+    assert seen.status_code == 200
+    status = seen.json()
+    assert status["status"] == "error" and status["job_url"] is None
+    text = json.dumps(status)
+    for secret in ("internal", "http://", "/srv/", "/opt/", "<html>", "422", "500"):
+        assert secret not in text, secret
+    assert status["error"].startswith("The integration stopped at the step")
+    assert f"task {started['task_id']}" in status["error"]
+    assert status["warnings"] == [
+        "The cover could not be made or sent to Koha; the record was integrated without it."
+    ]
+    ukrainian = api.client.get(
+        started["status_url"], headers={**button, "Accept-Language": "uk-UA,uk;q=0.9,en;q=0.5"}
+    ).json()
+    assert ukrainian["error"].startswith("Інтеграцію зупинено на кроці")
 
 
 def test_no_dashboard_user_gets_the_integrator_role(client: Any) -> None:
@@ -160,3 +246,48 @@ def test_admins_make_and_list_integrator_tokens_over_the_api(client: Any) -> Non
     assert (
         api.client.post("/integrate", json={"biblionumber": 3}, headers=button).status_code == 202
     )
+
+
+# --- the real pipeline against the emulated Koha and DSpace -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def peers() -> Iterator[Peers]:
+    running = start_peers()
+    yield running
+    running.stop()
+
+
+def test_with_the_real_pipeline_no_credentials_paths_or_urls_reach_the_button(
+    api_for: ApiFactory, peers: Peers, tmp_path: Path
+) -> None:
+    """A Koha URL with credentials in it, a record Koha does not have (Koha's 404 names the URL)
+    and a scan missing from the inbox (the error names the inbox): API readers see the
+    job's own text without the credentials; the button's token sees sentences for a cataloguer."""
+    from shelfwork.pipelines import koha_dspace
+    from shelfwork.pipelines.koha_dspace.demo import cases, seed_books
+
+    seed_books(peers, tmp_path, [c for c in cases() if c.book.biblionumber == 1003])
+    table = peers.integrator_config(tmp_path)
+    table["koha"]["url"] = table["koha"]["url"].replace("://", "://leaky:hunter2@", 1)
+    api = api_for(pipelines=koha_dspace.PIPELINES, systems={"koha-dspace": table}, start=True)
+    button = button_of(api)
+    tasks = {
+        n: api.client.post("/integrate", json={"biblionumber": n}, headers=button).json()
+        for n in (4242, 1003)
+    }
+    for n, task in tasks.items():
+        full = wait_final(api, task["task_id"], api.viewer)
+        events = api.client.get(f"/api/v1/jobs/{task['task_id']}/events", headers=api.viewer)
+        assert full["status"] == "error", full
+        for text in (json.dumps(full), events.text):
+            assert "hunter2" not in text and "leaky" not in text
+        scoped = api.client.get(task["status_url"], headers=button).json()
+        shown = json.dumps(scoped, ensure_ascii=False)
+        for secret in (str(tmp_path), "127.0.0.1", "http", "hunter2", "inbox/"):
+            assert secret not in shown, (n, secret, shown)
+        assert f"task {task['task_id']}" in scoped["error"]
+    assert "Koha" in api.engine.get(int(tasks[4242]["task_id"])).error  # the job keeps the why
+    missing = api.client.get(tasks[1003]["status_url"], headers=button).json()
+    assert "taking the scan named in 956$u" in missing["error"]
+    assert "missing.pdf" in missing["error"]  # the cataloguer's own 956$u, to check

@@ -234,7 +234,15 @@ def test_a_scan_missing_from_the_inbox_shows_the_error_and_the_button_works_agai
     (task_id,) = set(bench.job_ids()) - set(before)
     job = bench.engine.get(task_id)
     assert job.state == "failed" and job.error and book.file in job.error
-    expect(panel.get_by_text(f"Error: {job.error}", exact=True)).to_be_visible()
+    # The button's token reads a sentence for a cataloguer, never the job's own text (which
+    # names the server's inbox): the step, the 956$u to check, and the task to ask about.
+    said = (
+        "Error: The integration stopped at the step \u201ctaking the scan named in 956$u\u201d. "
+        f"Check that 956$u ({book.file}) names the scan exactly as it is in the scanning folder. "
+        f"Your shelfwork administrator can see the details of task {task_id}."
+    )
+    expect(panel.get_by_text(said, exact=True)).to_be_visible()
+    expect(panel).not_to_contain_text(str(bench.inbox))
     expect(panel).to_contain_text(f"Task {task_id}: error")
     expect(panel.locator("a")).to_have_count(0)  # no repository or cover link
     assert border_colour(panel) == RED

@@ -406,6 +406,22 @@ EN: dict[str, str] = {
     "search.untitled": "(no title)",
     "search.previous": "Previous",
     "search.next": "Next",
+    # /status for the Koha button's token (api/integrate.py): sentences for a cataloguer
+    "status.step.fetch_record": "reading the record from Koha",
+    "status.step.take_file": "taking the scan named in 956$u",
+    "status.step.check_file": "checking the scan",
+    "status.step.deposit": "depositing the item in the repository",
+    "status.step.upload_cover": "making and sending the cover",
+    "status.step.finalize": "writing the links into the Koha record",
+    "status.step.other": "an integration step",
+    "status.error.stopped": "The integration stopped at the step “{step}”.",
+    "status.error.hint.fetch_record": "Check that the record has a title (245$a) and names its scan in 956$u.",
+    "status.error.hint.take_file": "Check that 956$u ({file}) names the scan exactly as it is in the scanning folder.",
+    "status.error.hint.check_file": "The scan ({file}) must be a complete, readable PDF; scan or copy it again.",
+    "status.error.cancelled": "The integration was cancelled.",
+    "status.error.ask": "Your shelfwork administrator can see the details of task {task}.",
+    "status.warning.cover": "The cover could not be made or sent to Koha; the record was integrated without it.",
+    "status.warning.step": "The step “{step}” left a note; your shelfwork administrator can read it (task {task}).",
 }
 
 UK: dict[str, str] = {
@@ -797,6 +813,21 @@ UK: dict[str, str] = {
     "search.untitled": "(без назви)",
     "search.previous": "Попередні",
     "search.next": "Наступні",
+    "status.step.fetch_record": "читання запису з Koha",
+    "status.step.take_file": "взяття скану, названого в 956$u",
+    "status.step.check_file": "перевірка скану",
+    "status.step.deposit": "передавання примірника до репозитарію",
+    "status.step.upload_cover": "створення й надсилання обкладинки",
+    "status.step.finalize": "запис посилань у запис Koha",
+    "status.step.other": "крок інтеграції",
+    "status.error.stopped": "Інтеграцію зупинено на кроці «{step}».",
+    "status.error.hint.fetch_record": "Перевірте, чи запис має назву (245$a) і чи вказано скан у 956$u.",
+    "status.error.hint.take_file": "Перевірте, чи 956$u ({file}) називає скан точно так, як він лежить у теці сканів.",
+    "status.error.hint.check_file": "Скан ({file}) має бути повним, читабельним PDF; відскануйте або скопіюйте його знову.",
+    "status.error.cancelled": "Інтеграцію скасовано.",
+    "status.error.ask": "Адміністратор shelfwork бачить подробиці завдання {task}.",
+    "status.warning.cover": "Обкладинку не вдалося створити або надіслати до Koha; запис інтегровано без неї.",
+    "status.warning.step": "Крок «{step}» залишив примітку; її може прочитати адміністратор shelfwork (завдання {task}).",
 }
 
 LANGUAGES: Mapping[str, Mapping[str, str]] = {"en": EN, "uk": UK}

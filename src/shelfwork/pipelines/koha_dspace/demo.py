@@ -252,7 +252,7 @@ def _wait(url: str, token: str, tasks: dict[int, str]) -> dict[int, dict[str, An
             for number, task in tasks.items():
                 if number in done:
                     continue
-                status = client.get(f"{url}/status/{task}").json()
+                status = client.get(f"{url}/status/{task}?biblionumber={number}").json()
                 if status["status"] in ("done", "error", "cancelled", "attention"):
                     done[number] = status
             if time.monotonic() > deadline:

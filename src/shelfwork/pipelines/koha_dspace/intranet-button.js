@@ -10,8 +10,8 @@
  *                    integrations and read their status; revoke it if it leaks)
  *
  * The button asks shelfwork to integrate the record (POST /integrate), then polls
- * GET /status/{task_id} every 2 seconds, showing progress, and at the end the repository and
- * cover links, the warnings, or the error. It needs no library: plain DOM, no jQuery.
+ * GET /status/{task_id}?biblionumber=N every 2 seconds, showing progress, and at the end the
+ * repository and cover links, the warnings, or the error. It needs no library: plain DOM, no jQuery.
  */
 (function () {
   "use strict";
@@ -137,7 +137,9 @@
     }
 
     function poll(taskId, failures) {
-      call("GET", "/status/" + encodeURIComponent(taskId)).then(
+      // The button's token reads a task together with its record (task ids are sequential).
+      var path = "/status/" + encodeURIComponent(taskId) + "?biblionumber=" + biblionumber;
+      call("GET", path).then(
         function (status) {
           if (FINAL[status.status]) return finish(status);
           show([describe(status)], "#36c");
