@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from shelfwork.connectors.dspace import (
     ChecksumMismatch,
     DSpace,
     lucene_phrase,
+    rejection_reason,
 )
 from shelfwork.sandbox import RunningServer, serve
 from shelfwork.sandbox.dspace import DSpaceState, create_app
@@ -30,6 +32,7 @@ METADATA = {
     "dc.title": ["Кобзар: «вибране» — том 1"],
     "dc.contributor.author": ["Шевченко, Тарас Григорович", "Франко, Іван"],
     "dc.date.issued": ["1840"],
+    "dc.type": ["Text"],  # required by DSpace 8's stock form
     "dc.identifier.other": ["koha:42"],
     "dc.language.iso": ["uk"],
     "dc.subject": ["Поезія", 'Слово "про" ґанок і їжу'],
@@ -71,6 +74,7 @@ class Recorder(httpx.HTTPTransport):
 
     seen: list[tuple[str, str, int]] = field(default_factory=list)
     drop: tuple[str, ...] = ()
+    sent: list[httpx.Request] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         super().__init__()
@@ -79,6 +83,7 @@ class Recorder(httpx.HTTPTransport):
         for name in self.drop:
             if name in request.headers:
                 del request.headers[name]
+        self.sent.append(request)
         response = super().handle_request(request)
         self.seen.append((request.method, request.url.path, response.status_code))
         return response
@@ -138,6 +143,53 @@ def test_submission_into_workflow_has_no_handle_until_approved(env: Env) -> None
         archived = dspace.item(deposit.item.uuid)
     assert archived is not None and archived.in_archive is True
     assert archived.handle and archived.uri == f"{env.server.url}/handle/{archived.handle}"
+
+
+def test_sections_come_from_embedded_submissionsections_of_the_stock_form(env: Env) -> None:
+    """Issue 10, A1: DSpace lists a definition's sections under `_embedded.submissionsections`."""
+    with client(env) as dspace:
+        owner = dspace.submission_sections(env.open_collection)
+    page_one = {
+        "dc.contributor.author",
+        "dc.title",
+        "dc.title.alternative",
+        "dc.date.issued",
+        "dc.publisher",
+        "dc.identifier.citation",
+        "dc.relation.ispartofseries",
+        "dc.identifier.issn",
+        "dc.identifier.other",
+        "dc.identifier.ismn",
+        "dc.identifier.govdoc",
+        "dc.identifier.uri",
+        "dc.identifier.isbn",
+        "dc.type",
+        "dc.language.iso",
+    }
+    page_two = {
+        "dc.subject",
+        "dc.description.abstract",
+        "dc.description.sponsorship",
+        "dc.description",
+    }
+    assert owner == {key: "traditionalpageone" for key in page_one} | {
+        key: "traditionalpagetwo" for key in page_two
+    }
+
+
+def test_the_workspace_item_is_created_with_a_json_body(env: Env) -> None:
+    """Issue 10, A2: RestResourceController.post consumes only application/json or hal+json."""
+    recorder = Recorder()
+    with client(env, transport=recorder) as dspace:
+        dspace.create_by_submission(env.open_collection, METADATA, env.pdf, "a.pdf")
+    (created,) = [
+        r
+        for r in recorder.sent
+        if r.method == "POST" and r.url.path == "/server/api/submission/workspaceitems"
+    ]
+    assert created.headers["Content-Type"] == "application/json"
+    assert json.loads(created.content) == {}
+    assert created.url.params["owningCollection"] == env.open_collection
 
 
 def test_field_outside_every_form_section_is_refused_before_any_write(env: Env) -> None:
@@ -407,8 +459,60 @@ def test_find_by_identifier_ignores_lookalikes_and_items_in_progress(env: Env) -
             "a.pdf",
         )
         assert dspace.find_by_metadata("dc.identifier.other", "koha:77") == []
-        mine = dspace.find_by_metadata("dc.identifier.other", "koha:77", configuration="workflow")
-    assert [i.uuid for i in mine] == [reviewed.item.uuid]
+        mine = dspace.find_own_submissions("dc.identifier.other", "koha:77")
+    assert [(s.item.uuid, s.stage) for s in mine] == [(reviewed.item.uuid, "workflow")]
+
+
+def test_own_submissions_in_review_in_a_workspace_and_archived(env: Env) -> None:
+    """Issue 10, A5: configuration=workspace lists the caller's items at every stage; the item in
+    review is an XmlWorkflowItem there, so no dsoType=item filter may be sent."""
+    metadata = {**METADATA, "dc.identifier.other": ["koha:5"]}
+    with client(env) as dspace:
+        archived = dspace.create_by_submission(env.open_collection, metadata, env.pdf, "a.pdf")
+        waiting = dspace.create_by_submission(env.review_collection, metadata, env.pdf, "a.pdf")
+        checkpoints: list[dict[str, Any]] = []
+        with pytest.raises(RemoteRefused):  # incomplete: stays in the workspace
+            dspace.create_by_submission(
+                env.open_collection,
+                {k: v for k, v in metadata.items() if k != "dc.date.issued"},
+                env.pdf,
+                "a.pdf",
+                progress=lambda _stage, data: checkpoints.append(data),
+            )
+        found = dspace.find_own_submissions("dc.identifier.other", "koha:5")
+        lookalike = dspace.find_own_submissions("dc.identifier.other", "koha:50")
+    stages = {s.item.uuid: (s.stage, s.id) for s in found}
+    assert stages == {
+        archived.item.uuid: ("archived", None),
+        waiting.item.uuid: ("workflow", stages[waiting.item.uuid][1]),
+        checkpoints[0]["item"]: ("workspace", checkpoints[0]["id"]),
+    }
+    assert isinstance(stages[waiting.item.uuid][1], int)
+    assert all(s.item.metadata["dc.identifier.other"] == ["koha:5"] for s in found)
+    assert lookalike == []
+    # another submitter's items are not theirs
+    env.state.add_user("other@example.org", "other-pass")
+    with client(env, ("other@example.org", "other-pass")) as other:
+        assert other.find_own_submissions("dc.identifier.other", "koha:5") == []
+
+
+def test_in_progress_tells_review_from_a_rejection_and_reads_the_reason(env: Env) -> None:
+    """Issue 10, A6: a reviewer's rejection puts the item back into a (new) workspace item."""
+    env.state.add_user("reviewer@example.org", "reviewer-pass")
+    with client(env) as dspace:
+        waiting = dspace.create_by_submission(env.review_collection, METADATA, env.pdf, "a.pdf")
+        review = dspace.in_progress(waiting.item.uuid)
+        assert review is not None and review.stage == "workflow"
+        item = dspace.item(waiting.item.uuid)
+        assert item is not None and rejection_reason(item) is None
+        env.state.reject(waiting.item.uuid, "reviewer@example.org", "pages 3-5 missing")
+        back = dspace.in_progress(waiting.item.uuid)
+        assert back is not None and back.stage == "workspace" and back.id != waiting.workspace_id
+        item = dspace.item(waiting.item.uuid)
+        assert item is not None and not item.in_archive
+        assert rejection_reason(item) == "pages 3-5 missing"
+        archived = dspace.create_by_submission(env.open_collection, METADATA, env.pdf, "b.pdf")
+        assert dspace.in_progress(archived.item.uuid) is None
 
 
 def test_find_by_metadata_escapes_quotes_and_backslashes(env: Env) -> None:

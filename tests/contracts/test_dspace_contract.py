@@ -96,7 +96,6 @@ class Session:
     def __init__(self, env: Env, user: tuple[str, str]) -> None:
         self.http = TestClient(env.http.app, base_url="http://testserver")
         self.token = ""
-        self.http.get("/server/api/security/csrf")
         self._track(self.http.get("/server/api/security/csrf"))
         answer = self._track(
             self.http.post(
@@ -428,6 +427,8 @@ def test_workspace_configuration_lists_own_workspace_workflow_and_archived_items
     assert workflow["_links"]["self"]["href"].startswith(BASE + "workflow/workflowitems/")
     assert workflow["sections"]["traditionalpageone"]["dc.title"][0]["value"] == "Waiting"
     assert {"item", "collection", "submitter", "submissionDefinition"} <= set(workflow["_links"])
+    linked = session.json("GET", workflow["_links"]["item"]["href"])
+    assert (linked["type"], linked["uuid"], linked["inArchive"]) == ("item", reviewed, False)
     assert by_kind["workspaceitem"]["_embedded"]["indexableObject"]["id"] == in_progress["id"]
     assert by_kind["item"]["_embedded"]["indexableObject"]["uuid"] == archived
     assert reviewed != archived

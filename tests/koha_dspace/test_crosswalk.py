@@ -89,15 +89,12 @@ def test_realistic_ukrainian_record() -> None:
         "dc.title.alternative": ["Kobzar"],
         "dc.publisher": ["Дніпро"],
         "dc.date.issued": ["2021"],
-        "dc.format.extent": ["256 с."],
         "dc.relation.ispartofseries": ["Бібліотека школяра ; т. 5"],
         # 250 (edition) is not in the LoC table; 546 is left out on purpose
         "dc.description": ["Покажч.: с. 250-255", "Бібліогр. в примітках"],
-        "dc.description.tableofcontents": ["Катерина -- Гайдамаки -- Заповіт"],
         "dc.description.abstract": ["Збірка поетичних творів"],
-        "dc.rights": ["CC BY 4.0"],
         "dc.subject": ["Українська поезія -- 19 ст. -- Збірники"],
-        "dc.coverage.spatial": ["Україна -- Історія -- 19 ст."],
+        # 300, 505, 540 and 651 have no field in DSpace's stock form: not sent by default
     }
 
 
@@ -151,8 +148,7 @@ def test_english_record_with_260_and_several_types() -> None:
     assert result["dc.title.alternative"] == ["Maps. English"]
     assert result["dc.publisher"] == ["British Library"]
     assert result["dc.date.issued"] == ["1999"]
-    assert result["dc.format.extent"] == ["xii, 120 p."]
-    assert result["dc.rights"] == ["Open access"]
+    assert "dc.format.extent" not in result and "dc.rights" not in result  # not in the stock form
     assert result["dc.subject"] == [
         "Wren, Christopher, Sir, 1632-1723",
         "Cartography -- England -- London -- History",
@@ -233,7 +229,8 @@ def test_overrides_from_toml() -> None:
     assert result["dc.title"] == ["Кобзар"]
     # 650 dropped, but 600-series siblings of the shared default rule still map
     assert "dc.subject" not in result
-    assert result["dc.coverage.spatial"] == ["Україна -- Історія -- 19 ст."]
+    book.add_field(field("600", ("a", "Шевченко, Тарас,"), ("d", "1814-1861"), ind="14"))
+    assert crosswalk(book, rules)["dc.subject"] == ["Шевченко, Тарас, 1814-1861"]
     assert result["dc.description"][-1] == "Local note"
     assert result["dc.publisher"] == ["Дніпро", "Львів : Каменяр"]
     assert result["dc.date.issued"] == ["2021", "1990."]
@@ -290,3 +287,43 @@ def test_bad_overrides_name_the_entry(overrides: dict, message: str) -> None:
         load_rules(overrides)
     assert message in str(caught.value)
     assert str(caught.value).startswith("crosswalk override ")
+
+
+# --- DSpace's stock submission form (issue 10, A3) ---------------------------------------------
+
+
+def stock_fields(branch: str) -> set[str]:
+    """Every field key the stock `traditional` describe pages accept (the emulator's copy of
+    dspace/config/submission-forms.xml, itself checked in tests/contracts/test_dspace_contract.py)."""
+    from shelfwork.sandbox.dspace import form_fields, stock_form
+
+    return {key for keys in form_fields(stock_form(branch)).values() for key in keys}
+
+
+@pytest.mark.parametrize("branch", ["dspace-7_x", "dspace-8_x"])
+def test_the_default_table_only_writes_fields_of_the_stock_form(branch: str) -> None:
+    written = {rule.field for rule in DEFAULT_RULES}
+    assert written - stock_fields(branch) == set()
+    # and a full record does not produce anything else either
+    assert set(crosswalk(ukrainian_book())) <= stock_fields(branch)
+
+
+def readme_local_form_table() -> str:
+    """The TOML the README gives for a local form with the fields the stock form lacks."""
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = text.split("**Fields beyond DSpace's stock form.**", 1)[1]
+    return section.split("```toml\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_table_maps_the_fields_a_local_form_adds() -> None:
+    table = tomllib.loads(readme_local_form_table())
+    rules = load_rules(table["systems"]["koha-dspace"]["crosswalk"])
+    result = crosswalk(ukrainian_book(), rules)
+    assert result["dc.format.extent"] == ["256 с."]
+    assert result["dc.description.tableofcontents"] == ["Катерина -- Гайдамаки -- Заповіт"]
+    assert result["dc.rights"] == ["CC BY 4.0"]
+    assert result["dc.coverage.spatial"] == ["Україна -- Історія -- 19 ст."]
+    # everything the default table wrote is still written
+    assert crosswalk(ukrainian_book()).items() <= result.items()

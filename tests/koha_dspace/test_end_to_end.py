@@ -24,6 +24,7 @@ from shelfwork.pipelines.koha_dspace.marc import (
     integration_state,
     parse_marcxml,
 )
+from shelfwork.pipelines.koha_dspace.pipeline import REVIEW_NOTE
 from shelfwork.sandbox.pdfs import corrupt_pdf, scanned_pdf, text_pdf
 from shelfwork.sandbox.peers import Peers, start_peers
 from shelfwork.sandbox.records import Book, marcxml
@@ -461,11 +462,12 @@ def test_koha_timeout(world: WorldFactory, peers: Peers) -> None:
 
 
 def test_dspace_field_outside_the_form_is_refused_before_any_write(world: WorldFactory) -> None:
-    w = world(crosswalk={"520": {"field": "dc.description.sponsorship", "subfields": "a"}})
-    w.book(29, abstract="Funded by the reading-room trust.")
+    # the README's mapping for a local form, used against DSpace's stock form
+    w = world(crosswalk={"300": {"field": "dc.format.extent", "subfields": "a"}})
+    w.book(29, pages="120 p.")
     view = w.run(29)
     assert view.state == "failed"
-    assert "dc.description.sponsorship" in (view.error or "")
+    assert "dc.format.extent" in (view.error or "")
     assert w.peers.dspace.workspace_items == {}
     assert w.state(29).status == "error"
 
@@ -526,6 +528,82 @@ def test_review_item_removed_by_the_reviewer_is_reported_to_koha(world: WorldFac
     assert w.engine.trackers.get("dspace-review", uuid).state == "GONE"
     state = w.state(34)
     assert state.status == "error" and "removed during review" in (state.message or "")
+
+
+# --- issue 10: what the real DSpace does that the emulator used to hide ------------------------
+
+
+def test_a_book_with_its_extent_and_notes_deposits_against_the_stock_form(
+    world: WorldFactory,
+) -> None:
+    """A3: 300 $a (and 505, 540, 651) have no field in DSpace's stock submission-forms.xml; the
+    default crosswalk leaves them out instead of having the deposit refused with 422."""
+    w = world()
+    w.book(40, pages="256 с. : іл. ; 21 см", abstract="Збірка.", subjects=["Поезія"])
+    view = w.run(40)
+    assert_imported(w, 40, view)
+    item = w.items_for(40)[0]
+    assert item.values("dc.description.abstract") == ["Збірка"]
+    assert "dc.format.extent" not in item.metadata
+
+
+def test_a_rejection_in_review_is_written_to_koha_and_ends_the_tracking(
+    world: WorldFactory,
+) -> None:
+    """A6: XmlWorkflowServiceImpl.sendWorkflowItemBackSubmission returns the item to the
+    submitter's workspace; the tracker says so in Koha at its next poll instead of polling on."""
+    w = world(review=True)
+    w.book(41)
+    view = w.run(41)
+    uuid = view.result["uuid"]
+    w.engine.trackers.force_poll("dspace-review", uuid)
+    assert w.engine.trackers.get("dspace-review", uuid).state == "IN_REVIEW"
+    w.peers.dspace.reject(uuid, "reviewer@example.org", "the scan lacks pages 3-5")
+    w.engine.trackers.force_poll("dspace-review", uuid)
+    entity = w.engine.trackers.get("dspace-review", uuid)
+    assert entity.state == "REJECTED"
+    state = w.state(41)
+    assert state.status == "error" and state.uuid == uuid
+    assert state.message is not None
+    assert "rejected in DSpace review" in state.message
+    assert "the scan lacks pages 3-5" in state.message
+    assert "workspace item" in state.message
+    assert REVIEW_NOTE not in state.message
+    assert len(w.items_for(41)) == 1
+
+
+def test_a_rerun_after_a_rejection_makes_no_second_item(world: WorldFactory) -> None:
+    w = world(review=True)
+    w.book(42)
+    uuid = w.run(42).result["uuid"]
+    w.peers.dspace.reject(uuid, "reviewer@example.org", "wrong file")
+    w.engine.trackers.force_poll("dspace-review", uuid)
+    text_pdf(w.inbox / "scans/book-42.pdf", 1)  # a new scan; 956$3 still names the item
+    again = w.run(42)
+    assert again.state == "failed"
+    assert "workspace item" in (again.error or "")
+    assert len(w.items_for(42)) == 1
+    # and when 956$3 was cleared too, the identifier search finds the same item
+    record = w.record(42)
+    record["956"].delete_subfield("3")
+    w.peers.koha.add_record(42, pymarc.record_to_xml(record, namespace=True))
+    text_pdf(w.inbox / "scans/book-42.pdf", 1)
+    third = w.run(42)
+    assert third.state == "failed" and uuid in (third.error or "")
+    assert len(w.items_for(42)) == 1
+
+
+def test_the_tracker_finds_an_item_in_review_when_reading_it_fails_once(
+    world: WorldFactory,
+) -> None:
+    """A5: review.py's fallback searches the submitter's own items (configuration=workspace)."""
+    w = world(review=True)
+    w.book(43)
+    uuid = w.run(43).result["uuid"]
+    w.peers.dspace.fail_next(1, 404, f"/core/items/{uuid}")
+    w.engine.trackers.force_poll("dspace-review", uuid)
+    assert w.engine.trackers.get("dspace-review", uuid).state == "IN_REVIEW"
+    assert w.state(43).status == "imported"
 
 
 # --- re-runs that go wrong, and records whose scan moved on (review findings) -------------------

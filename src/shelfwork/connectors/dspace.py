@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 import httpx
 
@@ -104,6 +104,24 @@ class Deposit:
 
 
 @dataclass(frozen=True)
+class InProgress:
+    """Where an item that is not archived waits: in a review workflow, or in its submitter's
+    workspace (never deposited, or sent back by a reviewer)."""
+
+    stage: Literal["workflow", "workspace"]
+    id: int  # the workflow or workspace item id
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One of this account's own items found by search, at whatever stage it is."""
+
+    item: Item
+    stage: Literal["archived", "workflow", "workspace"]
+    id: int | None  # the workflow or workspace item id; None once archived
+
+
+@dataclass(frozen=True)
 class WorkspaceInProgress:
     id: int
     collection: str | None
@@ -144,6 +162,36 @@ def item_from_json(data: dict[str, Any]) -> Item:
     )
 
 
+#: the provenance note XmlWorkflowServiceImpl.sendWorkflowItemBackSubmission adds (7_x and 8_x):
+#: "<step> Rejected by <name> (<email>), reason: <reason> on <date> (GMT) "
+REJECTED = re.compile(r"Rejected by (?P<by>.+?), reason: (?P<reason>.*) on \S+ \(GMT\)\s*$", re.S)
+
+
+def rejection_reason(item: Item) -> str | None:
+    """The reason of the latest reviewer rejection in the item's provenance, if DSpace shows it:
+    provenance is hidden (metadata.hide.dc.description.provenance) from all but administrators and
+    those who may edit the item, which the submitter may again once the item is sent back."""
+    for note in reversed(item.metadata.get("dc.description.provenance", [])):
+        found = REJECTED.search(note)
+        if found:
+            return found.group("reason").strip() or None
+    return None
+
+
+def sections_metadata(sections: dict[str, Any]) -> dict[str, list[str]]:
+    """Field -> values of a workspace or workflow item's describe sections."""
+    merged: dict[str, list[str]] = {}
+    for name, section in sections.items():
+        if name in ("upload", "license", "collection") or not isinstance(section, dict):
+            continue
+        for key, values in section.items():
+            if isinstance(values, list):
+                merged.setdefault(key, []).extend(
+                    str(v.get("value", "")) for v in values if isinstance(v, dict)
+                )
+    return merged
+
+
 def bitstream_from_json(data: dict[str, Any], fallback_name: str = "") -> Bitstream:
     checksum = data.get("checkSum") or {}
     name = data.get("name")
@@ -159,6 +207,11 @@ def bitstream_from_json(data: dict[str, Any], fallback_name: str = "") -> Bitstr
         if checksum.get("value") and algorithm == "MD5"
         else None,
     )
+
+
+def equal_value(metadata: dict[str, list[str]], field: str, wanted: str) -> bool:
+    """Whether a value of `field` equals `wanted` (already stripped and casefolded)."""
+    return any(v.strip().casefold() == wanted for v in metadata.get(field, []))
 
 
 def file_md5(path: Path) -> str:
@@ -439,42 +492,98 @@ class DSpace:
         value: str,
         *,
         scope: str | None = None,
-        configuration: str | None = None,
         page_size: int = 50,
     ) -> list[Item]:
-        """Items whose `field` holds exactly `value` (B3 step 2), across all result pages.
+        """Archived items whose `field` holds exactly `value` (B3 step 2), across all pages.
 
         Solr matches a phrase inside longer values and ignores punctuation ("koha:42" also
         finds "koha-42"), so hits are kept only when a value equals `value` (ignoring case
-        and surrounding space).
+        and surrounding space). Items in progress are not in this (default) configuration;
+        see `find_own_submissions`.
         """
+        wanted = value.strip().casefold()
+        found: dict[str, Item] = {}
+        for indexed in self._search(field, value, {"dsoType": "item"}, scope, page_size):
+            if indexed.get("type") != "item":
+                continue
+            hit = item_from_json(indexed)
+            if hit.uuid not in found and equal_value(hit.metadata, field, wanted):
+                found[hit.uuid] = hit
+        return list(found.values())
+
+    def find_own_submissions(
+        self, field: str, value: str, *, page_size: int = 50
+    ) -> list[Submission]:
+        """This account's own items whose `field` holds exactly `value`, at any stage.
+
+        DSpace's `workspace` discovery configuration (discovery.xml, filtered to the caller by
+        SolrServiceWorkspaceWorkflowRestrictionPlugin) indexes the caller's archived items, its
+        workspace items and its workflow items, the latter two as WorkspaceItem and
+        XmlWorkflowItem, so no dsoType=item filter may be sent. `workflow` would list a
+        reviewer's tasks instead. A workspace or workflow hit carries the item's metadata in its
+        `sections`; its item comes embedded or is read through its `item` link.
+        """
+        wanted = value.strip().casefold()
+        found: dict[str, Submission] = {}
+        for indexed in self._search(field, value, {"configuration": "workspace"}, None, page_size):
+            kind = indexed.get("type")
+            if kind == "item":
+                hit = item_from_json(indexed)
+                if hit.uuid not in found and equal_value(hit.metadata, field, wanted):
+                    found[hit.uuid] = Submission(hit, "archived", None)
+                continue
+            if kind not in ("workspaceitem", "workflowitem"):
+                continue
+            shown = sections_metadata(indexed.get("sections") or {})
+            if not equal_value(shown, field, wanted):
+                continue
+            embedded = (indexed.get("_embedded") or {}).get("item")
+            if isinstance(embedded, dict):
+                item = item_from_json(embedded)
+            else:
+                href = ((indexed.get("_links") or {}).get("item") or {}).get("href")
+                if not href:
+                    raise RemoteRefused(SYSTEM, f"{kind} {indexed.get('id')} links no item")
+                item = item_from_json(
+                    self._json("GET", href, message=f"read the item of {kind} {indexed.get('id')}")
+                )
+            if item.uuid not in found:
+                stage: Literal["workflow", "workspace"] = (
+                    "workflow" if kind == "workflowitem" else "workspace"
+                )
+                found[item.uuid] = Submission(item, stage, int(indexed["id"]))
+        return list(found.values())
+
+    def _search(
+        self,
+        field: str,
+        value: str,
+        extra: dict[str, Any],
+        scope: str | None,
+        page_size: int,
+    ) -> Iterator[dict[str, Any]]:
+        """The indexable objects of `field:"value"` in /discover/search/objects, page by page."""
         if not FIELD_KEY.match(field):
             raise RemoteRefused(SYSTEM, f"{field!r} is not a metadata field key (schema.element)")
         first: dict[str, Any] = {
             "query": f"{field}:{lucene_phrase(value)}",
-            "dsoType": "item",
+            **extra,
             "page": 0,
             "size": page_size,
         }
         if scope:
             first["scope"] = scope
-        if configuration:
-            first["configuration"] = configuration
         params: dict[str, Any] | None = first
         url = "/discover/search/objects"
-        wanted = value.strip().casefold()
-        found: dict[str, Item] = {}
         for _ in range(MAX_SEARCH_PAGES):
             data = self._json("GET", url, params=params, message=f"search {field} = {value!r}")
             embedded = data.get("_embedded") or {}
-            # live DSpace 7 answers `searchResult`; the contract notes say `searchResults`
+            # DSpace's own ITs read `searchResult`; RestContract's example says `searchResults`
             results = embedded.get("searchResult") or embedded.get("searchResults") or {}
             for obj in (results.get("_embedded") or {}).get("objects", []):
-                found_item = indexed_item(obj)
-                if found_item is None or found_item.uuid in found:
-                    continue
-                if any(v.strip().casefold() == wanted for v in found_item.metadata.get(field, [])):
-                    found[found_item.uuid] = found_item
+                indexed = (obj.get("_embedded") or {}).get("indexableObject")
+                if isinstance(indexed, dict):
+                    yield indexed
             page = results.get("page") or {}
             next_link = ((results.get("_links") or {}).get("next") or {}).get("href")
             number, pages = int(page.get("number", 0)), int(page.get("totalPages", 0))
@@ -485,7 +594,30 @@ class DSpace:
                 params = {**first, "page": number + 1}
             else:
                 break
-        return list(found.values())
+
+    def in_progress(self, item_uuid: str) -> InProgress | None:
+        """Where a not-yet-archived item waits: its workflow item (in review) or its workspace
+        item (never deposited, or sent back by a reviewer: XmlWorkflowServiceImpl
+        .returnToWorkspace makes a new one); None when it has neither (archived, or gone).
+
+        {workflowitems,workspaceitems}/search/item?uuid= answer 200 with the wrapper or 204
+        (WorkflowItemRestRepository / WorkspaceItemRestRepository.findByItemUuid)."""
+        for stage, path in (
+            ("workflow", "/workflow/workflowitems/search/item"),
+            ("workspace", "/submission/workspaceitems/search/item"),
+        ):
+            response = self._request(
+                "GET",
+                path,
+                params={"uuid": item_uuid},
+                ok=(200, 204),
+                message=f"look for the {stage} item of {item_uuid}",
+            )
+            assert response is not None
+            if response.status_code == 200 and response.content.strip():
+                wrapper = response.json()
+                return InProgress(stage, int(wrapper["id"]))  # type: ignore[arg-type]
+        return None
 
     # ------------------------------------------------------------------ in-progress items
 
@@ -547,8 +679,18 @@ class DSpace:
         sections = self._json(
             "GET", sections_href, message=f"list the sections of {definition.get('id')}"
         )
+        # The page embeds the sections by their type's plural, `submissionsections`
+        # (SubmissionDefinitionsControllerIT.findSections); `sections` is only the link's name.
+        listed = (sections.get("_embedded") or {}).get("submissionsections")
+        if not isinstance(listed, list):
+            raise RemoteRefused(
+                SYSTEM,
+                f"the sections of submission definition {definition.get('id')} came without "
+                "_embedded.submissionsections",
+                url=sections_href,
+            )
         owner: dict[str, str] = {}
-        for section in (sections.get("_embedded") or {}).get("sections", []):
+        for section in listed:
             if section.get("sectionType") != "submission-form":
                 continue
             config = ((section.get("_links") or {}).get("config") or {}).get("href")
@@ -600,10 +742,13 @@ class DSpace:
                 progress(stage, dict(state))
 
         if done < 1:
+            # RestResourceController.post consumes only application/json (or hal+json): without
+            # a JSON body Spring answers 415. createAndReturn reads nothing from it.
             created = self._json(
                 "POST",
                 "/submission/workspaceitems",
                 params={"owningCollection": collection},
+                json_body={},
                 ok=(201,),
                 message=f"create a workspace item in collection {collection}",
             )
@@ -866,14 +1011,10 @@ class DSpace:
                 ok=(204,),
                 message=f"delete a differing copy of {filename}",
             )
-        properties = {
-            "name": filename,
-            "metadata": {},
-            "bundleName": "ORIGINAL",
-            # declared so DSpace refuses a copy damaged in transit (B2b: 412)
-            "sizeBytes": size,
-            "checkSum": {"checkSumAlgorithm": "MD5", "value": local_md5},
-        }
+        # DSpace uses only the name and metadata of these properties
+        # (BundleRestRepository.processBitstreamCreation): a declared size or MD5 would never be
+        # checked, so the stored copy's MD5 is compared with the local one after the upload.
+        properties = {"name": filename, "metadata": {}, "bundleName": "ORIGINAL"}
         mime = mimetypes.guess_type(filename)[0] or "application/octet-stream"
 
         def parts(stack: ExitStack) -> dict[str, Any]:
@@ -923,16 +1064,6 @@ class DSpace:
             in_workflow=not item.in_archive,
             workspace_id=workspace_id,
         )
-
-
-def indexed_item(obj: dict[str, Any]) -> Item | None:
-    """The item of one search hit: the object itself, or the item a workspace/workflow item
-    embeds (MyDSpace configurations)."""
-    indexed = (obj.get("_embedded") or {}).get("indexableObject") or {}
-    if indexed.get("type") == "item":
-        return item_from_json(indexed)
-    embedded = (indexed.get("_embedded") or {}).get("item")
-    return item_from_json(embedded) if isinstance(embedded, dict) else None
 
 
 @contextmanager

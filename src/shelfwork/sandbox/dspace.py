@@ -1690,6 +1690,20 @@ async def get_workflow(ctx: Ctx) -> Response:
         return json_response(workflow_json(ctx, wf))
 
 
+async def get_workflow_item(ctx: Ctx) -> Response:
+    """workflowitems/{id}/item: the linked item (WorkflowItemMatcher: `_links.item`); readable by
+    the submitter (grantSubmitterReadPolicies), the reviewers and administrators."""
+    caller = ctx.need_auth()
+    with ctx.state.lock:
+        wf = ctx.state.workflow_items.get(parse_int(ctx.request.path_params["id"], -1, "id"))
+        if wf is None:
+            raise ApiError(404, "WorkflowItem not found")
+        reviewers = ctx.state.collections[wf.collection].reviewers
+        if wf.submitter != caller.email and not caller.admin and caller.email not in reviewers:
+            raise ApiError(403, "Access is denied")
+        return json_response(item_json(ctx, ctx.state.items[wf.item]))
+
+
 # --------------------------------------------------------------------------------------------
 # B2b: administrator creation, and the core read endpoints
 
@@ -2282,6 +2296,7 @@ def create_app(state: DSpaceState | None = None) -> Starlette:
         ("POST", "/workflow/workflowitems", deposit),
         ("GET", "/workflow/workflowitems/search/item", find_workflow_by_item),
         ("GET", "/workflow/workflowitems/{id}", get_workflow),
+        ("GET", "/workflow/workflowitems/{id}/item", get_workflow_item),
         ("POST", "/core/items", create_item),
         ("GET", "/core/items/{uuid}", get_item),
         ("GET", "/core/items/{uuid}/identifiers", get_identifiers),

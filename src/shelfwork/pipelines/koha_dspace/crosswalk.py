@@ -2,33 +2,39 @@
 
 The default table follows the Library of Congress "MARC to Dublin Core Crosswalk" (qualified
 DC, with DSpace's field names), so a repository manager can check it against a published
-source instead of against this code:
+source instead of against this code, and it writes only fields that DSpace's stock
+`traditional` submission form accepts (`dspace/config/submission-forms.xml` on dspace-7_x and
+dspace-8_x), because the submission path refuses any other field with 422 (DescribeStep):
 
 ========================================  =====================================================
-MARC                                      DSpace field
+MARC                                      DSpace field (stock form page)
 ========================================  =====================================================
-245 $a $b $n $p                           dc.title (trailing ISBD punctuation removed)
-130 210 240 242 246 730 740               dc.title.alternative
+245 $a $b $n $p                           dc.title (trailing ISBD punctuation removed) (one)
+130 210 240 242 246 730 740               dc.title.alternative (one)
 100 110 111 700 710 711 720               dc.contributor.author (DSpace's convention; LoC says
-                                          "contributor", it does not use creator)
-260 $b / $c                               dc.publisher / dc.date.issued (the year: "c2021." → 2021)
+                                          "contributor", it does not use creator) (one)
+260 $b / $c                               dc.publisher / dc.date.issued (the year: "c2021." →
+                                          2021) (one)
 264 _1 $b / $c                            dc.publisher / dc.date.issued — an EXTENSION: 264 was
                                           defined in 2011, after the LoC table; RDA records put
-                                          the publication statement there instead of 260
-020 $a / 022 $a / 024 $a                  dc.identifier.isbn / .issn / .other
+                                          the publication statement there instead of 260 (one)
+020 $a / 022 $a / 024 $a                  dc.identifier.isbn / .issn / .other (one: the
+                                          form's "Identifiers" qualifier list)
 041 $a, 008/35-37                         dc.language.iso (MARC codes turned into ISO 639-1
-                                          where one exists: ukr → uk, eng → en)
+                                          where one exists: ukr → uk, eng → en) (one)
 600 610 611 630 647 648 650 653 654       dc.subject (subdivisions $v $x $y $z joined by " -- ")
-656 657 658
-651 662 751 752                           dc.coverage.spatial (not dc.subject, as in LoC)
-520 / 505                                 dc.description.abstract / .tableofcontents
-other 5XX (not 506 530 540 546)           dc.description
-300 $a                                    dc.format.extent
-506 540                                   dc.rights
-440 490 800 810 811 830 773               dc.relation.ispartofseries
+656 657 658                               (two)
+520                                       dc.description.abstract (two)
+other 5XX (not 505 506 530 540 546)       dc.description (two)
+440 490 800 810 811 830 773               dc.relation.ispartofseries (one)
 Leader/06 (and /07)                       dc.type (DCMI: Text, Image, Sound; Collection for
-                                          Leader/07 c or s; no type for m, o, p, r)
+                                          Leader/07 c or s; no type for m, o, p, r) (one)
 ========================================  =====================================================
+
+In the LoC table but not in the stock form, so not written unless a local form has the field and
+the override table below maps it (the README shows the table for all four): 300 $a →
+dc.format.extent, 505 → dc.description.tableofcontents, 506 540 → dc.rights, 651 662 751 752 →
+dc.coverage.spatial.
 
 Left out on purpose: 856 (the repository writes dc.identifier.uri itself), 546 and 530
 (free-text notes DSpace has no good home for), 655 (genre terms would mix with the DCMI
@@ -37,7 +43,7 @@ different dc.date.issued). The identifier shelfwork uses for dedup is added by t
 
 Overrides (a TOML table, keyed by MARC tag, "LDR" for the leader)::
 
-    [koha_dspace.crosswalk]
+    [systems.koha-dspace.crosswalk]
     "245" = { field = "dc.title", subfields = "ab" }     # replaces every default rule for 245
     "650" = false                                         # 650 is no longer mapped
     "999" = { field = "dc.description", subfields = "a" } # a local field, mapped
@@ -188,6 +194,7 @@ CLEANERS: dict[str, Callable[[str], list[str]]] = {
 # --- the default table -------------------------------------------------------------------------
 
 _SUBJECT_SUBFIELDS = "abcdfgklmnpqrstvxyz"
+#: 505, 506 and 540 are in the LoC table, under fields the stock form lacks (see above)
 _OTHER_NOTES = tuple(
     str(tag) for tag in range(500, 600) if tag not in (505, 506, 520, 530, 540, 546)
 )
@@ -212,10 +219,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule(("260",), "c", "dc.date.issued", split=True, clean="year"),
     Rule(("264",), "b", "dc.publisher", split=True, ind2="1"),
     Rule(("264",), "c", "dc.date.issued", split=True, ind2="1", clean="year"),
-    Rule(("300",), "a", "dc.format.extent"),
     Rule(("440", "490"), "anpv", "dc.relation.ispartofseries"),
-    Rule(("505",), "agrt", "dc.description.tableofcontents"),
-    Rule(("506", "540"), "a", "dc.rights"),
     Rule(("520",), "ab", "dc.description.abstract"),
     Rule(_OTHER_NOTES, "a", "dc.description"),
     Rule(
@@ -224,7 +228,6 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         "dc.subject",
         subdivisions="vxyz",
     ),
-    Rule(("651", "662", "751", "752"), "abcdfghvxyz", "dc.coverage.spatial", subdivisions="vxyz"),
     Rule(("773",), "t", "dc.relation.ispartofseries"),
     Rule(("800", "810", "811", "830"), "abcdfklmnpqstv", "dc.relation.ispartofseries"),
 )

@@ -29,7 +29,7 @@ import pymarc
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...connectors import RemoteUnavailable
-from ...connectors.dspace import Deposit, DSpace, Item
+from ...connectors.dspace import Deposit, DSpace, InProgress, Item, rejection_reason
 from ...connectors.koha import KohaRest, KohaStaff, opac_cover_url
 from ...context import StepContext
 from ...errors import ShelfworkError, describe
@@ -478,11 +478,19 @@ def _existing(item: Item, how: str) -> dict[str, Any]:
 def _find_existing(
     ctx: StepContext, ds: DSpace, config: IntegratorConfig, record: dict[str, Any]
 ) -> tuple[Item, str] | None:
-    """B3: the item named in 956$3 if DSpace still has it, else one carrying the identifier."""
+    """B3: the item named in 956$3 if DSpace still has it, else one carrying the identifier:
+    archived (public search), or this account's own, in review (its `workspace` search).
+
+    An item back in this account's DSpace workspace (a reviewer sent it back, or it was never
+    deposited) is neither reused nor duplicated: the job stops and says where it is."""
     n = record["biblionumber"]
     if record["uuid"]:
         item = ds.item(record["uuid"])
         if item is not None and not item.withdrawn:
+            if not item.in_archive:
+                where = ds.in_progress(item.uuid)
+                if where is not None and where.stage == "workspace":
+                    raise IntegrationError(n, parked_note(item, where, config.dspace.user))
             return item, "956$3"
         ctx.log.warning(
             f"biblio {n}: 956$3 names DSpace item {record['uuid']}, which DSpace "
@@ -492,11 +500,18 @@ def _find_existing(
     found = ds.find_by_metadata(config.identifier_field, record["identifier"])
     live = [item for item in found if not item.withdrawn]
     if not live:
-        # Items waiting in a review workflow are not in the public index (B3).
-        waiting = ds.find_by_metadata(
-            config.identifier_field, record["identifier"], configuration="workflow"
-        )
-        live = [item for item in waiting if not item.withdrawn]
+        # Items in review or in a workspace are not in the public index; the account's own
+        # search (DSpace's `workspace` configuration) lists them with their stage.
+        own = [
+            s
+            for s in ds.find_own_submissions(config.identifier_field, record["identifier"])
+            if not s.item.withdrawn
+        ]
+        live = [s.item for s in own if s.stage != "workspace"]
+        parked = [s for s in own if s.stage == "workspace" and s.id is not None]
+        if not live and parked:
+            where = InProgress("workspace", int(parked[0].id or 0))
+            raise IntegrationError(n, parked_note(parked[0].item, where, config.dspace.user))
     if not live:
         return None
     if len(live) > 1:
@@ -505,6 +520,28 @@ def _find_existing(
             f"{record['identifier']}: {', '.join(i.uuid for i in live)}; using the first"
         )
     return live[0], f"{config.identifier_field} search"
+
+
+#: how much of a reviewer's reason goes into 956$z (which holds about 250 characters)
+REASON_CHARS = 60
+
+
+def parked_note(item: Item, where: InProgress, user: str, *, rejected: bool = False) -> str:
+    """What a cataloguer reads when the record's item waits in the DSpace account's workspace:
+    sent back by a reviewer (XmlWorkflowServiceImpl.returnToWorkspace; the reason when DSpace
+    shows the provenance note) or never deposited. The item stays there for a person to decide."""
+    reason = rejection_reason(item)
+    if reason is not None or rejected:
+        if reason and len(reason) > REASON_CHARS:
+            reason = reason[: REASON_CHARS - 1].rstrip() + "…"
+        head = "rejected in DSpace review" + (f": {reason}" if reason else "")
+        todo = "deposit it again there, or discard it and integrate again"
+    else:
+        head = "not deposited in DSpace"
+        todo = "deposit or discard it there, then integrate again"
+    return (
+        f"{head}; item {item.uuid} waits in {user}'s workspace (workspace item {where.id}): {todo}"
+    )
 
 
 def _create_by_submission(

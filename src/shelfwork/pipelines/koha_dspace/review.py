@@ -1,12 +1,16 @@
 """The `dspace-review` tracker: an item deposited into a review workflow has no handle until a
 reviewer accepts it, days later perhaps. Polling DSpace here, with backoff, writes the handle to
-Koha when the item is archived, so the cataloguer's job could end at once.
+Koha when the item is archived, so the cataloguer's job could end at once. A reviewer may also
+send the item back (XmlWorkflowServiceImpl.sendWorkflowItemBackSubmission: it returns to the
+submitter's workspace as a new workspace item); that is written to Koha at once too, so nobody
+waits 30 days for a handle that will not come.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ...connectors.dspace import InProgress, Item
 from ...trackers import Poll, TrackedView, Tracker
 from .config import IntegratorConfig, integrator_config
 from .marc import (
@@ -20,6 +24,7 @@ from .pipeline import (
     REVIEW_TRACKER,
     dspace_client,
     koha_rest,
+    parked_note,
     read_record,
     write_integration,
 )
@@ -29,6 +34,7 @@ if TYPE_CHECKING:
 
 IN_REVIEW = "IN_REVIEW"
 ARCHIVED = "ARCHIVED"
+REJECTED = "REJECTED"
 GONE = "GONE"
 
 
@@ -41,20 +47,31 @@ def review_tracker(engine: Engine) -> Tracker:
         config = integrator_config(engine.settings)
         uuid = entity.data["uuid"]
         n = int(entity.data["biblionumber"])
+        where: InProgress | None = None
         with dspace_client(config) as ds:
             ds.login()
-            item = ds.item(uuid)
+            item: Item | None = ds.item(uuid)
             if item is None:
-                # A submitter may not be allowed to read an item in review [U]: ask the
-                # workflow listing before calling it gone.
-                waiting = ds.find_by_metadata(
-                    config.identifier_field,
-                    f"{config.identifier_prefix}{n}",
-                    configuration="workflow",
+                # The submitter may read its item in review (grantSubmitterReadPolicies), so
+                # this is rare; the account's own search (`workspace` configuration) tells a
+                # passing failure from an item that is gone.
+                own = ds.find_own_submissions(
+                    config.identifier_field, f"{config.identifier_prefix}{n}"
                 )
-                if any(found.uuid == uuid for found in waiting):
-                    return Poll()
-        if item is not None and not (item.in_archive and item.uri):
+                mine = next((s for s in own if s.item.uuid == uuid), None)
+                if mine is not None:
+                    item = mine.item
+                    if mine.stage != "archived" and mine.id is not None:
+                        where = InProgress(mine.stage, mine.id)
+            elif not item.in_archive:
+                where = ds.in_progress(uuid)
+        if (
+            item is not None
+            and not item.in_archive
+            and (where is None or where.stage != "workspace")
+        ):
+            return Poll()  # still in review
+        if item is not None and item.in_archive and not item.uri:
             return Poll()
         current = _current_state(config, n)
         if current.uuid and current.uuid != uuid:
@@ -64,6 +81,10 @@ def review_tracker(engine: Engine) -> Tracker:
             reason = f"DSpace item {uuid} was removed during review (rejected?)"
             write_integration(config, n, status=STATUS_ERROR, message=reason)
             return Poll(GONE, reason)
+        if where is not None:  # sent back to the workspace
+            note = parked_note(item, where, config.dspace.user, rejected=True)
+            write_integration(config, n, status=STATUS_ERROR, message=note, uuid=uuid)
+            return Poll(REJECTED, note, {"workspace_item": where.id})
         note = _without_review_note(current.message)
         write_integration(
             config, n, status=STATUS_IMPORTED, message=note, uuid=uuid, handle_url=item.uri
@@ -75,9 +96,12 @@ def review_tracker(engine: Engine) -> Tracker:
     return Tracker(
         REVIEW_TRACKER,
         poll,
-        states=[IN_REVIEW, ARCHIVED, GONE],
-        final=[ARCHIVED, GONE],
-        description="DSpace items in a review workflow, until archived (then the handle goes to Koha)",
+        states=[IN_REVIEW, ARCHIVED, REJECTED, GONE],
+        final=[ARCHIVED, REJECTED, GONE],
+        description=(
+            "DSpace items in a review workflow, until archived (then the handle goes to Koha) "
+            "or sent back by a reviewer (then that goes to Koha)"
+        ),
         profiles={
             "live": {
                 IN_REVIEW: {
