@@ -147,6 +147,17 @@ def _celery_worker(engine: Engine) -> Any:
     return ctx
 
 
+@pytest.fixture
+def crash_queue() -> Iterator[str]:
+    """A Celery queue of one crash test, on the crash tests' Redis database; its messages (also
+    unacked ones) are removed afterwards."""
+    from tests.support.cluster import purge_queue
+
+    queue = f"shelfwork-crash-{SESSION}-{uuid.uuid4().hex[:6]}"
+    yield queue
+    purge_queue(queue)
+
+
 def worker_serves(engine: Engine) -> None:
     """From now on the in-process Celery worker runs jobs on `engine`, as a worker process of a
     new node would (the one that served the previous engine is gone). Local engines run their

@@ -21,18 +21,12 @@ part-way on another process.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
 import threading
 import time
-import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import pairwise
@@ -53,11 +47,7 @@ from shelfwork.store.database import utcnow
 from shelfwork.store.models import Effect
 from tests import conftest
 from tests.support import crashsite as cs
-
-REPO = Path(__file__).resolve().parents[2]
-# A Redis database of its own: kombu keeps unacked messages in per-database keys, and our 1-second
-# visibility timeout would otherwise make these workers redeliver other test sessions' messages.
-CRASH_REDIS = os.environ.get("SHELFWORK_TEST_CRASH_REDIS", "redis://127.0.0.1:6379/11")
+from tests.support.cluster import CRASH_REDIS, Cluster, Kill
 
 JOBS = 300
 ENTITIES = 20
@@ -73,95 +63,6 @@ effects_t = Effect.__table__
 
 
 # --- the processes ------------------------------------------------------------------------
-
-
-@dataclass
-class Member:
-    role: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-
-@dataclass
-class Kill:
-    pid: int
-    sent_at: datetime
-    jobs: list[int]
-
-
-@dataclass
-class Cluster:
-    """Engine processes of one role, each in its own process group so nothing outlives the test."""
-
-    settings: Settings
-    logs: Path
-    members: list[Member] = field(default_factory=list)
-    retired: list[Member] = field(default_factory=list)
-
-    def start(self, role: str, *extra: str) -> Member:
-        n = len(self.members) + len(self.retired)
-        log = self.logs / f"{role}-{n}.log"
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "src")])}
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "tests.support.crashsite",
-                    role,
-                    self.settings.model_dump_json(),
-                    *extra,
-                ],
-                cwd=self.logs,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        member = Member(role, proc, log)
-        self.members.append(member)
-        return member
-
-    def kill(self, member: Member, jobs: list[int]) -> Kill:
-        """SIGKILL the member's whole process group: no shutdown code runs, as in a power cut."""
-        record = Kill(member.pid, utcnow(), jobs)
-        os.killpg(member.pid, signal.SIGKILL)
-        member.proc.wait(timeout=10)
-        self.members.remove(member)
-        self.retired.append(member)
-        return record
-
-    def check_alive(self) -> None:
-        """A member that died without being killed is a failure of its own: show why."""
-        for m in self.members:
-            if m.proc.poll() is not None:
-                raise AssertionError(
-                    f"{m.role} {m.pid} exited with {m.proc.returncode}:\n{tail(m.log)}"
-                )
-
-    def stop(self) -> None:
-        for m in [*self.members, *self.retired]:
-            if m.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(m.pid, signal.SIGKILL)
-                m.proc.wait(timeout=10)
-
-    def problems_logged(self, limit: int = 40) -> str:
-        """Warnings and errors from every member's log, for failure messages and the summary."""
-        lines: list[str] = []
-        for m in [*self.retired, *self.members]:
-            for line in m.log.read_text(errors="replace").splitlines():
-                if any(w in line for w in ("ERROR", "Traceback", "Error:", "CRITICAL")):
-                    lines.append(f"[{m.role} {m.pid}] {line}")
-        return "\n".join(lines[-limit:])
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def owner_pid(lease_owner: str) -> int | None:
@@ -474,26 +375,6 @@ def test_sqlite_local_servers_killed_mid_job(tmp_path: Path, cluster_logs: Path)
         cluster.stop()
         store.dispose()
     report("sqlite-local", result, cluster, time.monotonic() - started)
-
-
-@pytest.fixture
-def crash_queue() -> Iterator[str]:
-    """A Celery queue of this test only; its messages (also unacked ones) are removed afterwards."""
-    import redis
-
-    queue = f"shelfwork-crash-{conftest.SESSION}-{uuid.uuid4().hex[:6]}"
-    yield queue
-    r = redis.Redis.from_url(CRASH_REDIS)
-    r.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
-    for tag, raw in r.hscan_iter("unacked"):
-        try:
-            routing_key = json.loads(raw)[2]
-        except (ValueError, IndexError, TypeError):
-            continue
-        if routing_key == queue:
-            r.hdel("unacked", tag)
-            r.zrem("unacked_index", tag)
-    r.close()
 
 
 class Redelivery:

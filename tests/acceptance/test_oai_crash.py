@@ -1,90 +1,111 @@
 """A harvest SIGKILLed mid-way resumes from its stored resumption token in another process,
-without fetching a finished page again, and ends with every record exactly once."""
+without fetching a finished page again, and ends with every record exactly once.
+
+On both configurations: SQLite with a server that runs the harvest in its own threads (killed; the
+test's process then takes over), and PostgreSQL with a server and a Celery worker (the worker is
+killed; the server reclaims the expired lease and a new worker resumes the harvest).
+"""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from shelfwork.config import load_settings
+from shelfwork.config import Settings, load_settings
 from shelfwork.engine import Engine
 from shelfwork.pipelines.oai.snapshots import Snapshots
+from tests.conftest import truncate_pg
+from tests.support.cluster import CRASH_REDIS, Cluster
 from tests.support.oai_provider import LOOPBACK_HOSTS, Repository, generate_items, running
 
-REPO = Path(__file__).resolve().parents[2]
 PAGE = 20
 ITEMS = 600  # 30 pages
 
 
+def harvest_settings(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, base_url: str
+) -> Settings:
+    if backend == "postgres-celery":
+        url = request.getfixturevalue("pg_url")
+        truncate_pg(url)
+        executor = dict(
+            executor="celery",
+            broker_url=CRASH_REDIS,
+            celery_queue=request.getfixturevalue("crash_queue"),
+        )
+    else:
+        url, executor = f"sqlite:///{tmp_path / 'shelfwork.db'}", dict(executor="local")
+    return load_settings(
+        env={},
+        database_url=url,
+        lease_ttl=3.0,
+        poll_interval=0.05,
+        pipeline_modules=["shelfwork.pipelines.oai"],
+        systems={
+            "oai": {
+                "rules_dir": str(tmp_path / "rules"),
+                "retry_backoff": 0.01,
+                "allow_private_hosts": LOOPBACK_HOSTS,
+                "networks": [{"acronym": "LB", "name": "LB", "base_url": base_url}],
+            }
+        },
+        **executor,
+    )
+
+
 @pytest.mark.slow
-def test_killed_harvest_resumes_from_its_token(tmp_path: Path) -> None:
+def test_killed_harvest_resumes_from_its_token(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
     items = generate_items(ITEMS, seed=17)
     for provider in running(Repository(items), batch_size=PAGE):
         provider.faults.slow = 10_000
         provider.faults.slow_seconds = 0.12
-        settings = load_settings(
-            env={},
-            database_url=f"sqlite:///{tmp_path / 'shelfwork.db'}",
-            lease_ttl=3.0,
-            poll_interval=0.05,
-            pipeline_modules=["shelfwork.pipelines.oai"],
-            systems={
-                "oai": {
-                    "rules_dir": str(tmp_path / "rules"),
-                    "retry_backoff": 0.01,
-                    "allow_private_hosts": LOOPBACK_HOSTS,
-                    "networks": [{"acronym": "LB", "name": "LB", "base_url": provider.url}],
-                }
-            },
-        )
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "src")])}
-        log = (tmp_path / "server.log").open("wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.oai_crash", settings.model_dump_json()],
-            cwd=tmp_path,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        settings = harvest_settings(backend, request, tmp_path, provider.url)
+        celery = settings.executor == "celery"
+        logs = tmp_path / "logs"
+        logs.mkdir()
+        cluster = Cluster(settings, logs)
+        engine = Engine(settings)  # not started: only reads while the other processes work
+        snapshots = Snapshots(engine.store)
+        resumed: Engine | None = None
         try:
-            engine = Engine(settings)  # not started: only reads while the other process works
-            snapshots = Snapshots(engine.store)
+            cluster.start("server", module="tests.support.oai_crash")
+            if celery:
+                cluster.start("worker", "2")
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
+                cluster.check_alive()
                 rows = snapshots.list("LB", limit=1)
                 if rows and rows[0].pages >= 8:
                     break
                 time.sleep(0.05)
             else:
-                pytest.fail((tmp_path / "server.log").read_text())
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-            log.close()
-        killed_at = len(provider.faults.log)
-        snapshot = snapshots.list("LB", limit=1)[0]
-        committed_pages = snapshot.pages
-        stored_token = snapshot.resume["token"]["value"]
-        fetched_before = [
-            e.arguments.get("resumptionToken") for e in provider.faults.requests("ListRecords")
-        ]
-        assert committed_pages >= 8
+                pytest.fail(cluster.logged())
+            # the process running the harvest dies
+            cluster.kill_all("worker" if celery else "server")
+            killed_at = len(provider.faults.log)
+            snapshot = snapshots.list("LB", limit=1)[0]
+            committed_pages = snapshot.pages
+            stored_token = snapshot.resume["token"]["value"]
+            fetched_before = [
+                e.arguments.get("resumptionToken") for e in provider.faults.requests("ListRecords")
+            ]
+            assert committed_pages >= 8
 
-        resumed = engine.start()
-        try:
-            job = resumed.wait(snapshot.job_id, timeout=120)
+            if celery:  # the server reclaims the expired lease; a new worker resumes the job
+                cluster.start("worker", "2")
+                job = engine.wait(snapshot.job_id, timeout=120)
+            else:  # another server (this process) reclaims the expired lease and resumes it
+                resumed = engine.start()
+                job = resumed.wait(snapshot.job_id, timeout=120)
         finally:
-            resumed.stop()
-        assert job.state == "succeeded", job.error
+            cluster.stop()
+            if resumed is not None:
+                resumed.stop()
+        assert job.state == "succeeded", f"{job.error}\n{cluster.logged()}"
         after = [
             e for e in provider.faults.log[killed_at:] if e.arguments.get("verb") == "ListRecords"
         ]
@@ -99,5 +120,6 @@ def test_killed_harvest_resumes_from_its_token(tmp_path: Path) -> None:
         rows = snapshots.records(snapshot.id, limit=10_000)
         assert sorted(r.identifier for r in rows) == sorted(i.identifier for i in items)
         assert final.total == sum(not i.deleted for i in items)
-        events = [e["kind"] for e in resumed.jobs.events(snapshot.job_id)]
+        events = [e["kind"] for e in engine.jobs.events(snapshot.job_id)]
         assert "reclaimed" in events
+        engine.store.dispose()

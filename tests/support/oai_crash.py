@@ -1,28 +1,30 @@
 """A shelfwork server process that starts one OAI harvest, for the SIGKILL test:
 
-    python -m tests.support.oai_crash '<settings json>'
+    python -m tests.support.oai_crash server '<settings json>'
 
-It runs the scheduler and a local executor, submits `oai-harvest` of network LB, and waits to
-be killed.
+It runs the scheduler and the settings' executor (local threads, or Celery: then a worker started
+with `python -m tests.support.crashsite worker ...` runs the harvest), submits `oai-harvest` of
+network LB, and waits to be killed.
 """
 
 from __future__ import annotations
 
 import sys
-import time
+import threading
 
 from shelfwork.config import Settings
 from shelfwork.engine import Engine
 
 
-def main() -> None:
-    settings = Settings.model_validate_json(sys.argv[1])
-    engine = Engine(settings).start()
+def main(argv: list[str]) -> None:
+    role, raw = argv[0], argv[1]
+    if role != "server":
+        raise SystemExit(f"unknown role {role!r}; expected server")
+    engine = Engine(Settings.model_validate_json(raw)).start()
     submitted = engine.submit("oai-harvest", {"network": "LB", "incremental": False})
     print(f"job {submitted.job_id}", flush=True)
-    while True:
-        time.sleep(60)
+    threading.Event().wait()
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
