@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -221,6 +222,36 @@ def test_a_file_that_grows_during_one_inspection_is_checked_again(
     info = check_pdf(path, tries=2, delay=0.5, sleep=sleep)
     assert sleep.calls == [0.5]
     assert info == info_of(path.read_bytes(), 2)
+
+
+def test_without_proc_pdfium_reads_the_open_file_as_a_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/proc/self/fd is how PDFium gets the very file opened; without /proc (some containers)
+    it reads the same descriptor through Python."""
+    monkeypatch.setattr(pdf, "_PROC_FDS", tmp_path / "no-proc")
+    path = text_pdf(tmp_path / "t.pdf", pages=3)
+    assert check_pdf(path, tries=1) == info_of(path.read_bytes(), 3)
+    assert open_jpeg(render_cover(path)).width == 600
+    with pytest.raises(BadPdf, match="encrypted"):
+        check_pdf(encrypted_pdf(tmp_path / "x.pdf", path), tries=1)
+
+
+def test_a_symlink_or_a_fifo_is_not_checked(tmp_path: Path) -> None:
+    target = text_pdf(tmp_path / "real.pdf")
+    (tmp_path / "link.pdf").symlink_to(target)
+    os.mkfifo(tmp_path / "pipe.pdf")
+    sleep = FakeSleep()
+    for name, reason in (
+        ("link.pdf", "a symbolic link, not a file"),
+        ("pipe.pdf", "not a regular file"),
+    ):
+        with pytest.raises(BadPdf) as caught:
+            check_pdf(tmp_path / name, sleep=sleep)
+        assert caught.value.reason == reason
+        with pytest.raises(BadPdf, match=reason):
+            render_cover(tmp_path / name)
+    assert sleep.calls == []
 
 
 def test_zero_byte_file_that_arrives(tmp_path: Path) -> None:
