@@ -1,10 +1,17 @@
-"""An emulator of the DSpace 7 REST contract (`/server/api`), for the demo and the tests.
+"""An emulator of the DSpace 7/8 REST contract (`/server/api`), for the demo and the tests.
 
-It follows the research notes in `koha-dspace-contracts.md` (parts B and E), not shelfwork's client:
-each behaviour names its contract point (B1 authentication and CSRF, B2a submission, B2b admin
-creation, B3 duplicate search, B4 handles) and carries the notes' confidence mark where they give
-one ([V] confirmed, [P] seen in a fork or another version, [U] unverified). Where the notes are
-silent the emulator picks the stricter reading and says so with [U].
+It follows the research notes in `koha-dspace-contracts.md` (parts B and E), checked against
+DSpace/DSpace itself (branches dspace-7_x and dspace-8_x: `dspace-server-webapp` and its
+integration tests, `dspace/config`), not against shelfwork's client: each behaviour names its
+contract point (B1 authentication and CSRF, B2a submission, B2b admin creation, B3 duplicate
+search, B4 handles) and the DSpace source it was read in, with the notes' confidence mark where
+they give one ([V] confirmed, [P] seen in a fork, another version or a library, [U] unverified).
+Where the sources are silent the emulator picks the stricter reading and says so with [U].
+`tests/contracts/test_dspace_contract.py` holds it to shapes taken from DSpace's own tests.
+
+Collections use DSpace's stock `traditional` submission form (`dspace/config/submission-forms.xml`,
+dspace-8_x by default, `stock_form("dspace-7_x")` for 7) unless given a local one. Reviewers of a
+collection's workflow see its pool tasks; `DSpaceState.approve` / `reject` act for them.
 
 Faults a real repository shows can be switched on at run time (latency, 5xx, expired tokens, CSRF
 rotation on every response, an unavailable server, corrupted storage), from Python through
@@ -418,7 +425,9 @@ class DSpaceState:
     bundles: dict[str, StoredBundle] = field(default_factory=dict)
     bitstreams: dict[str, StoredBitstream] = field(default_factory=dict)
     handle_prefix: str = "123456789"
-    canonical_prefix: str | None = None  # None: `<server url>/handle/` ([U] dspace.cfg default)
+    # None: `<server url>/handle/`; [V] dspace.cfg (7_x, 8_x) sets `${dspace.ui.url}/handle/`, and
+    # the emulator has no separate UI
+    canonical_prefix: str | None = None
     jwt_ttl: float = 1800.0  # B1 [V]: 30 minutes by default
     calls: Counter[str] = field(default_factory=Counter)
     # faults
@@ -1043,7 +1052,7 @@ def submission_errors(state: DSpaceState, ws: WorkspaceItem) -> list[dict[str, A
     if missing:
         errors.append({"message": "error.validation.required", "paths": missing})
     if not original_files(state, item):
-        # [U]: webui.submit.upload.required = true in the stock configuration
+        # [V] UploadConfiguration.isRequired: webui.submit.upload.required, default true
         errors.append({"message": "error.validation.filerequired", "paths": ["/sections/upload"]})
     if not ws.license_granted:
         errors.append(
