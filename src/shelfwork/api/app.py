@@ -1,7 +1,7 @@
 """The FastAPI application: `create_app(engine)`.
 
-/api/v1/...            the JSON API (OpenAPI at /api/v1/openapi.json, interactive docs at
-                       /api/v1/docs); a bearer token or a dashboard session
+/api/v1/...            the JSON API (OpenAPI at /api/v1/openapi.json, its reference page at
+                       /api/v1/docs, see docs.py); a bearer token or a dashboard session
 /healthz, /metrics     for load balancers and Prometheus, no token
 /integrate, /status    the Koha integrator's seed-compatible endpoints (same tokens as the API)
 /login, /logout        dashboard sessions (see login.py); the dashboard mounts its pages on this
@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import (
     dead_letters,
+    docs,
     health,
     integrate,
     jobs,
@@ -65,7 +66,7 @@ def create_app(
         version=_version(),
         description=DESCRIPTION,
         openapi_url=f"{API_PREFIX}/openapi.json",
-        docs_url=f"{API_PREFIX}/docs",
+        docs_url=None,  # docs.py serves /api/v1/docs itself: no third-party script here
         redoc_url=None,
         swagger_ui_oauth2_redirect_url=None,
     )
@@ -78,6 +79,7 @@ def create_app(
 
     api = APIRouter(prefix=API_PREFIX)
     for module in (
+        docs,
         jobs,
         pipelines,
         schedules,
