@@ -391,6 +391,11 @@ def test_example_config_is_valid() -> None:
     assert settings.source is not None
     assert "shelfwork.pipelines.demo" in settings.pipeline_modules
     assert [s.name for s in settings.schedules] == ["nightly-smoke-test"]
+    defaults = load_settings(env={}, database_url="sqlite:///x.db")
+    for key in ("max_body", "header_timeout", "trusted_proxies", "login_backoff", "session_ttl"):
+        assert getattr(settings, key) == getattr(defaults, key), key  # [api] shows the defaults
+    for key in ("login_backoff_max", "login_max_failures", "login_max_failures_per_ip"):
+        assert getattr(settings, key) == getattr(defaults, key), key
 
 
 def test_readme_python_example_runs(tmp_path: Path) -> None:

@@ -143,7 +143,7 @@ class Pages:
 class DashboardHeaders:
     """On every HTML response outside the JSON API: a strict Content-Security-Policy, no caching
     (pages hold CSRF tokens), and, when the URL asks for a language (`?lang=uk`), the cookie that
-    remembers it. The API's docs page loads Swagger from a CDN, so /api/ is left alone."""
+    remembers it. /api/ is left alone: JSON answers, and a docs page with its own policy."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
