@@ -74,6 +74,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/oai/networks/{acronym}/run"): "operator",
     ("GET", "/api/v1/oai/networks/{acronym}/snapshots"): "viewer",
     ("GET", "/api/v1/oai/snapshots/{snapshot_id}"): "viewer",
+    ("POST", "/api/v1/oai/snapshots/{snapshot_id}/confirm"): "operator",
     ("GET", "/api/v1/oai/snapshots/{snapshot_id}/diagnose"): "viewer",
     ("GET", "/api/v1/oai/snapshots/{snapshot_id}/records"): "viewer",
     ("GET", "/api/v1/oai/snapshots/{snapshot_id}/record"): "viewer",

@@ -197,6 +197,30 @@ def test_network_rules(api: Api, provider: Provider) -> None:
     )
     assert escaping.status_code == 422
     assert api.client.get("/api/v1/oai/networks/ZZ", headers=api.viewer).status_code == 404
+    # B2: a URL into the server's own network is refused (only 127.0.0.1 is allowed here)
+    for url, kind in (
+        ("http://169.254.169.254/latest", "link-local"),
+        ("http://10.0.0.5/oai", "private"),
+        ("http://[::1]:8080/oai", "loopback"),
+    ):
+        inside = api.client.put(
+            "/api/v1/oai/networks/BAD", json={**body, "base_url": url}, headers=api.operator
+        )
+        assert inside.status_code == 422 and kind in inside.json()["detail"], inside.text
+    # B4/C1: limits per network, checked
+    limited = api.client.put(
+        "/api/v1/oai/networks/LIM",
+        json={**body, "limits": {"retries": 2, "max_page_bytes": 5_000_000}},
+        headers=api.operator,
+    )
+    assert limited.status_code == 200, limited.text
+    assert limited.json()["limits"]["retries"] == 2
+    assert limited.json()["limits"]["request_deadline"] == 600
+    for wrong in ({"retries": -1}, {"max_page_bytes": 10}, {"patience": 3}):
+        refused = api.client.put(
+            "/api/v1/oai/networks/LIM", json={**body, "limits": wrong}, headers=api.operator
+        )
+        assert refused.status_code == 422, refused.text
     assert (
         api.client.post(
             "/api/v1/oai/networks/LB/run", params={"action": "NOPE"}, headers=api.operator
@@ -269,3 +293,58 @@ def test_own_provider_reexposes_valid_records_to_sickle(
         assert {k for k, gone in everything.items() if not gone} == valid - {first, second}
     finally:
         server.stop()
+
+
+def exposed_live(api: Api) -> int:
+    with api.engine.store.read() as conn:
+        return conn.execute(
+            select(func.count()).where(
+                entries_t.c.network == "LB",
+                entries_t.c.target == "oai",
+                entries_t.c.deleted.is_(False),
+            )
+        ).scalar_one()
+
+
+def test_an_empty_full_harvest_keeps_the_exposure_until_confirmed(
+    backend: str, api: Api, provider: Provider
+) -> None:
+    """C5: a repository that suddenly lists nothing does not wipe what the network exposes: the
+    snapshot is held back as suspicious until an operator confirms it."""
+    assert api.client.post("/api/v1/oai/networks/LB/run", headers=api.operator).status_code == 202
+    wait_idle(api)
+    before = exposed_live(api)
+    good = api.client.get("/api/v1/oai/networks/LB", headers=api.viewer).json()["last_good"]
+    assert before > 0
+
+    provider.repository.items = []
+    again = api.client.post(
+        "/api/v1/oai/networks/LB/run", params={"incremental": "false"}, headers=api.operator
+    )
+    assert again.status_code == 202
+    jobs = wait_idle(api)
+    assert all(j.state == "succeeded" for j in jobs), [(j.pipeline, j.error) for j in jobs]
+    network = api.client.get("/api/v1/oai/networks/LB", headers=api.viewer).json()
+    suspicious = network["latest"]
+    assert suspicious["state"] == "suspicious" and network["last_good"] == good
+    assert exposed_live(api) == before
+    detail = api.client.get(f"/api/v1/oai/snapshots/{suspicious['id']}", headers=api.viewer)
+    assert any("suspicious" in line["message"] for line in detail.json()["log"])
+
+    path = f"/api/v1/oai/snapshots/{suspicious['id']}/confirm"
+    assert api.client.post(path, headers=api.viewer).status_code == 403
+    confirmed = api.client.post(path, headers=api.operator)
+    assert confirmed.status_code == 200 and confirmed.json()["state"] == "harvested"
+    assert api.client.post(path, headers=api.operator).status_code == 409
+    assert (
+        api.client.post("/api/v1/oai/snapshots/999999/confirm", headers=api.operator).status_code
+        == 404
+    )
+    rerun = api.client.post(
+        "/api/v1/oai/networks/LB/run",
+        params={"action": ["VALIDATE", "INDEX_OAI"]},
+        headers=api.operator,
+    )
+    assert rerun.status_code == 202
+    wait_idle(api)
+    assert exposed_live(api) == 0

@@ -1,12 +1,14 @@
 """The `oai-harvest` pipeline against an independent provider (the `oaipmh` package's
 BatchingServer on loopback) behind the fault layer: snapshots, catalog, store, incremental
-`from`, token restarts, repeated tokens, poisoned pages, throttling."""
+`from`, token restarts, repeated tokens, poisoned pages, throttling, counts of distinct records,
+empty full harvests, per-network limits; and a hostile upstream (gzip bomb)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -16,9 +18,11 @@ from shelfwork.batch import dead_letters
 from shelfwork.connectors.oaipmh import parse_datestamp
 from shelfwork.engine import Engine
 from shelfwork.pipelines import oai
-from shelfwork.pipelines.oai.snapshots import Snapshots
+from shelfwork.pipelines.oai import harvest
+from shelfwork.pipelines.oai.snapshots import HARVEST_DONE, Snapshots
 from shelfwork.pipelines.oai.storage import MetadataStore
 from shelfwork.store.models import DeadLetter
+from tests.support.oai_hostile import Hostile, gzip_bomb
 from tests.support.oai_provider import (
     LOOPBACK_HOSTS,
     Item,
@@ -41,7 +45,9 @@ def provider(items: list[Item]) -> Iterator[Provider]:
     yield from running(Repository(list(items)), batch_size=BATCH)
 
 
-def oai_settings(tmp_path: Path, url: str, **network: Any) -> dict[str, Any]:
+def oai_settings(
+    tmp_path: Path, url: str, oai_options: dict[str, Any] | None = None, **network: Any
+) -> dict[str, Any]:
     return {
         "pipeline_modules": ["shelfwork.pipelines.oai"],
         "systems": {
@@ -52,6 +58,7 @@ def oai_settings(tmp_path: Path, url: str, **network: Any) -> dict[str, Any]:
                 "networks": [
                     {"acronym": "LB", "name": "Loopback", "base_url": url, **network},
                 ],
+                **(oai_options or {}),
             }
         },
     }
@@ -195,6 +202,9 @@ def test_bad_resumption_token_restarts_the_list(
     assert sum("resumptionToken" not in e.arguments for e in lists) == 2
     log = [line.message for line in Snapshots(engine.store).log_lines(snap.id)]
     assert any("list restarted from the beginning" in line for line in log)
+    # C6: the two pages delivered twice are counted once
+    assert snap.harvested == sum(not item.deleted for item in items)
+    assert snap.deleted == sum(item.deleted for item in items)
 
 
 def test_tokens_refused_every_time_fail_after_the_restarts(
@@ -250,3 +260,213 @@ def test_throttled_pages_wait_and_succeed(engine: Engine, provider: Provider) ->
     assert job.state == "succeeded", job.error
     statuses = [e.status for e in provider.faults.requests()]
     assert statuses.count(503) == 2
+
+
+def in_set(item: Item, spec: str) -> bool:
+    return any(s == spec or s.startswith(spec + ":") for s in item.sets)
+
+
+def test_overlapping_sets_count_each_record_once(
+    make_engine: Any, tmp_path: Path, provider: Provider, items: list[Item]
+) -> None:
+    """C6: a record in `hist:modern` is listed by both sets; the snapshot counts records, not
+    list entries."""
+    engine = make_engine(
+        oai.PIPELINES, **oai_settings(tmp_path, provider.url, sets=["hist", "hist:modern"])
+    )
+    assert run_harvest(engine).state == "succeeded"
+    snap = newest(engine)
+    chosen = [item for item in items if in_set(item, "hist")]
+    twice = [item for item in items if in_set(item, "hist:modern")]
+    assert twice, "the premise: some records are listed twice"
+    assert snap.harvested == sum(not item.deleted for item in chosen)
+    assert snap.deleted == sum(item.deleted for item in chosen)
+    assert snap.total == snap.harvested
+    check_catalog(engine, snap.id, chosen)
+
+
+def test_refused_records_delivered_twice_are_counted_once(
+    engine: Engine, provider: Provider, items: list[Item]
+) -> None:
+    """C6: the first page is poisoned both times it is delivered (a token refused later
+    restarts the list): its three refused records count once, as do the stored ones."""
+    provider.faults.poisoned = 3  # the page and its two retries
+    calls = {"n": 0}
+    original = provider.faults.take
+
+    def take(name: str) -> bool:
+        if name == "refused_tokens":
+            calls["n"] += 1
+            if calls["n"] == 3:
+                # the refusal's own answer takes one; the restarted first page and its two
+                # retries the other three
+                provider.faults.poisoned = 4
+                return True
+            return False
+        return original(name)
+
+    provider.faults.take = take  # type: ignore[method-assign]
+    job = run_harvest(engine)
+    assert job.state == "succeeded", job.error
+    snap = newest(engine)
+    assert len(dead_letters(engine.store, job_id=job.id)) == 6
+    assert snap.bad == 3
+    assert snap.harvested == sum(not item.deleted for item in items) - 3
+    assert snap.deleted == sum(item.deleted for item in items)
+
+
+def test_next_from_is_the_first_pages_response_date(
+    engine: Engine, provider: Provider, items: list[Item]
+) -> None:
+    """D3: every page carries its own responseDate; the next incremental harvest asks `from`
+    the first page's (the moment the list was taken), not the last one's."""
+    provider.faults.response_dates = [f"2024-03-25T{hour:02d}:00:00Z" for hour in range(10, 20)]
+    assert run_harvest(engine).state == "succeeded"
+    first = newest(engine)
+    assert first.pages == 10 and not provider.faults.response_dates
+    assert first.response_date == "2024-03-25T10:00:00Z"
+    provider.faults.log.clear()
+    assert run_harvest(engine).state == "succeeded"
+    assert provider.faults.requests("ListRecords")[0].arguments["from"] == "2024-03-25T10:00:00Z"
+
+
+def test_a_refused_token_restarts_from_the_harvests_from_less_the_overlap(
+    make_engine: Any, tmp_path: Path, provider: Provider
+) -> None:
+    """D4: the harvester's own restart after badResumptionToken asks `from` = the harvest's
+    `from` (12:00:00) less restart_overlap (1800 s): 11:30:00, written out here."""
+    engine = make_engine(
+        oai.PIPELINES, **oai_settings(tmp_path, provider.url, {"restart_overlap": 1800})
+    )
+    provider.faults.response_dates = ["2024-03-08T12:00:00Z"]
+    assert run_harvest(engine).state == "succeeded"
+    assert newest(engine).response_date == "2024-03-08T12:00:00Z"
+    provider.faults.log.clear()
+    provider.faults.refused_tokens = 1  # the first token of the incremental list
+    job = run_harvest(engine)
+    assert job.state == "succeeded", job.error
+    starts = [
+        e.arguments.get("from")
+        for e in provider.faults.requests("ListRecords")
+        if "resumptionToken" not in e.arguments
+    ]
+    assert starts == ["2024-03-08T12:00:00Z", "2024-03-08T11:30:00Z"]
+    log = [line.message for line in Snapshots(engine.store).log_lines(newest(engine).id)]
+    assert any("list restarted from 2024-03-08T11:30:00Z" in line for line in log)
+
+
+def test_records_opened_with_their_namespace_are_salvaged_not_lost(
+    backend: str, engine: Engine, provider: Provider, items: list[Item]
+) -> None:
+    """C4: on a poisoned page whose records open `<record xmlns=...>` (legal), every record is
+    stored or dead-lettered under its own identifier; the counts are exact."""
+    provider.faults.poisoned = 3
+    provider.faults.namespaced = 3
+    job = run_harvest(engine)
+    assert job.state == "succeeded", job.error
+    first_page = sorted(items, key=lambda i: (i.datestamp, i.identifier))[:BATCH]
+    poisoned = [item.identifier for item in first_page if not item.deleted][:3]
+    letters = dead_letters(engine.store, job_id=job.id)
+    assert sorted(letter.item_key for letter in letters) == sorted(poisoned)
+    snap = newest(engine)
+    assert snap.bad == 3
+    rows = catalog(engine, snap.id)
+    assert set(rows) == {item.identifier for item in items} - set(poisoned)
+    assert snap.harvested + snap.deleted == len(items) - 3
+
+
+def test_an_empty_full_harvest_of_a_network_with_records_is_suspicious(
+    backend: str, engine: Engine, provider: Provider, items: list[Item]
+) -> None:
+    """C5: a full harvest that finds nothing (noRecordsMatch) where the last one found records
+    is flagged, and nothing builds on it: not VALIDATE, not the next incremental harvest."""
+    assert run_harvest(engine).state == "succeeded"
+    good = newest(engine)
+    provider.repository.items = []
+    job = run_harvest(engine, incremental=False)
+    assert job.state == "succeeded", job.error
+    assert any("suspicious" in str(w) for w in job.warnings)
+    snap = newest(engine)
+    assert snap.state == "suspicious" and snap.total == 0 and not snap.incremental
+    log = [line.message for line in Snapshots(engine.store).log_lines(snap.id)]
+    assert any(f"snapshot {good.id} had {good.total} records" in line for line in log)
+    assert Snapshots(engine.store).latest("LB", HARVEST_DONE).id == good.id
+    provider.repository.items = list(items)
+    assert run_harvest(engine).state == "succeeded"
+    assert newest(engine).previous_id == good.id
+
+
+def test_an_empty_full_harvest_passes_when_the_network_allows_it(
+    make_engine: Any, tmp_path: Path, provider: Provider
+) -> None:
+    """C5: the network setting accept_empty_harvest lets an emptied repository through."""
+    engine = make_engine(
+        oai.PIPELINES,
+        **oai_settings(tmp_path, provider.url, properties={"accept_empty_harvest": True}),
+    )
+    assert run_harvest(engine).state == "succeeded"
+    provider.repository.items = []
+    assert run_harvest(engine, incremental=False).state == "succeeded"
+    assert newest(engine).state == "harvested" and newest(engine).total == 0
+
+
+def test_a_first_harvest_that_finds_nothing_is_not_suspicious(
+    make_engine: Any, tmp_path: Path
+) -> None:
+    for provider in running(Repository([]), batch_size=BATCH):
+        engine = make_engine(oai.PIPELINES, **oai_settings(tmp_path, provider.url))
+        assert run_harvest(engine).state == "succeeded"
+        assert newest(engine).state == "harvested"
+
+
+def test_a_networks_limits_reach_its_client(
+    make_engine: Any, tmp_path: Path, provider: Provider
+) -> None:
+    """B4/C1: the byte cap, deadline, timeout and retry budget are set per network."""
+    limits = {
+        "max_page_bytes": 4096,
+        "request_deadline": 7.5,
+        "timeout": 3.0,
+        "retries": 2,
+        "max_wait": 4.0,
+        "max_total_wait": 9.0,
+    }
+    engine = make_engine(oai.PIPELINES, **oai_settings(tmp_path, provider.url, limits=limits))
+    network = oai.Networks(engine.store).get("LB")
+    assert network.limits == limits
+    ctx = SimpleNamespace(engine=engine, sleep=time.sleep)
+    with harvest.client_for(network, ctx) as client:  # type: ignore[arg-type]
+        assert (client.max_bytes, client.deadline, client.retries) == (4096, 7.5, 2)
+        assert (client.max_wait, client.max_total_wait, client.backoff) == (4.0, 9.0, 0.01)
+    # a page bigger than the cap fails the harvest at once (it would be as big again)
+    job = run_harvest(engine)
+    assert job.state == "failed" and "inflates past 4096 bytes" in job.error
+    assert newest(engine).state == "harvest_failed"
+    assert len(provider.faults.requests("ListRecords")) == 1
+
+
+def test_a_gzip_bomb_fails_the_harvest_without_filling_anything(
+    make_engine: Any, tmp_path: Path
+) -> None:
+    """B4: a hostile upstream's gzip bomb stops at the network's byte cap."""
+    with Hostile() as hostile:
+        hostile.route("/oai", gzip_bomb(30 << 20))
+        engine = make_engine(
+            oai.PIPELINES,
+            **oai_settings(tmp_path, f"{hostile.url}/oai", limits={"max_page_bytes": 1 << 20}),
+        )
+        job = run_harvest(engine)
+        assert job.state == "failed" and "inflates past 1048576 bytes" in job.error
+        assert hostile.requests == ["/oai"]  # Identify is what the bomb answered
+
+
+def test_a_loopback_repository_is_refused_unless_allowed(
+    make_engine: Any, tmp_path: Path, provider: Provider
+) -> None:
+    """B2: the default (no allow_private_hosts) never contacts a repository on loopback."""
+    settings = oai_settings(tmp_path, provider.url)
+    del settings["systems"]["oai"]["allow_private_hosts"]
+    engine = make_engine(oai.PIPELINES, **settings)
+    job = run_harvest(engine)
+    assert job.state == "failed" and "loopback" in job.error
+    assert provider.faults.requests() == []

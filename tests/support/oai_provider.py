@@ -54,6 +54,8 @@ OAI_DC = (
     "http://www.openarchives.org/OAI/2.0/oai_dc/",
 )
 TOKEN = re.compile(rb"<resumptionToken>([^<]*)</resumptionToken>")
+RESPONSE_DATE = re.compile(rb"<responseDate>[^<]*</responseDate>")
+OAI_NS = b"http://www.openarchives.org/OAI/2.0/"
 TITLE = b"<dc:title>"
 #: what `Faults.control_characters` puts in every title: one C0 control, one illegal character
 #: reference and U+FFFF, three characters XML 1.0 forbids
@@ -272,6 +274,9 @@ class Faults:
     refuse_tokens: bool = False  # every resumption token is unknown to the server
     refused_tokens: int = 0  # the next N token requests are answered badResumptionToken
     repeated_tokens: int = 0  # the next N token requests answer with the token they were sent
+    namespaced: int = 0  # the next N ListRecords pages open each record <record xmlns="...">
+    #: responseDates the next ListRecords pages carry, one each, in order (then the server's own)
+    response_dates: list[str] = field(default_factory=list)
     encodings: tuple[str, ...] = ("gzip", "deflate")  # in the order the provider prefers them
     log: list[Exchange] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -315,7 +320,13 @@ def faulty(app: WSGIApp, faults: Faults) -> WSGIApp:
 
         token = arguments.get("resumptionToken")
         forwarded = dict(arguments)
-        if token is not None and (faults.refuse_tokens or faults.take("refused_tokens")):
+        # token faults are the harvest's (ListRecords), not the ListSets read before it
+        listing = arguments.get("verb") == "ListRecords"
+        if (
+            token is not None
+            and listing
+            and (faults.refuse_tokens or faults.take("refused_tokens"))
+        ):
             forwarded["resumptionToken"] = "expired"  # the server itself answers the error
         captured: dict[str, Any] = {}
 
@@ -343,6 +354,12 @@ def faulty(app: WSGIApp, faults: Faults) -> WSGIApp:
 
 def damaged(body: bytes, token: str | None, faults: Faults) -> bytes:
     """A ListRecords page with the body faults that are armed applied to it."""
+    with faults.lock:
+        date = faults.response_dates.pop(0) if faults.response_dates else None
+    if date is not None:
+        body = RESPONSE_DATE.sub(b"<responseDate>" + date.encode() + b"</responseDate>", body, 1)
+    if faults.take("namespaced"):  # legal: the record declares the namespace it is already in
+        body = body.replace(b"<record>", b'<record xmlns="' + OAI_NS + b'">')
     if token is not None and faults.take("repeated_tokens"):
         body = TOKEN.sub(
             lambda _: b"<resumptionToken>" + token.encode() + b"</resumptionToken>", body

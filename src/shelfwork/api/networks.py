@@ -2,8 +2,10 @@
 
 Networks from the config file are read-only here (409 says to change the file); networks made
 through the API are created, changed and deleted here, and their cron becomes the schedule
-`oai:<acronym>`. Running an action submits an `oai-run` job in the network's context; a full
-queue is a 429, never a silent drop.
+`oai:<acronym>`. A base_url into the server's own network (loopback, private, link-local...) is
+refused unless `[systems.oai] allow_private_hosts` lists it. Running an action submits an
+`oai-run` job in the network's context; a full queue is a 429, never a silent drop. A suspicious
+snapshot (an empty full harvest where the one before had records) is confirmed here.
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ class NetworkIn(BaseModel):
     properties: dict[str, bool] = Field(default_factory=dict)
     validation: str | None = None
     transformation: str | None = None
+    #: what one request to the repository may take (max_page_bytes, request_deadline, timeout,
+    #: retries, max_wait, max_total_wait); missing keys take the defaults
+    limits: dict[str, float | int] = Field(default_factory=dict)
 
 
 class NetworkOut(BaseModel):
@@ -65,6 +70,8 @@ class NetworkOut(BaseModel):
     properties: dict[str, bool]
     validation: str | None
     transformation: str | None
+    #: the limits in force, defaults filled in
+    limits: dict[str, float | int]
     origin: str
     last_good: int | None = None
     latest: dict[str, Any] | None = None
@@ -108,8 +115,10 @@ def _network_out(request: Request, network: Any) -> NetworkOut:
     snapshots = oai.snapshots.Snapshots(engine_of(request).store)
     good = snapshots.last_good(network.acronym)
     latest = snapshots.list(network.acronym, limit=1)
+    values = {k: getattr(network, k) for k in NetworkIn.model_fields}
+    values["limits"] = oai.config.HarvestLimits.model_validate(network.limits).model_dump()
     return NetworkOut(
-        **{k: getattr(network, k) for k in NetworkIn.model_fields},
+        **values,
         acronym=network.acronym,
         origin=network.origin,
         last_good=good.id if good else None,
@@ -149,6 +158,7 @@ def put_network(request: Request, acronym: Acronym, body: NetworkIn, _who: Opera
     engine = engine_of(request)
     try:
         config = oai.config.NetworkConfig(acronym=acronym, **body.model_dump())
+        oai.config_for(engine).addresses().check_url(config.base_url)
         network = oai.Network(**config.model_dump(), origin="api")
         oai.check_rule_files(engine, network)
         known = set(oai.config_for(engine).known_properties())
@@ -277,6 +287,25 @@ def get_snapshot(request: Request, snapshot_id: int, _who: Viewer) -> dict[str, 
             for line in lines
         ],
     }
+
+
+@router.post(
+    "/snapshots/{snapshot_id}/confirm",
+    response_model=SnapshotOut,
+    responses=responses(401, 403, 404, 409, 422),
+    summary="Confirm a suspicious (empty) harvest, so VALIDATE and the indexes take it",
+)
+def confirm_snapshot(request: Request, snapshot_id: int, who: Operator) -> SnapshotOut:
+    """A full harvest that found nothing where the one before found records is held back as
+    `suspicious`; confirming it makes it `harvested`: the next VALIDATE and INDEX_* runs then
+    publish it, which empties what the network exposes."""
+    oai = _oai(request)
+    _snapshot(request, snapshot_id)
+    try:
+        row = oai.snapshots.Snapshots(engine_of(request).store).confirm_empty(snapshot_id, who.who)
+    except oai.snapshots.NotSuspicious as exc:
+        raise ApiError(409, "conflict", str(exc)) from None
+    return snapshot_out(row)
 
 
 @router.get(

@@ -6,6 +6,7 @@ GET  /networks                      each network: definition, schedule, latest a
 POST /networks/{acronym}/run        submit `oai-run` as POST /api/v1/oai/networks/{acronym}/run does
 GET  /networks/{acronym}            its snapshots and the newest one's log, live while it runs
 GET  /snapshots/{id}                diagnose: totals, per-rule charts, value histograms, invalid records
+POST /snapshots/{id}/confirm        confirm a suspicious (empty) harvest, as the API's confirm does
 GET  /snapshots/{id}/record         one record: failed rules, problem, metadata as harvested/published
 GET  /search                        the built-in full-text search
 GET  /fragments/networks/{acronym}[/status], /fragments/snapshots/{id}   what static/app.js refetches
@@ -70,7 +71,10 @@ BADGE = {
     "harvest_failed": "failed",
     "validation_failed": "failed",
     "harvest_stopped": "cancelled",
+    "suspicious": "failed",
 }
+#: what a redirect after confirming a snapshot says (`?done=confirmed`)
+SNAPSHOT_NOTICES = {"confirmed": "snapshot.suspicious.confirmed"}
 
 
 def mount(app: FastAPI, pages: Pages) -> None:
@@ -444,6 +448,8 @@ def _snapshot_values(request: Request, value: str) -> dict[str, Any]:
     return {
         "snapshot": row,
         "network": network,
+        "notice": SNAPSHOT_NOTICES.get(request.query_params.get("done", "")),
+        "problem": None,
         "diagnose": diagnose_of(row.stats, Translator(language_of(request))),
         "invalid": invalid,
         "after": after,
@@ -466,6 +472,22 @@ def snapshot_page(snapshot_id: str, request: Request, user: PageUser) -> HTMLRes
 def snapshot_live(snapshot_id: str, request: Request, user: FragmentUser) -> HTMLResponse:
     values = _snapshot_values(request, snapshot_id)
     return pages_of(request).render(request, "_snapshot_live.html", user, **values)
+
+
+@router.post("/snapshots/{snapshot_id}/confirm", response_class=HTMLResponse)
+def confirm_snapshot_form(snapshot_id: str, request: Request, user: OperatorForm) -> Response:
+    """Confirm a suspicious snapshot (POST /api/v1/oai/snapshots/{id}/confirm does the same)."""
+    oai = _oai(request)
+    engine = engine_of(request)
+    row = _snapshot(oai, engine, snapshot_id)
+    try:
+        oai.snapshots.Snapshots(engine.store).confirm_empty(row.id, f"{user.who} (dashboard)")
+    except oai.snapshots.NotSuspicious:
+        values = _snapshot_values(request, snapshot_id)
+        t = Translator(language_of(request))
+        values["problem"] = t("snapshot.suspicious.not", state=t(f"oai.state.{row.state}"))
+        return pages_of(request).render(request, "snapshot.html", user, status=409, **values)
+    return RedirectResponse(f"/snapshots/{row.id}?done=confirmed", 303)
 
 
 def _shown(text: str | None) -> tuple[str | None, bool]:

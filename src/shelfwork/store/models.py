@@ -432,6 +432,9 @@ class OaiNetwork(Base):
     validation: Mapped[str | None] = mapped_column(String(300))
     transformation: Mapped[str | None] = mapped_column(String(300))
     origin: Mapped[str] = mapped_column(String(16), default="api")
+    #: what one request to its repository may take (pipelines/oai/config.py HarvestLimits);
+    #: None or missing keys: the defaults
+    limits: Mapped[dict[str, Any] | None] = mapped_column()
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -496,6 +499,9 @@ class OaiRecord(Base):
     transformed: Mapped[bool] = mapped_column(Boolean, default=False)
     failed_rules: Mapped[list[Any] | None] = mapped_column()
     problem: Mapped[str | None] = mapped_column(Text)
+    #: the snapshot whose harvest last delivered this row (rows copied forward keep their
+    #: predecessor's): a harvest counts each record once however often the lists repeat it
+    harvested_by: Mapped[int | None] = mapped_column(_id)
 
 
 class OaiBlob(Base):

@@ -2,6 +2,7 @@
 
     [systems.oai]
     rules_dir = "/etc/shelfwork/rules"  # rule and transformer sets; vocabulary files
+    allow_private_hosts = []            # e.g. ["10.0.0.0/8"]: repositories on a private network
     provider_secret = "env:OAI_TOKEN_SECRET"  # signs the provider's resumption tokens (default:
                                         # made once and kept in the metadata database)
 
@@ -20,6 +21,7 @@
     validation = "driver.toml"          # in rules_dir
     transformation = "driver-transform.toml"
     properties = { index_builtin = true, index_oai = true, detailed_diagnose = false }
+    limits = { max_page_bytes = 100_000_000, request_deadline = 600, retries = 5 }  # HarvestLimits
 
 Actions come from the package's `actions.toml` unless `actions_file` names another. A network's
 properties must be ones some action declares, so a typo is an error, not a switch that does
@@ -45,6 +47,7 @@ from pydantic import (
 )
 
 from ...config import Settings, env_secret
+from ...connectors.oaipmh import DEADLINE, MAX_BYTES
 from ...errors import ConfigError
 from ...locks import UNSET, EntityValues
 from ...outbound import AddressPolicy
@@ -55,7 +58,9 @@ SYSTEM = "oai"
 #: where a generated provider secret is kept (EntityValues)
 SECRET_ENTITY = "oai:provider"
 #: properties every network has, whether or not an action declares them
-BASE_PROPERTIES = ("force_full_harvest", "detailed_diagnose")
+#: (accept_empty_harvest: a full harvest that finds nothing, where the one before found records,
+#: is taken as it is instead of being held back as suspicious)
+BASE_PROPERTIES = ("force_full_harvest", "detailed_diagnose", "accept_empty_harvest")
 
 
 class PipelineCall(BaseModel):
@@ -85,6 +90,27 @@ class Action(BaseModel):
         return self.always_run_on_schedule or any(properties.get(p) for p in self.properties)
 
 
+class HarvestLimits(BaseModel):
+    """What one request to a network's repository may take (connectors/oaipmh.py OaiClient):
+    a repository that floods, drips or throttles for ever is given up on, not waited for."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: the most bytes one response may inflate to (a gzip bomb stops there)
+    max_page_bytes: int = Field(default=MAX_BYTES, ge=1024)
+    #: seconds one request may take in all: connect, headers and body
+    request_deadline: float = Field(default=DEADLINE, gt=0)
+    #: seconds each connect or read may take
+    timeout: float = Field(default=120.0, gt=0)
+    #: how many times one request is tried again (throttled, failed, unreadable), every attempt
+    #: counted
+    retries: int = Field(default=5, ge=0, le=100)
+    #: the longest one wait may be, whatever a Retry-After asks
+    max_wait: float = Field(default=300.0, gt=0)
+    #: how long the waits of one request may add up to
+    max_total_wait: float = Field(default=900.0, ge=0)
+
+
 class NetworkConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -99,6 +125,7 @@ class NetworkConfig(BaseModel):
     properties: dict[str, bool] = Field(default_factory=dict)
     validation: str | None = None
     transformation: str | None = None
+    limits: HarvestLimits = Field(default_factory=HarvestLimits)
 
     @field_validator("acronym")
     @classmethod

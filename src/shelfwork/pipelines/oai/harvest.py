@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import func, select
 
 from ...batch import Page as BatchPage
 from ...batch import run_batches
@@ -40,14 +40,16 @@ from ...context import StepContext
 from ...errors import Cancelled, ShelfworkError, describe
 from ...pipeline import Pipeline, Retry, step
 from ...store.database import utcnow
+from ...store.models import DeadLetter
 from .actions import HAND_OVER_RETRY, NetworkParams, hand_over, network_context
-from .config import OaiConfig, oai_config
+from .config import HarvestLimits, OaiConfig, oai_config
 from .snapshots import (
     EMPTY,
     HARVEST_DONE,
     HARVEST_FAILED,
     HARVEST_STOPPED,
     HARVESTED,
+    SUSPICIOUS,
     Network,
     Networks,
     Snapshots,
@@ -93,13 +95,21 @@ class HarvestFailed(ShelfworkError):
 
 
 def client_for(network: Network, ctx: StepContext) -> OaiClient:
-    """A client whose waits (Retry-After, backoff) wake up when the job is cancelled."""
+    """A client within the network's limits, reaching only the addresses the config allows,
+    whose waits (Retry-After, backoff) wake up when the job is cancelled."""
     config = oai_config(ctx.engine.settings)
+    limits = HarvestLimits.model_validate(network.limits)
     return OaiClient(
         network.base_url,
         method="POST" if network.method == "POST" else "GET",
-        salvage=True,
+        timeout=limits.timeout,
+        deadline=limits.request_deadline,
+        max_bytes=limits.max_page_bytes,
+        retries=limits.retries,
         backoff=config.retry_backoff,
+        max_wait=limits.max_wait,
+        max_total_wait=limits.max_total_wait,
+        salvage=True,
         addresses=config.addresses(),
         sleep=ctx.sleep,
     )
@@ -284,11 +294,16 @@ def harvest(ctx: StepContext) -> dict[str, Any]:
             for record in waiting:  # a repository may repeat a record within a page
                 latest[record.identifier] = record
             MetadataStore.add_packed(tx, network.acronym, page.packed)
+            before = _delivered_before(tx, snapshot_id, list(latest))
             rows = []
-            deleted = 0
+            live = deleted = 0
             for record in latest.values():
                 digest = None if record.deleted else page.digests[record.identifier]
-                deleted += record.deleted
+                # a record this run already delivered (a restarted list, an overlapping set)
+                # counts once, in the state it has now
+                was = before.get(record.identifier)
+                live += (not record.deleted) - (was is False)
+                deleted += record.deleted - (was is True)
                 rows.append(
                     {
                         "snapshot_id": snapshot_id,
@@ -303,14 +318,17 @@ def harvest(ctx: StepContext) -> dict[str, Any]:
                         "transformed": False,
                         "failed_rules": None,
                         "problem": None,
+                        "harvested_by": snapshot_id,
                     }
                 )
             upsert(tx, records_t, rows, ("snapshot_id", "identifier"))
+            stored = {id(record) for record in waiting}
+            refused = [item for item in page.items if id(item) not in stored]
             values: dict[str, Any] = {
                 "pages": snapshots_t.c.pages + 1,
-                "harvested": snapshots_t.c.harvested + (len(rows) - deleted),
+                "harvested": snapshots_t.c.harvested + live,
                 "deleted": snapshots_t.c.deleted + deleted,
-                "bad": snapshots_t.c.bad + (len(page.items) - len(waiting)),
+                "bad": snapshots_t.c.bad + _newly_refused(tx, ctx, refused),
                 "resume": page.after,
             }
             if page.response_date:
@@ -330,6 +348,36 @@ def harvest(ctx: StepContext) -> dict[str, Any]:
         savepoints=False,
     )
     return summary.as_dict()
+
+
+def _delivered_before(tx: Any, snapshot_id: int, identifiers: list[str]) -> dict[str, bool]:
+    """Which of `identifiers` this snapshot's harvest already stored, and whether deleted."""
+    if not identifiers:
+        return {}
+    rows = tx.execute(
+        select(records_t.c.identifier, records_t.c.deleted).where(
+            records_t.c.snapshot_id == snapshot_id,
+            records_t.c.harvested_by == snapshot_id,
+            records_t.c.identifier.in_(identifiers),
+        )
+    ).all()
+    return {row.identifier: bool(row.deleted) for row in rows}
+
+
+def _newly_refused(tx: Any, ctx: StepContext, refused: list[Record | BrokenRecord]) -> int:
+    """How many of a page's refused records this harvest had not refused before (by
+    identifier; those without one count each time)."""
+    keys = {item.identifier for item in refused if item.identifier}
+    anonymous = sum(1 for item in refused if not item.identifier)
+    if not keys:
+        return anonymous
+    dead = DeadLetter.__table__
+    known = tx.execute(
+        select(dead.c.item_key)
+        .where(dead.c.job_id == ctx.job_id, dead.c.step == ctx.step, dead.c.item_key.in_(keys))
+        .distinct()
+    ).all()
+    return len(keys) - len(known) + anonymous
 
 
 def _first(response_date: str) -> Any:
@@ -364,20 +412,41 @@ def finish(ctx: StepContext) -> dict[str, Any]:
     started = ctx.results["begin"]
     snapshot_id = started["snapshot"]
     snapshots = Snapshots(ctx.engine.store)
+    network = Networks(ctx.engine.store).get(ctx.params.network)
     row = snapshots.get(snapshot_id)
     counts = snapshots.counts(snapshot_id)
-    nothing_new = started["incremental"] and row.harvested == 0 and row.deleted == 0
-    state = EMPTY if nothing_new else HARVESTED
+    found_nothing = row.harvested == 0 and row.deleted == 0
+    nothing_new = started["incremental"] and found_nothing
+    # the last finished harvest before this one (this one is still `harvesting`)
+    before = snapshots.latest(network.acronym, HARVEST_DONE)
+    suspicious = (
+        not started["incremental"]
+        and found_nothing
+        and before is not None
+        and before.total > 0
+        and not network.on("accept_empty_harvest")
+    )
+    state = EMPTY if nothing_new else SUSPICIOUS if suspicious else HARVESTED
     snapshots.set(
         snapshot_id, state=state, total=counts["total"], harvested_at=utcnow(), resume=None
     )
-    message = (
-        "incremental harvest found nothing new"
-        if nothing_new
-        else f"harvested {row.harvested} records, {row.deleted} deletions, {row.bad} refused, "
-        f"in {row.pages} pages; {counts['total']} records in the snapshot"
-    )
+    if nothing_new:
+        message = "incremental harvest found nothing new"
+    else:
+        message = (
+            f"harvested {row.harvested} records, {row.deleted} deletions, {row.bad} refused, "
+            f"in {row.pages} pages; {counts['total']} records in the snapshot"
+        )
     snapshots.log(snapshot_id, message)
+    if suspicious:
+        warning = (
+            f"suspicious: this full harvest found no record, but snapshot {before.id} had "
+            f"{before.total} records; it is held back (not validated, not indexed, the network's "
+            "exposure stays) until an operator confirms it, or the network's "
+            "accept_empty_harvest property allows such harvests"
+        )
+        snapshots.log(snapshot_id, warning, "warning")
+        ctx.warn(f"snapshot {snapshot_id}: {warning}")
     if row.bad:
         ctx.warn(f"{row.bad} records could not be stored; they are in the dead letters")
     return {"snapshot": snapshot_id, "state": state, **counts, "bad": row.bad}

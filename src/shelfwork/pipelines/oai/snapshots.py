@@ -4,17 +4,22 @@ A snapshot is one harvest and what became of it. States:
 
     harvesting -> harvested -> validating -> valid            (the last good known: latest valid)
                -> harvest_failed | harvest_stopped | empty     validating -> validation_failed
+               -> suspicious -(an operator confirms)-> harvested
 
 An incremental snapshot starts as a copy of its predecessor's catalog and is changed by what the
 repository reports since the predecessor's responseDate (deleted headers mark rows deleted). An
-incremental harvest that brings nothing is `empty`: later actions pass it over.
+incremental harvest that brings nothing is `empty`: later actions pass it over. A full harvest
+that brings nothing where the harvest before it brought records is `suspicious` (a repository
+that lost its index answers noRecordsMatch too): nothing builds on it, so the network's exposure
+stays, until an operator confirms it (`confirm_empty`) or the network's `accept_empty_harvest`
+property says such a harvest is to be taken as it is.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
@@ -57,6 +62,7 @@ HARVESTED = "harvested"
 HARVEST_FAILED = "harvest_failed"
 HARVEST_STOPPED = "harvest_stopped"
 EMPTY = "empty"
+SUSPICIOUS = "suspicious"
 VALIDATING = "validating"
 VALID = "valid"
 VALIDATION_FAILED = "validation_failed"
@@ -72,6 +78,10 @@ class UnknownNetwork(ShelfworkError):
 
 class NetworkOwnedByConfig(ShelfworkError):
     """The network is defined in the config file and must be changed there."""
+
+
+class NotSuspicious(ShelfworkError):
+    """Only a suspicious snapshot can be confirmed."""
 
 
 def upsert(conn: Connection, table: Any, rows: Sequence[dict[str, Any]], keys: Sequence[str]):
@@ -138,6 +148,8 @@ class Network:
     validation: str | None
     transformation: str | None
     origin: str
+    #: HarvestLimits as stored (missing keys: the defaults)
+    limits: dict[str, Any] = field(default_factory=dict)
 
     @property
     def context(self) -> str:
@@ -161,6 +173,7 @@ def _network(row: Any) -> Network:
         validation=row.validation,
         transformation=row.transformation,
         origin=row.origin,
+        limits=dict(row.limits or {}),
     )
 
 
@@ -342,6 +355,32 @@ class Snapshots:
         conn.execute(
             insert(log_t).values(snapshot_id=snapshot_id, at=utcnow(), level=level, message=message)
         )
+
+    def confirm_empty(self, snapshot_id: int, by: str) -> Any:
+        """An operator says a suspicious (empty) harvest is right: it becomes `harvested`, so
+        VALIDATE and the indexes take it (and the network's exposure empties)."""
+        with self.store.write() as conn:
+            done = conn.execute(
+                update(snapshots_t)
+                .where(snapshots_t.c.id == snapshot_id, snapshots_t.c.state == SUSPICIOUS)
+                .values(state=HARVESTED)
+            ).rowcount
+            if not done:
+                row = conn.execute(
+                    select(snapshots_t.c.state).where(snapshots_t.c.id == snapshot_id)
+                ).first()
+                if row is None:
+                    raise ShelfworkError(f"no snapshot {snapshot_id}")
+                raise NotSuspicious(
+                    f"snapshot {snapshot_id} is {row.state}, not suspicious: nothing to confirm"
+                )
+            self._log(
+                conn,
+                snapshot_id,
+                "warning",
+                f"empty harvest confirmed by {by}: VALIDATE and the indexes will take it",
+            )
+        return self.get(snapshot_id)
 
     def log_lines(self, snapshot_id: int, limit: int = 500) -> list[Any]:
         with self.store.read() as conn:
