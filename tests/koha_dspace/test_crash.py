@@ -1,15 +1,13 @@
-"""SIGKILL a shelfwork server in the middle of integrations, start another, and check every record
-ends integrated once: one DSpace item, one cover, one 856, one file in Processed."""
+"""SIGKILL the shelfwork process running integrations in the middle of them, start another, and
+check every record ends integrated once: one DSpace item, one cover, one 856, one file in
+Processed. On SQLite with local threads, and on PostgreSQL with a Celery worker."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,15 +18,9 @@ from shelfwork.pipelines.koha_dspace.marc import integration_state, parse_marcxm
 from shelfwork.sandbox.pdfs import text_pdf
 from shelfwork.sandbox.peers import Peers, start_peers
 from shelfwork.sandbox.records import Book, marcxml
+from tests.conftest import truncate_pg
+from tests.support.cluster import CRASH_REDIS, Cluster
 
-REPO = Path(__file__).resolve().parents[2]
-SERVER = (
-    "import sys, threading\n"
-    "from shelfwork.config import Settings\n"
-    "from shelfwork.engine import Engine\n"
-    "Engine(Settings.model_validate_json(sys.argv[1]), kind='server').start()\n"
-    "threading.Event().wait()\n"
-)
 RECORDS = range(41, 47)
 
 pytestmark = pytest.mark.slow
@@ -41,28 +33,41 @@ def peers() -> Iterator[Peers]:
     running.stop()
 
 
-def start_server(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-c", SERVER, settings.model_dump_json()],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+def integration_settings(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, peers: Peers
+) -> Settings:
+    common: dict[str, Any] = dict(
+        pipeline_modules=["shelfwork.pipelines.koha_dspace"],
+        systems={SYSTEM: peers.integrator_config(tmp_path, pdf_retry_delay=0.05)},
+        tracker_profile="dev",
+        max_running=3,
+        lease_ttl=2.0,
+        poll_interval=0.1,
+    )
+    if backend == "postgres-celery":
+        url = request.getfixturevalue("pg_url")
+        truncate_pg(url)
+        return Settings(
+            database_url=url,
+            executor="celery",
+            broker_url=CRASH_REDIS,
+            celery_queue=request.getfixturevalue("crash_queue"),
+            # a hand-off to a worker that dies before taking the lease (and the message's
+            # visibility timeout) runs out in seconds, not the default five minutes
+            dispatch_ttl=3.0,
+            **common,
         )
+    return Settings(database_url=f"sqlite:///{tmp_path / 'shelfwork.db'}", **common)
 
 
-def kill(proc: subprocess.Popen[bytes]) -> None:
-    os.killpg(proc.pid, signal.SIGKILL)  # no shutdown code runs, as in a power cut
-    proc.wait(timeout=10)
-
-
-def wait_until(what: str, condition: Callable[[], bool], timeout: float = 60.0) -> None:
+def wait_until(
+    what: str, condition: Callable[[], bool], cluster: Cluster, timeout: float = 60.0
+) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
+        cluster.check_alive()
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what}\n{cluster.logged()}")
         time.sleep(0.05)
 
 
@@ -74,17 +79,14 @@ def unrecorded(client: Engine, peers: Peers) -> set[int]:
 
 
 def test_killed_mid_integration_resumes_without_a_second_item_or_cover(
-    peers: Peers, tmp_path: Path
+    peers: Peers, tmp_path: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:
-    settings = Settings(
-        database_url=f"sqlite:///{tmp_path / 'shelfwork.db'}",
-        pipeline_modules=["shelfwork.pipelines.koha_dspace"],
-        systems={SYSTEM: peers.integrator_config(tmp_path, pdf_retry_delay=0.05)},
-        tracker_profile="dev",
-        max_running=3,
-        lease_ttl=2.0,
-        poll_interval=0.1,
-    )
+    """SQLite: the server runs the jobs and is killed twice. PostgreSQL + Celery: the worker runs
+    them; it is killed, and later the worker and the server together (a power cut); the server
+    reclaims the expired leases and a new worker resumes the jobs."""
+    settings = integration_settings(backend, request, tmp_path, peers)
+    celery = settings.executor == "celery"
+    runner = "worker" if celery else "server"  # the process the jobs run in
     for n in RECORDS:
         book = Book(n, f"Book {n}", author="Author, Some", year="2001", file=f"b{n}.pdf")
         text_pdf(tmp_path / "inbox" / f"b{n}.pdf", 2)
@@ -94,33 +96,43 @@ def test_killed_mid_integration_resumes_without_a_second_item_or_cover(
     peers.koha.latency = 0.05
     client = Engine(settings, kind="cli")
     jobs = [client.submit("koha-dspace", {"biblionumber": n}).job_id for n in RECORDS]
-    log = tmp_path / "servers.log"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    cluster = Cluster(settings, logs)
 
-    first = start_server(settings, log)
-    # Kill 1: the moment DSpace has made a workspace item whose id no job has recorded yet (the
-    # run dies between DSpace's answer and its checkpoint), with other items half-made.
-    wait_until("an unrecorded workspace item", lambda: unrecorded(client, peers), timeout=90)
-    kill(first)
-    orphans = unrecorded(client, peers)
-    assert orphans, "the kill came too late to leave an unrecorded workspace item"
-    second = start_server(settings, log)
-    # Kill 2: later, while covers are being uploaded and Koha records written.
-    wait_until(
-        "a cover upload and a Koha write",
-        lambda: (
-            peers.koha.calls["POST /cgi-bin/koha/tools/upload-file.pl"] >= 2
-            and peers.koha.calls["PUT /api/v1/biblios"] >= 1
-        ),
-        timeout=90,
-    )
-    kill(second)
-    third = start_server(settings, log)
+    def start() -> None:
+        if celery and not any(m.role == "server" for m in cluster.members):
+            cluster.start("server")
+        cluster.start(runner, *(["3"] if celery else []))
+
     try:
+        start()
+        # Kill 1: the moment DSpace has made a workspace item whose id no job has recorded yet
+        # (the run dies between DSpace's answer and its checkpoint), with other items half-made.
+        wait_until(
+            "an unrecorded workspace item", lambda: bool(unrecorded(client, peers)), cluster, 90
+        )
+        cluster.kill_all(runner)
+        orphans = unrecorded(client, peers)
+        assert orphans, "the kill came too late to leave an unrecorded workspace item"
+        start()
+        # Kill 2: later, while covers are being uploaded and Koha records written; every process.
+        wait_until(
+            "a cover upload and a Koha write",
+            lambda: (
+                peers.koha.calls["POST /cgi-bin/koha/tools/upload-file.pl"] >= 2
+                and peers.koha.calls["PUT /api/v1/biblios"] >= 1
+            ),
+            cluster,
+            90,
+        )
+        cluster.kill_all()
+        start()
         views = [client.wait(job, timeout=120) for job in jobs]
     finally:
-        kill(third)
+        cluster.stop()
     problems = [f"job {v.id}: {v.state} {v.error}" for v in views if v.state != "succeeded"]
-    assert not problems, "\n".join(problems) + "\n" + log.read_text()[-3000:]
+    assert not problems, "\n".join(problems) + "\n" + cluster.logged()
     for n in RECORDS:
         items = peers.dspace.items_with("dc.identifier.other", f"koha:{n}")
         assert len(items) == 1, f"biblio {n}: {len(items)} DSpace items"
@@ -149,4 +161,4 @@ def test_killed_mid_integration_resumes_without_a_second_item_or_cover(
     assert len(took_over) >= len(orphans)
     reclaimed = sum(1 for job in jobs for e in client.jobs.events(job) if e["kind"] == "reclaimed")
     assert reclaimed >= 2
-    client.store.dispose()
+    client.stop(wait=False)
