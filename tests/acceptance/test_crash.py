@@ -469,8 +469,7 @@ def test_celery_redelivery_to_the_worker_running_the_job_is_turned_away(
         while live_jobs(store) and time.monotonic() < deadline:
             cluster.check_alive()
             if state_counts(store).get("running") and busy_pids(store):
-                time.sleep(1.2)  # past the visibility timeout
-                redelivery.sweep()
+                redelivery.sweep()  # hands out what has been unacked past the visibility timeout
             time.sleep(0.1)
         with store.read() as conn:
             job = conn.execute(select(jobs_t).where(jobs_t.c.id == job_id)).one()

@@ -22,6 +22,7 @@ from shelfwork.store import Store
 from shelfwork.store.database import utcnow
 from tests.conftest import truncate_pg
 from tests.support import pipelines as tp
+from tests.support.clock import FakeClock
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -140,17 +141,8 @@ def _finish(store: Store, job_id: int, owner: str = "w") -> None:
     Jobs(store).finish(job_id, owner, "succeeded")
 
 
-class FakeClock:
-    """Admission and jobs read the time through this in the state machine: leases run out when a
-    rule moves the clock on, not when the machine happens to be slow."""
-
-    def __init__(self) -> None:
-        self.at = utcnow()
-
-    def __call__(self) -> datetime:
-        return self.at
-
-
+# Admission and jobs read the time from this in the state machine: leases run out when a rule
+# moves the clock on, not when the machine happens to be slow.
 CLOCK = FakeClock()
 OWNERS = ["worker-a", "worker-b"]
 TTLS = [5.0, 60.0]  # a short lease, and one that outlives most clock moves
@@ -254,7 +246,7 @@ class AdmissionMachine(RuleBasedStateMachine):
     def scheduler_pass(self, seconds: int, owner: str, ttl: float) -> None:
         """Time passes; a node's scheduler takes over every running job whose lease ran out, and
         only those, then claims what admission allows."""
-        CLOCK.at += timedelta(seconds=seconds)
+        CLOCK.advance(seconds)
         expired = [i for i in self._in("running") if self.model[i].expires < CLOCK()]
         assert sorted(self.adm.reclaim_expired(owner, ttl)) == expired
         for job_id in expired:

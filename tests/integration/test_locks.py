@@ -32,6 +32,7 @@ from shelfwork.locks import UNSET, EntityValues, Locks, compare_and_set
 from shelfwork.pipeline import Pipeline, step
 from shelfwork.store import Store
 from shelfwork.store.models import EntityValue, Lock
+from tests.support.clock import FakeClock
 
 ENTITIES = [f"entity:{i}" for i in range(1, 6)]
 PARENT_THREADS = 16
@@ -242,6 +243,14 @@ def test_column_set_if_unset_has_exactly_one_winner(race: Race) -> None:
 # --- lease rules, on one store ------------------------------------------------------------------
 
 
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """The locks' clock, moved by the test: a lease runs out when the test says so."""
+    fake = FakeClock()
+    monkeypatch.setattr("shelfwork.locks.utcnow", fake)
+    return fake
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     if request.param == "postgres":
@@ -257,11 +266,11 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     s.dispose()
 
 
-def test_an_expired_lease_can_be_taken_over(store: Store) -> None:
+def test_an_expired_lease_can_be_taken_over(store: Store, clock: FakeClock) -> None:
     locks = Locks(store)
     assert locks.try_acquire("entity:1", "worker-a", ttl=0.3)
     assert not locks.try_acquire("entity:1", "worker-b", ttl=5)
-    time.sleep(0.4)
+    clock.advance(0.4)
     assert locks.get("entity:1").expired  # type: ignore[union-attr]
     assert locks.try_acquire("entity:1", "worker-b", ttl=5)
     assert locks.get("entity:1").owner == "worker-b"  # type: ignore[union-attr]
@@ -273,11 +282,11 @@ def test_an_expired_lease_can_be_taken_over(store: Store) -> None:
     assert locks.get("entity:1") is None
 
 
-def test_an_expired_lease_goes_to_exactly_one_of_many(store: Store) -> None:
+def test_an_expired_lease_goes_to_exactly_one_of_many(store: Store, clock: FakeClock) -> None:
     locks = Locks(store)
     for round_ in range(3):
         assert locks.try_acquire("entity:2", f"dead-{round_}", ttl=0.05)
-        time.sleep(0.1)
+        clock.advance(0.1)
         owners = [f"r{round_}-t{i}" for i in range(PARENT_THREADS)]
         won = take_together(locks, "entity:2", owners)
         assert len(won) == 1, won
@@ -487,11 +496,15 @@ def test_job_lock_is_renewed_while_the_job_outlives_the_ttl(make_engine, backend
     assert engine.locks.get("entity:long") is None
 
 
-def test_reclaiming_a_dead_workers_job_frees_its_locks(make_engine, backend) -> None:
-    engine = make_engine(start=False)
+def test_reclaiming_a_dead_workers_job_frees_its_locks(
+    make_engine, backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = make_engine(start=False)  # nothing runs: the clock can be moved by hand
+    clock = FakeClock()
+    monkeypatch.setattr("shelfwork.admission.utcnow", clock)
     job = engine.admission.submit(engine.registry.get("noop"))  # queued, not dispatched
     assert [c.job_id for c in engine.admission.claim("node:dead", 0.05)] == [job.job_id]
     engine.locks.acquire("entity:orphan", f"job:{job.job_id}", ttl=600, job_id=job.job_id)
-    time.sleep(0.1)
+    clock.advance(0.1)
     assert engine.admission.reclaim_expired("node:alive", 30) == [job.job_id]
     assert engine.locks.get("entity:orphan") is None
