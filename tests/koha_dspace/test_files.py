@@ -193,6 +193,21 @@ def test_a_fifo_put_in_place_after_the_look_is_refused_without_hanging(
     assert refusal(inbox, "scan.pdf").reason == "not a regular file"
 
 
+def test_a_folder_swapped_back_while_it_was_opened(
+    inbox: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening 2024 met a symlink or a file (ENOTDIR); a look right after finds a folder again."""
+    real_open = os.open
+
+    def open_meeting_a_swap(path: object, flags: int, *args: object, **kwargs: object) -> int:
+        if path == "2024":
+            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(files.os, "open", open_meeting_a_swap)
+    assert refusal(inbox, "2024/May/книга 1.pdf").reason == "2024 changed while it was being opened"
+
+
 def test_missing_inbox_is_reported(tmp_path: Path) -> None:
     refused = refusal(tmp_path / "nowhere", "scan.pdf")
     assert str(refused) == (

@@ -296,6 +296,8 @@ def _refusal(
             return MissingFile(reference, "not found", f"{whole} not found in inbox")
         if stat.S_ISLNK(info.st_mode):
             return _symlink(shown, reference)
+        if stat.S_ISDIR(info.st_mode):  # it was something else a moment ago
+            return FileRejected(reference, f"{shown} changed while it was being opened")
         return FileRejected(reference, f"{shown} is not a folder")
     if exc.errno in (errno.EACCES, errno.EPERM):
         return FileRejected(reference, f"{shown} cannot be opened: permission denied")
