@@ -153,14 +153,12 @@ def log_in(client: TestClient, role: str) -> str:
 def wait_idle(engine: Engine, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        # One consistent read: a chain's next job is submitted before the job handing over
+        # ends, so when every job read has ended, none is still to come.
         jobs = engine.jobs.list(limit=100)
         if jobs and all(j.finished for j in jobs):
-            time.sleep(0.2)  # a hand-over commits with its job: look once more
-            if len(engine.jobs.list(limit=100)) == len(jobs):
-                assert all(j.state == "succeeded" for j in jobs), [
-                    (j.pipeline, j.error) for j in jobs
-                ]
-                return
+            assert all(j.state == "succeeded" for j in jobs), [(j.pipeline, j.error) for j in jobs]
+            return
         time.sleep(0.05)
     raise AssertionError("jobs still live after the timeout")
 
