@@ -102,12 +102,11 @@ def wait_idle(api: Api, timeout: float = 60.0) -> list[Any]:
     """Every job, once none is queued or running (chains hand over from job to job)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        # One consistent read: a chain's next job is submitted before the job handing over
+        # ends, so when every job read has ended, none is still to come.
         jobs = api.engine.jobs.list(limit=100)
         if jobs and all(job.state in ("succeeded", "failed", "cancelled") for job in jobs):
-            time.sleep(0.2)  # a hand-over commits with its job: look again once
-            again = api.engine.jobs.list(limit=100)
-            if len(again) == len(jobs):
-                return again
+            return jobs
         time.sleep(0.05)
     raise AssertionError("jobs still live after the timeout")
 
