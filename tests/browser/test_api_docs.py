@@ -26,6 +26,8 @@ def test_the_api_docs_render_offline_and_load_nothing_from_elsewhere(
     operation = page.locator("section", has_text="POST /api/v1/jobs").first
     expect(operation).to_be_visible()
     expect(operation).to_contain_text("Submit a job")
+    # its own style applies (the policy names it by hash): a POST badge is green
+    expect(operation.locator(".m.post").first).to_have_css("background-color", "rgb(42, 138, 74)")
     page.get_by_role("link", name="SubmitIn").first.click()  # a body's schema is a link
     expect(page.locator("#schema-SubmitIn")).to_be_in_viewport()
     assert elsewhere == []
