@@ -476,10 +476,14 @@ def test_dspace_expired_token_and_csrf_rotation_are_survived(world: WorldFactory
     w = world()
     w.book(30)
     w.peers.dspace.rotate_csrf_every_response = True
-    w.peers.dspace.jwt_ttl = 0.5  # expires during the job
+    w.peers.dspace.jwt_ttl = 0.5  # always near its end: the client logs in again before use
     w.peers.dspace.latency = 0.2
+    # and one token runs out while in use: the workspace item's creation is answered 401
+    w.peers.dspace.expire_tokens_at("POST /submission/workspaceitems")
     view = w.run(30)
     assert_imported(w, 30, view)
+    assert w.peers.dspace.answered[401] >= 1, "no token ran out while in use"
+    assert w.peers.dspace.calls["POST /submission/workspaceitems"] == 2  # refused, then made
 
 
 def test_dspace_422_is_not_retried_and_quoted(world: WorldFactory) -> None:
@@ -602,6 +606,7 @@ def test_the_tracker_finds_an_item_in_review_when_reading_it_fails_once(
     uuid = w.run(43).result["uuid"]
     w.peers.dspace.fail_next(1, 404, f"/core/items/{uuid}")
     w.engine.trackers.force_poll("dspace-review", uuid)
+    assert w.peers.dspace.summary()["faults"]["pending"] == []  # the read did fail
     assert w.engine.trackers.get("dspace-review", uuid).state == "IN_REVIEW"
     assert w.state(43).status == "imported"
 

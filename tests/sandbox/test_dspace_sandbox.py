@@ -757,6 +757,16 @@ def test_faults_fail_next_by_prefix_then_recover(env: Env) -> None:
     assert session.call("GET", url).status_code == 404
 
 
+def test_faults_expire_tokens_at_a_chosen_call_and_answers_are_counted(env: Env) -> None:
+    session = logged_in(env)
+    env.state.expire_tokens_at("GET /authn/status")
+    assert session.call("GET", "/security/csrf").status_code == 204  # another call: no effect
+    assert_error_shape(session.call("GET", "/authn/status"), 401)  # the token ran out here
+    assert session.login(SUBMITTER).status_code == 200
+    assert session.call("GET", "/authn/status").status_code == 200  # once only
+    assert env.state.answered[401] == 1 and env.state.answered[200] >= 2
+
+
 def test_faults_down_answers_503(env: Env) -> None:
     env.state.down = True
     assert httpx.get(f"{env.api}/security/csrf").status_code == 503

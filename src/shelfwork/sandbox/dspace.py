@@ -430,6 +430,9 @@ class DSpaceState:
     canonical_prefix: str | None = None
     jwt_ttl: float = 1800.0  # B1 [V]: 30 minutes by default
     calls: Counter[str] = field(default_factory=Counter)
+    #: every answer by status (503s of `down` too): how a test sees that a fault it set fired.
+    #: Instrumentation of the emulator, not a behaviour of DSpace.
+    answered: Counter[int] = field(default_factory=Counter)
     # faults
     latency: float = 0.0
     rotate_csrf_every_response: bool = False
@@ -438,6 +441,7 @@ class DSpaceState:
     secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _faults: list[PendingFault] = field(default_factory=list, repr=False)
+    _expire_at: list[str] = field(default_factory=list, repr=False)
     _corrupt_uploads: int = field(default=0, repr=False)
     _live_csrf: set[str] = field(default_factory=set, repr=False)
     _live_jti: set[str] = field(default_factory=set, repr=False)
@@ -501,6 +505,13 @@ class DSpaceState:
         """Every JWT issued so far expires now: the next request bearing one gets 401."""
         with self.lock:
             self._live_jti.clear()
+
+    def expire_tokens_at(self, call: str) -> None:
+        """Every JWT issued so far expires when the next `call` ("POST /submission/workspaceitems",
+        a key of `calls`) arrives, before it is answered: a token that runs out mid-job, at a
+        point the test chooses."""
+        with self.lock:
+            self._expire_at.append(call)
 
     def corrupt_next_uploads(self, count: int = 1) -> None:
         """The next `count` stored files get one byte flipped after the upload checks ran."""
@@ -823,9 +834,14 @@ def api_route(state: DSpaceState, method: str, template: str, handler: Handler) 
             state.calls[key] += 1
             state.server_url = f"{request.url.scheme}://{request.url.netloc}"
             latency, down = state.latency, state.down
+            if key in state._expire_at:
+                state._expire_at.remove(key)
+                state._live_jti.clear()
         if latency > 0:
             await asyncio.sleep(latency)
         if down:
+            with state.lock:
+                state.answered[503] += 1
             return error_response(503, "Service Unavailable", path)
         cookie = request.cookies.get(XSRF_COOKIE)
         ctx = Ctx(request, state, None, f"{state.server_url}{API}")
@@ -855,6 +871,8 @@ def api_route(state: DSpaceState, method: str, template: str, handler: Handler) 
                 response.headers[XSRF_HEADER] = token
                 response.set_cookie(XSRF_COOKIE, token, path="/server", httponly=True)
         response.headers["Access-Control-Expose-Headers"] = f"Authorization, {XSRF_HEADER}"
+        with state.lock:
+            state.answered[response.status_code] += 1
         return response
 
     return Route(f"{API}{template}", endpoint, methods=[method])
