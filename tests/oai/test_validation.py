@@ -139,6 +139,14 @@ def test_year_range_named_group_and_current_year_default() -> None:
     assert validate(dc_record(date=f"01/02/{this_year}"), rules).valid
 
 
+def test_year_range_with_the_reference_platforms_default_pattern() -> None:
+    # DynamicYearRangeFieldContentValidatorRule's DEFAULT_REGEX, as the README says to write it
+    rules = one_rule(type="year_range", field="dc.date", pattern="^([0-9]{3,4})", lower=1100)
+    assert rule_holds(rules, dc_record(date="999"))
+    assert rule_holds(rules, dc_record(date=f"{YEAR}-01-02"))
+    assert not rule_holds(rules, dc_record(date=f"c. {YEAR}"))  # the default (\d{4}) takes it
+
+
 def test_field_expression_rule() -> None:
     rules = one_rule(
         type="field_expression",
@@ -302,6 +310,24 @@ def test_xpath_occurrence_all_needs_a_node() -> None:
     rules = one_rule(type="xpath_occurrence", xpath="//dc:relation", quantifier="ALL")
     assert not rule_holds(rules, dc_record(title="t"))
     assert rule_holds(rules, dc_record(relation="r"))
+
+
+@pytest.mark.parametrize("empty", ["<dc:relation/>", "<dc:relation> \n </dc:relation>"])
+def test_xpath_occurrence_skips_empty_nodes(empty: str) -> None:
+    # NodeOccursConditionalValidatorRule counts what OAIRecordMetadata.getFieldNodesByXPath
+    # returns: MedatadaDOMHelper.getListOfTextNodes keeps only nodes with a text child
+    present = one_rule(type="xpath_occurrence", xpath="//dc:relation", quantifier="ONE_OR_MORE")
+    absent = one_rule(type="xpath_occurrence", xpath="//dc:relation", quantifier="ZERO_ONLY")
+    just_one = one_rule(type="xpath_occurrence", xpath="//dc:relation", quantifier="ONE_ONLY")
+    assert not rule_holds(present, raw_dc(empty))
+    assert rule_holds(absent, raw_dc(empty))
+    assert rule_holds(just_one, raw_dc(empty + "<dc:relation>r</dc:relation>"))
+    empty_attribute = one_rule(type="xpath_occurrence", xpath="//dc:date/@type")
+    assert not rule_holds(empty_attribute, raw_dc('<dc:date type="">2020</dc:date>'))
+    assert rule_holds(empty_attribute, raw_dc('<dc:date type="issued">2020</dc:date>'))
+    nothing = one_rule(type="xpath_occurrence", xpath="string(//dc:relation)")
+    assert not rule_holds(nothing, raw_dc(empty))
+    assert rule_holds(nothing, raw_dc("<dc:relation>r</dc:relation>"))
 
 
 # --- mandatory vs optional -------------------------------------------------------------------

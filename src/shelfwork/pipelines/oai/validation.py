@@ -685,7 +685,9 @@ class FieldExpressionRule(Rule):
 class XPathOccurrenceRule(Rule):
     """The nodes `xpath` selects are the occurrences, each valid: the quantifier bounds their
     count (ZERO_ONLY = none, ONE_ONLY = exactly one, ONE_OR_MORE and ALL = at least one,
-    ZERO_OR_MORE = any number)."""
+    ZERO_OR_MORE = any number). A node without text (an empty element or attribute, or only
+    whitespace) is no occurrence, as in the reference (NodeOccursConditionalValidatorRule reads
+    MedatadaDOMHelper.getListOfTextNodes, which keeps only nodes with a text child)."""
 
     needs_field: ClassVar[bool] = False
     type: Literal["xpath_occurrence"]
@@ -706,8 +708,10 @@ class XPathOccurrenceRule(Rule):
         if isinstance(found, bool):
             return [("true", True)] if found else []
         if not isinstance(found, list):
-            return [(str(found), True)]
-        return [(_node_text(node), True) for node in found]
+            text = _node_text(found)
+            return [(text, True)] if text else []
+        texts = (_node_text(node) for node in found)
+        return [(text, True) for text in texts if text]
 
     def decide(self, judged: list[tuple[str, bool]]) -> bool:
         return self.quantifier.count_holds(len(judged))
