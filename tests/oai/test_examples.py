@@ -7,12 +7,15 @@ import re
 import shutil
 import tomllib
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from lxml import etree
+from oaipmh import error as oai_error
 from pydantic import ValidationError
 
 from shelfwork.pipelines import oai
@@ -102,13 +105,12 @@ def example_items() -> list[Item]:
     ]
 
 
-@pytest.fixture
-def published(make_engine: Any, tmp_path: Path) -> Iterator[Any]:
-    """The example rule and transformer sets run on a repository, published by INDEX_OAI with
-    the default provider settings; yields the provider's source."""
-    rules = tmp_path / "rules"
-    shutil.copytree(EXAMPLES, rules)
-    repository = Repository(example_items(), set_names={**UNUSED_SETS, **SET_NAMES})
+@contextmanager
+def publish(make_engine: Any, rules: Path, repository: Repository) -> Iterator[Any]:
+    """The example rule and transformer sets run on `repository`, published by INDEX_OAI with
+    the default provider settings; yields the engine and the provider's source."""
+    if not rules.exists():
+        shutil.copytree(EXAMPLES, rules)
     provider = start_provider(repository, batch_size=5)
     try:
         engine = make_engine(
@@ -139,9 +141,17 @@ def published(make_engine: Any, tmp_path: Path) -> Iterator[Any]:
             done = engine.wait(job.job_id, timeout=60)
             assert done.state == "succeeded", done.error
         sources = sources_for(engine.store, oai_config(engine.settings))
-        yield sources("RI", "https://harvest.example/oai/RI")
+        yield engine, sources("RI", "https://harvest.example/oai/RI")
     finally:
         provider.stop()
+
+
+@pytest.fixture
+def published(make_engine: Any, tmp_path: Path) -> Iterator[Any]:
+    """The example sets on a repository with named sets; yields the provider's source."""
+    repository = Repository(example_items(), set_names={**UNUSED_SETS, **SET_NAMES})
+    with publish(make_engine, tmp_path / "rules", repository) as (_, source):
+        yield source
 
 
 def answer(source: Any, **arguments: str) -> etree._Element:
@@ -194,3 +204,111 @@ def test_admin_emails_are_what_the_oai_pmh_schema_accepts() -> None:
     for bad in ("root@localhost", "nobody", "a b@example.org"):
         with pytest.raises(ValidationError, match="admin_emails"):
             OaiConfig(admin_emails=[bad])
+
+
+VALID_ANSWER = """<OAI-PMH xmlns="http://www.openarchives.org/OAI/2.0/">
+<responseDate>2024-02-01T10:00:00Z</responseDate>
+<request verb="GetRecord" identifier="oai:repo:1" metadataPrefix="oai_dc">https://h.example/oai</request>
+<GetRecord><record><header><identifier>oai:repo:1</identifier>
+<datestamp>2024-02-01T09:00:00Z</datestamp><setSpec>art:open</setSpec></header>
+<metadata><oai_dc:dc xmlns:oai_dc="http://www.openarchives.org/OAI/2.0/oai_dc/"
+ xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:title xml:lang="es">Historia</dc:title>
+<dc:date>2019</dc:date></oai_dc:dc></metadata></record></GetRecord></OAI-PMH>"""
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("<dc:date>2019", '<dc:date type="issued">2019'),  # SimpleLiteral: xml:lang only
+        ("Historia</dc:title>", "<b>Historia</b></dc:title>"),  # text only
+        ("<dc:date>2019</dc:date>", "<dc:issued>2019</dc:issued>"),  # not one of the 15
+        ("T09:00:00Z</datestamp>", "T09:00:00+01:00</datestamp>"),  # UTC with Z only
+        ("<setSpec>art:open", "<setSpec>art:"),  # setSpecType
+        ("<header>", '<header status="gone">'),  # statusType: deleted
+        ('metadataPrefix="oai_dc"', 'metadataPrefix="oai dc"'),  # metadataPrefixType
+        ("<dc:date>2019</dc:date>", '<x:extra xmlns:x="urn:x">1</x:extra>'),
+        ("</oai_dc:dc></metadata>", '</oai_dc:dc></metadata><about><x xmlns="urn:x"/></about>'),
+        ("</responseDate>", "</responseDate><responseDate>2024-02-01T10:00:00Z</responseDate>"),
+    ],
+)
+def test_the_test_schemas_refuse_what_the_real_ones_refuse(
+    tmp_path: Path, old: str, new: str
+) -> None:
+    # the schemas are written for these tests: check that they are not too lenient to catch
+    # what OAI-PMH.xsd, oai_dc.xsd and simpledc20021212.xsd refuse
+    schema = oai_schema(tmp_path)
+    assert schema.validate(etree.fromstring(VALID_ANSWER)), schema.error_log.last_error
+    assert old in VALID_ANSWER
+    assert not schema.validate(etree.fromstring(VALID_ANSWER.replace(old, new, 1)))
+
+
+VALID_IDENTIFY = """<OAI-PMH xmlns="http://www.openarchives.org/OAI/2.0/">
+<responseDate>2024-02-01T10:00:00Z</responseDate>
+<request verb="Identify">https://h.example/oai</request>
+<Identify><repositoryName>R</repositoryName><baseURL>https://h.example/oai</baseURL>
+<protocolVersion>2.0</protocolVersion><adminEmail>oai@h.example</adminEmail>
+<earliestDatestamp>2024-01-01T00:00:00Z</earliestDatestamp>
+<deletedRecord>persistent</deletedRecord><granularity>YYYY-MM-DDThh:mm:ssZ</granularity>
+</Identify></OAI-PMH>"""
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("oai@h.example", "oai-admin@localhost"),  # emailType
+        (">persistent<", ">sometimes<"),  # deletedRecordType
+        (">2.0<", ">2.1<"),  # protocolVersionType
+        ("</granularity>", '</granularity><description><x xmlns="urn:x"/></description>'),
+    ],
+)
+def test_the_test_schemas_refuse_a_bad_identify(tmp_path: Path, old: str, new: str) -> None:
+    schema = oai_schema(tmp_path)
+    assert schema.validate(etree.fromstring(VALID_IDENTIFY)), schema.error_log.last_error
+    assert old in VALID_IDENTIFY
+    assert not schema.validate(etree.fromstring(VALID_IDENTIFY.replace(old, new, 1)))
+
+
+def harvest_warnings(engine: Any) -> list[str]:
+    jobs = engine.jobs.list(limit=50)
+    harvest = next(j for j in jobs if j.pipeline == "oai-harvest")
+    return [str(w) for w in engine.jobs.get(harvest.id).warnings]
+
+
+def test_a_repository_without_sets_is_exposed_without_a_set_hierarchy(
+    make_engine: Any, tmp_path: Path
+) -> None:
+    # the upstream answers ListSets with noSetHierarchy: no warning, and the provider, with no
+    # set to show, answers noSetHierarchy as well (OAI-PMH 2.0, 4.6 and 3.6)
+    items = [replace(item, sets=()) for item in example_items()]
+    with publish(make_engine, tmp_path / "rules", Repository(items)) as (engine, source):
+        assert not [w for w in harvest_warnings(engine) if "ListSets" in w]
+        listed = answer(source, verb="ListSets")
+        assert [e.get("code") for e in listed.iter(f"{{{OAI}}}error")] == ["noSetHierarchy"]
+        by_set = answer(source, verb="ListIdentifiers", metadataPrefix="oai_dc", set="art")
+        assert [e.get("code") for e in by_set.iter(f"{{{OAI}}}error")] == ["noSetHierarchy"]
+        every = answer(source, verb="ListIdentifiers", metadataPrefix="oai_dc")
+        assert len(list(every.iter(f"{{{OAI}}}header"))) == 4  # the first page: records there
+        schema = oai_schema(tmp_path)
+        assert schema.validate(listed), schema.error_log.last_error
+
+
+class SetsRefused(Repository):
+    """A repository whose ListSets answers an error (its records are in sets all the same)."""
+
+    def listSets(self, cursor: int = 0, batch_size: int = 10) -> list[tuple[str, str, None]]:
+        raise oai_error.BadArgumentError("ListSets is switched off here")
+
+
+def test_a_failing_list_sets_leaves_the_specs_as_names(make_engine: Any, tmp_path: Path) -> None:
+    # names only label sets: the harvest goes on with a warning, and ListSets shows the specs
+    repository = SetsRefused(example_items(), set_names=SET_NAMES)
+    with publish(make_engine, tmp_path / "rules", repository) as (engine, source):
+        assert [w for w in harvest_warnings(engine) if "ListSets failed" in w]
+        listed = answer(source, verb="ListSets")
+        names = {
+            s.findtext(f"{{{OAI}}}setSpec"): s.findtext(f"{{{OAI}}}setName")
+            for s in listed.iter(f"{{{OAI}}}set")
+        }
+        assert names == {spec: spec for spec in SET_NAMES}
+        art = answer(source, verb="ListIdentifiers", metadataPrefix="oai_dc", set="art")
+        assert art.find(f"{{{OAI}}}error") is None
