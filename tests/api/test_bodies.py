@@ -201,6 +201,12 @@ def test_routes_open_to_anyone_take_only_a_small_body(api: Api) -> None:
     assert declared.status == 413 and declared.pulled == 0
 
 
+def test_only_the_public_paths_themselves_take_bodies_without_a_token(api: Api) -> None:
+    for path in ("/loginx", "/login-as-admin", "/oaix"):
+        answer = call(api, "POST", path, Body(1024, b"x="), chunked=True)
+        assert answer.status in (303, 401) and answer.pulled == 0, path
+
+
 def test_a_dashboard_form_post_without_a_session_goes_to_the_login_page_unread(api: Api) -> None:
     form = {"Content-Type": "application/x-www-form-urlencoded"}
     answer = call(api, "POST", "/jobs", Body(BIG, b"pipeline=noop&params="), form, chunked=True)

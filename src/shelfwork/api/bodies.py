@@ -50,7 +50,8 @@ def too_large(limit: int) -> str:
 
 
 def _starts(path: str, prefixes: tuple[str, ...]) -> bool:
-    return any(path == p.rstrip("/") or path.startswith(p) for p in prefixes)
+    """Whether `path` is one of `prefixes`: a path, or a folder when it ends with "/"."""
+    return any(path.startswith(p) if p.endswith("/") else path == p for p in prefixes)
 
 
 class RequestBodies:
