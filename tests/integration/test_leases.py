@@ -4,9 +4,9 @@ A process can stall (a long GC pause, swap, a suspended VM) while its job goes o
 stops renewing the lease, the lease runs out, and another node takes the job over. When the stalled
 process wakes up its step thread carries on as if nothing happened, a zombie. Its heartbeat has not
 told it yet that the lease is gone, so the database's lease check on every write is all that stands
-between it and the new owner's records: the zombie must not record a step's outcome, nor start a
-step (a next one, or the next attempt of one it was retrying), and the job must end as the new
-owner runs it. (A SIGKILLed process never writes again, so the crash tests cannot show this.)
+between it and the new owner's records: the zombie must not save a checkpoint, record a step's
+outcome, nor start a step (a next one, or the next attempt of one it was retrying), and the job
+must end as the new owner runs it. (A SIGKILLed process never writes again, so the crash tests cannot show this.)
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from sqlalchemy import update
 
 from shelfwork.context import StepContext
 from shelfwork.engine import Engine
+from shelfwork.errors import LeaseLost
 from shelfwork.jobs import jobs_t
 from shelfwork.pipeline import Pipeline, Retry, step
 from shelfwork.runner import Run
@@ -43,6 +44,7 @@ class Scene:
     zombie_go: threading.Event = field(default_factory=threading.Event)
     taker_held: threading.Event = field(default_factory=threading.Event)
     taker_go: threading.Event = field(default_factory=threading.Event)
+    refused: list[str] = field(default_factory=list)  # writes the zombie was refused in a step
 
     def call(self, ctx: StepContext) -> None:
         self.calls.append((ctx.step, ctx.engine.node_id, ctx.attempt))
@@ -74,6 +76,10 @@ def one(ctx: StepContext) -> dict[str, str]:
     if first:  # the run that is about to stall
         scene.zombie_held.set()
         assert scene.zombie_go.wait(WAIT)
+    try:
+        ctx.save_checkpoint({"node": ctx.engine.node_id})
+    except LeaseLost:  # kept going only to show that the step's outcome is refused as well
+        scene.refused.append("checkpoint")
     return {"node": ctx.engine.node_id}
 
 
@@ -204,6 +210,8 @@ def test_zombie_cannot_record_a_step_outcome_or_start_the_next_step(make_engine,
     steps = taker.jobs.steps(job_id)
     assert steps["one"].state == "succeeded"
     assert steps["one"].result == {"node": taker.node_id}, "the zombie's outcome was recorded"
+    assert steps["one"].checkpoint == {"node": taker.node_id}, "the zombie's checkpoint was saved"
+    assert scene.refused == ["checkpoint"]
     assert steps["two"].state == "running" and steps["two"].attempts == 1
     assert "three" not in steps
 
