@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from alembic import command
 from fastapi import FastAPI
@@ -18,7 +19,7 @@ from lxml import etree
 from oaipmh_scythe import Scythe
 from oaipmh_scythe.config import HTTPConfig
 from sickle import Sickle
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, inspect, text
 
 from shelfwork.api.oai import oai_router
 from shelfwork.engine import Engine
@@ -30,6 +31,7 @@ from shelfwork.sandbox import serve
 from shelfwork.sandbox.solr import SolrState, serve_solr
 from shelfwork.search import BuiltinSearch
 from shelfwork.store.database import alembic_config
+from tests.conftest import PG_ADMIN, SESSION
 from tests.support.oai_provider import LOOPBACK_HOSTS, Item, Provider, Repository, running
 
 RULES = """
@@ -314,8 +316,67 @@ def test_a_full_rebuild_keeps_deletions(exposure: Exposure, upstream: Provider) 
         assert scythe.get_record(identifier=vanished).deleted
 
 
-def test_migration_0003_fills_in_the_sets_of_exposed_records(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'old.db'}"
+def test_a_record_deleted_restored_and_deleted_again(
+    exposure: Exposure, upstream: Provider
+) -> None:
+    """Each turn is seen by the provider, with a datestamp that never goes back, whether the
+    index run is full or incremental."""
+    repository = upstream.repository
+    original = {i.identifier: i for i in repository.items}
+    flip = "oai:ex:04"  # in bio and chem
+
+    def upstream_has(deleted: bool) -> None:
+        item = original[flip]
+        repository.items = [
+            Item(flip, item.datestamp, item.sets, deleted=True) if deleted and i is item else i
+            for i in original.values()
+        ]
+
+    def exposed() -> tuple[bool, datetime, list[str]]:
+        answer = exposure.ask(verb="GetRecord", identifier=flip, metadataPrefix="oai_dc")
+        header = answer.find(f".//{{{OAI}}}header")
+        assert header is not None, etree.tostring(answer)
+        stamp = datetime.fromisoformat(header.findtext(f"{{{OAI}}}datestamp") or "")
+        specs = [s.text or "" for s in header.iter(f"{{{OAI}}}setSpec")]
+        return header.get("status") == "deleted", stamp, specs
+
+    sickle = Sickle(exposure.url, max_retries=0, timeout=30)
+    seen = [exposed()]
+    assert seen[-1] == (False, seen[-1][1], ["bio", "chem"])
+    for deleted, index_incrementally in ((True, False), (False, True), (True, False)):
+        upstream_has(deleted)
+        run(exposure.engine, "HARVEST", "VALIDATE", incremental=False, network="EX")
+        run(exposure.engine, "INDEX_OAI", incremental=index_incrementally, network="EX")
+        seen.append(exposed())
+        assert seen[-1][0] is deleted
+        assert seen[-1][1] >= seen[-2][1]
+        assert seen[-1][2] == ["bio", "chem"]  # a deleted record stays in its sets
+        chem = sickle.ListIdentifiers(metadataPrefix="oai_dc", set="chem", ignore_deleted=False)
+        assert (flip, deleted) in {(h.identifier, h.deleted) for h in chem}
+    last = exposure.ask(verb="GetRecord", identifier=flip, metadataPrefix="oai_dc")
+    assert last.find(f".//{{{OAI}}}metadata") is None  # deleted again: no metadata
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database with no tables, on each backend (migrations are run on it from scratch)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'old.db'}"
+        return
+    name = f"shelfwork_migration_{SESSION}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + (
+            "/" + name
+        )
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_migration_0003_fills_in_the_sets_of_exposed_records(empty_database: str) -> None:
+    url = empty_database
     command.upgrade(alembic_config(url), "0002")
     engine = create_engine(url)
     now = "2024-01-01 00:00:00.000000"
@@ -329,29 +390,37 @@ def test_migration_0003_fills_in_the_sets_of_exposed_records(tmp_path: Path) -> 
             {"t": now},
         )
         for target, identifier, sets in (
-            ("oai", "oai:old:1", '["a:b:c", "BIO"]'),
+            ("oai", "oai:old:1", '["a:b:c", "BIO", "a"]'),
             ("oai", "oai:old:2", "[]"),
+            ("oai", "oai:old:3", "null"),
             ("builtin", "oai:old:1", '["a"]'),
         ):
             conn.execute(
                 text(
                     "INSERT INTO oai_index_entries (network, target, identifier, sets, deleted, "
-                    "changed_at) VALUES ('OLD', :target, :identifier, :sets, 0, :t)"
+                    "changed_at) VALUES ('OLD', :target, :identifier, :sets, false, :t)"
                 ),
                 {"target": target, "identifier": identifier, "sets": sets, "t": now},
             )
     command.upgrade(alembic_config(url), "head")
+    memberships = text("SELECT target, set_spec, identifier FROM oai_entry_sets ORDER BY set_spec")
     with engine.connect() as conn:
-        rows = conn.execute(
-            text("SELECT target, set_spec, identifier FROM oai_entry_sets ORDER BY set_spec")
-        ).all()
-    engine.dispose()
+        rows = conn.execute(memberships).all()
     assert [tuple(r) for r in rows] == [
         ("oai", "BIO", "oai:old:1"),
         ("oai", "a", "oai:old:1"),
         ("oai", "a:b", "oai:old:1"),
         ("oai", "a:b:c", "oai:old:1"),
     ]
+    # and back: the table goes, the entries stay; upgrading again fills it in again
+    command.downgrade(alembic_config(url), "0002")
+    assert "oai_entry_sets" not in inspect(engine).get_table_names()
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM oai_index_entries")).scalar_one() == 4
+    command.upgrade(alembic_config(url), "head")
+    with engine.connect() as conn:
+        assert [tuple(r) for r in conn.execute(memberships).all()] == [tuple(r) for r in rows]
+    engine.dispose()
 
 
 def test_a_record_that_only_changed_sets_is_exposed_again(
