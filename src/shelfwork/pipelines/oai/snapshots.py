@@ -12,7 +12,10 @@ incremental harvest that brings nothing is `empty`: later actions pass it over. 
 that brings nothing where the harvest before it brought records is `suspicious` (a repository
 that lost its index answers noRecordsMatch too): nothing builds on it, so the network's exposure
 stays, until an operator confirms it (`confirm_empty`) or the network's `accept_empty_harvest`
-property says such a harvest is to be taken as it is.
+property says such a harvest is to be taken as it is. (The reference platform fails every empty
+full harvest, noRecordsMatch or size 0, first ones included: lareferencia-core-lib
+HarvestingWorker.run and its NO_MATCHING_QUERY case. Here a network's first harvest may be
+empty, and a later one can be confirmed instead of run again.)
 """
 
 from __future__ import annotations
