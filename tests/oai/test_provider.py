@@ -172,6 +172,10 @@ def test_bad_verb_without_echoing_the_request(
         {"verb": ["GetRecord"], "metadataPrefix": ["oai_dc"], "identifier": ["x\x01y"]},
         {"verb": ["Identify"], "bad\x00name": ["1"]},
         {"verb": ["GetRecord"], "metadataPrefix": ["oai_dc"], "identifier": ["x" * 3000]},
+        # metadataPrefixType [A-Za-z0-9\-_.!~*'()]+: echoed, "oai dc" would make the answer
+        # invalid OAI-PMH, so it is a bad argument rather than a format not disseminated
+        {"verb": ["ListRecords"], "metadataPrefix": ["oai dc"]},
+        {"verb": ["GetRecord"], "metadataPrefix": ["oai/dc"], "identifier": ["x"]},
     ],
     ids=[
         "identify-with-argument",
@@ -189,6 +193,8 @@ def test_bad_verb_without_echoing_the_request(
         "control-character-value",
         "control-character-name",
         "too-long",
+        "prefix-syntax",
+        "prefix-syntax-getrecord",
     ],
 )
 def test_bad_argument_without_echoing_the_request(

@@ -73,6 +73,8 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 #: OAI-PMH.xsd's emailType, which every adminEmail must match (user@host.domain)
 ADMIN_EMAIL = re.compile(r"\S+@(\S+\.)+\S+")
 SET_SPEC = re.compile(r"[A-Za-z0-9\-_.!~*'()]+(?::[A-Za-z0-9\-_.!~*'()]+)*")
+#: OAI-PMH.xsd metadataPrefixType; a request's prefix is echoed, so it must fit
+METADATA_PREFIX = re.compile(r"[A-Za-z0-9\-_.!~*'()]+")
 DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 SECOND = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 #: a character XML 1.0 cannot carry, in text or attributes
@@ -323,6 +325,9 @@ def read_arguments(arguments: Mapping[str, Sequence[str]]) -> tuple[str, dict[st
             ]
         if "set" in values and not SET_SPEC.fullmatch(values["set"]):
             problems.append(f"set={shown(values['set'])} is not a setSpec")
+        prefix = values.get("metadataPrefix")
+        if prefix is not None and not METADATA_PREFIX.fullmatch(prefix):
+            problems.append(f"metadataPrefix={shown(prefix)} is not a metadata prefix")
     if problems:
         listed = problems[:MAX_ERRORS]
         raise Problem("badArgument", listed[0], *(("badArgument", p) for p in listed[1:]))
