@@ -587,6 +587,15 @@ def test_error_bodies_are_quoted_short_and_clean() -> None:
     assert "Forbidden line two" in message
     assert "SECRET" not in message and "\n" not in message and "\x1b" not in message
     assert len(error.body) <= oaipmh_module.QUOTED
+    # a long answer is quoted from its start all the same
+    with Hostile() as hostile:
+        hostile.route("/oai", plain(404, b"Not here. " + b"y" * 100_000))
+        with (
+            OaiClient(f"{hostile.url}/oai", addresses=LOOPBACK, sleep=Sleeps()) as client,
+            pytest.raises(RemoteRefused) as long_answer,
+        ):
+            client.identify()
+    assert "Not here. yyy" in str(long_answer.value)
 
 
 # --------------------------------------------------------------------- resource limits

@@ -977,10 +977,12 @@ class OaiClient:
         status = response.status_code
         body = bytearray()
         try:
-            inflater = Inflater(response.headers.get("Content-Encoding", ""), ERROR_BODY_LIMIT)
+            inflater = Inflater(response.headers.get("Content-Encoding", ""), INFLATE_PIECE)
             for raw in response.iter_raw():
                 for piece in inflater.feed(raw):
-                    body += piece
+                    body += piece[:ERROR_BODY_LIMIT]
+                if len(body) >= ERROR_BODY_LIMIT:
+                    break
         except (TooLarge, UnreadableBody, httpx.HTTPError):
             pass
         text = quoted(bytes(body[:ERROR_BODY_LIMIT]))
