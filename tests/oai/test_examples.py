@@ -175,6 +175,21 @@ def test_the_provider_answers_valid_oai_pmh_and_oai_dc(published: Any, tmp_path:
         answer(published, verb="GetRecord", identifier="oai:nope", metadataPrefix="oai_dc"),
         answer(published, verb="ListRecords", metadataPrefix="oai_dc", set="art"),
         answer(published, verb="Bogus"),
+        # errors whose request is echoed must still be valid
+        answer(published, verb="ListRecords", metadataPrefix="oai_dc", set="ART"),
+        answer(published, verb="ListRecords", metadataPrefix="marc21"),
+        answer(published, verb="ListIdentifiers", resumptionToken="made-up"),
+        answer(published, verb="ListSets", resumptionToken="made-up"),
+        answer(published, verb="ListMetadataFormats", identifier="oai:nope"),
+        answer(
+            published,
+            verb="ListIdentifiers",
+            metadataPrefix="oai_dc",
+            set="art",
+            **{"from": "2000-01-01", "until": "2999-12-31"},
+        ),
+        answer(published, verb="ListRecords", metadataPrefix="oai dc"),
+        answer(published, verb="ListRecords", metadataPrefix="oai_dc", set="art:"),
     ]
     for verb in ("ListRecords", "ListIdentifiers"):
         page = answer(published, verb=verb, metadataPrefix="oai_dc")
