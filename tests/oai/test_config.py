@@ -32,6 +32,10 @@ def config_error(**table: object) -> str:
         ({"validation": "../driver.toml"}, "inside rules_dir"),
         ({"validation": "/etc/driver.toml"}, "inside rules_dir"),
         ({"method": "PUT"}, "method"),
+        ({"limits": {"retries": -1}}, "limits.retries"),
+        ({"limits": {"max_page_bytes": 100}}, "limits.max_page_bytes"),
+        ({"limits": {"patience": 5}}, "limits.patience"),
+        ({"properties": {"accept_empty_harvest": "sometimes"}}, "accept_empty_harvest"),
     ],
 )
 def test_bad_networks_are_named(network: dict[str, object], says: str) -> None:
@@ -60,3 +64,25 @@ def test_generated_secret_is_made_once_per_database(tmp_path: Path) -> None:
     other = Store(f"sqlite:///{tmp_path / 'other.db'}")
     other.upgrade()
     assert OaiConfig().token_secret(other) != first
+
+
+def test_the_outbound_allow_list_is_checked_and_empty_by_default() -> None:
+    assert OaiConfig().addresses().refusal("127.0.0.1") == "loopback"
+    local = OaiConfig.model_validate({"allow_private_hosts": ["127.0.0.1", "10.0.0.0/8"]})
+    assert local.addresses().refusal("10.1.2.3") is None
+    assert "host names are not accepted" in config_error(allow_private_hosts=["repo.local"])
+    assert "'300.1.1.1'" in config_error(allow_private_hosts=["300.1.1.1"])
+
+
+def test_retry_backoff_must_be_positive() -> None:
+    """C1: the backoff is the least any wait is, so zero would let Retry-After: 0 hammer."""
+    assert "retry_backoff" in config_error(retry_backoff=0)
+
+
+def test_network_limits_default_per_network() -> None:
+    config = OaiConfig.model_validate(
+        {"networks": [NETWORK, {**NETWORK, "acronym": "B", "limits": {"retries": 1}}]}
+    )
+    first, second = config.networks
+    assert first.limits.max_page_bytes == 100_000_000 and first.limits.request_deadline == 600
+    assert second.limits.retries == 1 and second.limits.max_total_wait == 900
