@@ -4,6 +4,7 @@ deleted and newly invalid ones removed; a full re-index clears first."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from shelfwork.search import BuiltinSearch
 from shelfwork.store.database import alembic_config
 from tests.conftest import PG_ADMIN, SESSION
 from tests.support.oai_provider import LOOPBACK_HOSTS, Item, Provider, Repository, running
+from tests.support.oai_schemas import oai_schema
 
 RULES = """
 name = "years"
@@ -390,7 +392,8 @@ def test_migration_0003_fills_in_the_sets_of_exposed_records(empty_database: str
             {"t": now},
         )
         for target, identifier, sets in (
-            ("oai", "oai:old:1", '["a:b:c", "BIO", "a"]'),
+            # a spec OAI-PMH cannot carry, and one too long to store, are left out
+            ("oai", "oai:old:1", json.dumps(["a:b:c", "BIO", "a", "no spaces", "x" * 600])),
             ("oai", "oai:old:2", "[]"),
             ("oai", "oai:old:3", "null"),
             ("builtin", "oai:old:1", '["a"]'),
@@ -441,3 +444,31 @@ def test_a_record_that_only_changed_sets_is_exposed_again(
     assert moved in identifiers(upper)
     chem = exposure.ask(verb="ListIdentifiers", metadataPrefix="oai_dc", set="chem")
     assert moved not in identifiers(chem)
+
+
+def test_set_specs_the_protocol_cannot_carry_are_not_exposed(
+    exposure: Exposure, upstream: Provider, tmp_path: Path
+) -> None:
+    """A hostile or broken upstream's setSpecs that are too long or not setSpecs: the record is
+    exposed all the same (on PostgreSQL a 600-character spec must not fail the index run), its
+    header carries only the specs OAI-PMH allows, and ListSets lists only those."""
+    repository = upstream.repository
+    odd = "oai:ex:05"  # in bio
+    long_spec, spaced = "x" * 600, "no spaces allowed"
+    repository.items = [
+        Item(i.identifier, i.datestamp, (*i.sets, long_spec, spaced), fields=i.fields)
+        if i.identifier == odd
+        else i
+        for i in repository.items
+    ]
+    run(exposure.engine, "HARVEST", "VALIDATE", "INDEX_OAI", incremental=False, network="EX")
+    schema = oai_schema(tmp_path)
+    record = exposure.ask(verb="GetRecord", identifier=odd, metadataPrefix="oai_dc")
+    assert schema.validate(record), schema.error_log.last_error
+    assert [s.text for s in record.iter(f"{{{OAI}}}setSpec")] == ["bio"]
+    listed = exposure.ask(verb="ListSets")
+    assert schema.validate(listed), schema.error_log.last_error
+    specs = {s.text for s in listed.iter(f"{{{OAI}}}setSpec")}
+    assert long_spec not in specs and spaced not in specs and "bio" in specs
+    in_bio = exposure.ask(verb="ListIdentifiers", metadataPrefix="oai_dc", set="bio")
+    assert schema.validate(in_bio), schema.error_log.last_error

@@ -20,7 +20,14 @@ from sqlalchemy.engine import Connection
 from ...store.database import Store
 from ...store.models import OaiEntrySet
 from .config import OaiConfig
-from .provider import OAI_DC, ExposedRecord, MetadataFormat, RecordSource, RepositoryInfo
+from .provider import (
+    OAI_DC,
+    SET_SPEC,
+    ExposedRecord,
+    MetadataFormat,
+    RecordSource,
+    RepositoryInfo,
+)
 from .snapshots import Network, Networks, Snapshots, UnknownNetwork, entries_t
 from .storage import MetadataStore
 
@@ -36,13 +43,22 @@ KNOWN_FORMATS = {
 
 
 entry_sets_t = OaiEntrySet.__table__
+#: the longest setSpec exposed (oai_entry_sets.set_spec holds this many characters)
+MAX_SET_SPEC = 500
+
+
+def exposable(specs: Sequence[str]) -> list[str]:
+    """The specs OAI-PMH can carry (OAI-PMH.xsd setSpecType) and the store can hold. Others an
+    upstream sends are left out of headers and memberships: no request can name them (the
+    provider refuses such a set= as a badArgument) and showing them makes answers invalid."""
+    return [spec for spec in specs if len(spec) <= MAX_SET_SPEC and SET_SPEC.fullmatch(spec)]
 
 
 def containing_sets(specs: Sequence[str]) -> list[str]:
-    """Every set a record in `specs` is in: each spec and its ancestors (`a:b:c` is also in
-    `a:b` and `a`; OAI-PMH 2.0, section 2.7.2), each once, sorted."""
+    """Every set a record in `specs` is in: each exposable spec and its ancestors (`a:b:c` is
+    also in `a:b` and `a`; OAI-PMH 2.0, section 2.7.2), each once, sorted."""
     found: set[str] = set()
-    for spec in specs:
+    for spec in exposable(specs):
         parts = spec.split(":")
         found.update(":".join(parts[: n + 1]) for n in range(len(parts)))
     return sorted(found)
@@ -206,7 +222,7 @@ class ExposedNetwork:
         return ExposedRecord(
             identifier=row.identifier,
             datestamp=row.changed_at,
-            sets=tuple(row.sets or ()),
+            sets=tuple(exposable(row.sets or ())),
             deleted=bool(row.deleted),
             metadata=metadata,
         )

@@ -10,6 +10,8 @@ Revises: 0002
 
 from __future__ import annotations
 
+import re
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -21,9 +23,14 @@ depends_on = None
 #: the target whose entries the provider serves (pipelines/oai/exposure.py)
 TARGET = "oai"
 BATCH = 1000
+#: what exposure.exposable keeps: OAI-PMH.xsd setSpecType, at most 500 characters
+SET_SPEC = re.compile(r"[A-Za-z0-9\-_.!~*'()]+(?::[A-Za-z0-9\-_.!~*'()]+)*")
+MAX_SET_SPEC = 500
 
 
 def ancestors_and_self(spec: str) -> list[str]:
+    if len(spec) > MAX_SET_SPEC or not SET_SPEC.fullmatch(spec):
+        return []
     parts = spec.split(":")
     return [":".join(parts[: n + 1]) for n in range(len(parts))]
 
