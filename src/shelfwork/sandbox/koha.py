@@ -410,17 +410,20 @@ class KohaState:
     def session(self, session_id: str | None) -> tuple[str, StaffSession | None]:
         """Koha's check_cookie_auth status: ok, anon, expired, failed, or (A3 [V] C4::Auth) a
         login waiting for its second step: additional-auth-needed or
-        setup-additional-auth-needed."""
+        setup-additional-auth-needed. Those flags count only while TwoFactorAuthentication is
+        not "disabled" (t/db_dependent/Auth.t: "User authenticated, pref was disabled, access
+        OK")."""
         with self._lock:
             if not session_id:
                 return "failed", None
             found = self.sessions.get(session_id)
             if found is None:
                 return ("expired" if session_id in self.expired_sessions else "failed"), None
-            if found.pending == "waiting-for-2FA":
-                return "additional-auth-needed", found
-            if found.pending == "waiting-for-2FA-setup":
-                return "setup-additional-auth-needed", found
+            if self.sysprefs["TwoFactorAuthentication"] != "disabled":
+                if found.pending == "waiting-for-2FA":
+                    return "additional-auth-needed", found
+                if found.pending == "waiting-for-2FA-setup":
+                    return "setup-additional-auth-needed", found
             return ("ok" if found.user else "anon"), found
 
     def csrf_token(self, session_id: str) -> str:
@@ -539,25 +542,35 @@ def marcxml_of(record: pymarc.Record) -> bytes:
     )
 
 
-def parse_body(content_type: str, body: bytes) -> pymarc.Record | None:
-    """A1 [V] Biblios.pm `update`: the record in one of the three formats a PUT accepts.
+def parse_body(content_type: str, body: bytes) -> tuple[pymarc.Record | None, list[str]]:
+    """A1 [V] Biblios.pm `update`: the record in one of the three formats a PUT accepts, and
+    the warnings the parser left on it.
 
     None where Koha's parser dies (not well-formed XML, JSON that does not parse or is not
     MARC-in-JSON); a record with no fields where it "returns a record with zero fields rather
-    than dying" (Biblios.pm main's comment), e.g. an ISO 2709 body that is not one ([U] which
-    inputs go which way beyond biblios.t's cases).
+    than dying" (Biblios.pm main's comment). For ISO 2709 whose first five bytes are not a
+    number that is [V]: MARC::File::USMARC `decode` (gitpan/MARC-Record f50646b) returns an
+    empty record with the warning 'Record length "…" is not numeric in record 1'. Its other
+    warnings are not emulated, and which way other bad inputs go is [U].
     """
     if MARCXML in content_type:
-        return read_marcxml(body)
-    try:
-        if "application/marc-in-json" in content_type:
+        return read_marcxml(body), []
+    if "application/marc-in-json" in content_type:
+        try:
             records = list(pymarc.JSONReader(body.decode("utf-8")))
-        else:
-            records = list(pymarc.MARCReader(body, to_unicode=True, force_utf8=True))
-    except Exception:  # a parser that dies: Koha's try/catch (main) or a 500 (released)
-        return None
+        except Exception:  # a parser that dies: Koha's try/catch (main) or a 500 (released)
+            return None, []
+        record = records[0] if records else None
+        return (record if record is not None else pymarc.Record()), []
+    if not body[:5].isdigit():
+        length = body[:5].decode("utf-8", "replace")
+        return pymarc.Record(), [f'Record length "{length}" is not numeric in record 1']
+    try:
+        records = list(pymarc.MARCReader(body, to_unicode=True, force_utf8=True))
+    except Exception:
+        return None, []
     record = records[0] if records else None
-    return record if record is not None else pymarc.Record()
+    return (record if record is not None else pymarc.Record()), []
 
 
 def apply_modbiblio(
@@ -787,7 +800,8 @@ class KohaApp:
         return userid
 
     async def get_biblio(self, request: Request) -> Response:
-        """A1 [V]: GET a biblio; the Accept header picks the format."""
+        """A1 [V] Biblios.pm `get`: the Accept header picks the format. Error answers go
+        through `openapi_answer` (the OpenAPI response check), the record itself does not."""
         refusal = self.rest_csrf_refusal(request)
         if refusal is not None:
             return refusal
@@ -795,19 +809,16 @@ class KohaApp:
         if isinstance(user, Response):
             return user
         accept = request.headers.get("accept", "")
-        refusal = accept_refusal(accept, GET_TYPES)
-        if refusal is not None:
-            return refusal
         biblionumber = int(request.path_params["biblio_id"])
         stored = self.state.stored(biblionumber)
         if stored is None:
-            return JSONResponse(BIBLIO_NOT_FOUND, 404)
+            return openapi_answer(accept, GET_TYPES, BIBLIO_NOT_FOUND, 404)
         if "application/json" in accept:  # Koha tests this first, as a substring
             record = parse_marcxml(stored)
             return JSONResponse(biblio_json(biblionumber, record or pymarc.Record()))
         chosen = respond_to(accept)
         if chosen is None:
-            return JSONResponse(GET_TYPES, 406)
+            return openapi_answer(accept, GET_TYPES, GET_TYPES, 406)
         if chosen == MARCXML:
             return Response(stored, media_type=MARCXML)
         record = parse_marcxml(stored) or pymarc.Record()
@@ -833,28 +844,30 @@ class KohaApp:
         user = self.rest_user(request, "edit_catalogue")
         if isinstance(user, Response):
             return user
-        refusal = accept_refusal(request.headers.get("accept", ""), ["application/json"])
-        if refusal is not None:
-            return refusal
+        accept = request.headers.get("accept", "")
+        produces = ["application/json"]  # A1 [V] biblios.yaml, PUT
         biblionumber = int(request.path_params["biblio_id"])
         if self.state.stored(biblionumber) is None:
-            return JSONResponse(BIBLIO_NOT_FOUND, 404)
+            return openapi_answer(accept, produces, BIBLIO_NOT_FOUND, 404)
         if self.state.is_locked(biblionumber):
-            return JSONResponse(
-                {"error": "You do not have permission to edit a locked record"}, 403
-            )
+            locked = {"error": "You do not have permission to edit a locked record"}
+            return openapi_answer(accept, produces, locked, 403)
         content_type = request.headers.get("content-type", "")
         if not any(kind in content_type for kind in PUT_TYPES[1:]):
-            return JSONResponse(PUT_TYPES, 406)
-        incoming = parse_body(content_type, await request.body())
+            return openapi_answer(accept, produces, PUT_TYPES, 406)
+        incoming, warnings = parse_body(content_type, await request.body())
         if self.state.put_checks_record and (incoming is None or not incoming.fields):
-            return JSONResponse(
-                {"error": "Unable to parse record from request body", "error_code": "bad_record"},
-                400,
+            # A1 [V] Biblios.pm `update` (main): the record's warnings follow a colon
+            error = "Unable to parse record from request body"
+            if incoming is not None and warnings:
+                error += ": " + "; ".join(warnings)
+            return openapi_answer(
+                accept, produces, {"error": error, "error_code": "bad_record"}, 400
             )
         if incoming is None:
-            return JSONResponse(INTERNAL_ERROR, 500)
+            return openapi_answer(accept, produces, INTERNAL_ERROR, 500)
         self.state.modify(biblionumber, incoming)
+        # A1 [V] biblios.yaml: PUT's 200 has no schema, so no Accept check applies to it
         return JSONResponse({"id": biblionumber})
 
     async def oauth_token(self, request: Request) -> Response:
@@ -946,7 +959,8 @@ class KohaApp:
                 return context.finish(self.second_step_page(request, params, session_id, pending))
         else:
             status, session = self.state.session(cookie)
-            if session is not None and session.pending is not None and cookie is not None:
+            waiting = status in ("additional-auth-needed", "setup-additional-auth-needed")
+            if waiting and session is not None and session.pending and cookie is not None:
                 # A3: the emulator holds no TOTP secret, so every otp_token is a wrong code
                 wrong = bool(params.get("otp_token"))
                 return self.second_step_page(request, params, cookie, session.pending, wrong)
@@ -1440,12 +1454,23 @@ def accept_types(accept: str) -> list[tuple[str, float]]:
     return found
 
 
+def openapi_answer(accept: str, produces: list[str], body: Any, status: int) -> Response:
+    """A1 [V]: an answer Koha renders with `openapi =>` (Responses.pm, Exceptions.pm and the
+    controllers' errors). Mojolicious::Plugin::OpenAPI 5.09 `_render` validates it against the
+    spec's response (JSON::Validator OpenAPIv2 `_validate_body`), and a response with a schema
+    (every error status in biblios.yaml; not the 200s) checks the request's Accept against the
+    operation's `produces`: a mismatch turns the answer into 400 (biblios.t 'get() tests',
+    `application/weird+format`). Authentication's 401/403 use `json =>` and are never checked."""
+    refusal = accept_refusal(accept, produces) if status != 200 else None
+    return refusal if refusal is not None else JSONResponse(body, status)
+
+
 def accept_refusal(accept: str, produces: list[str]) -> Response | None:
-    """A1: the OpenAPI validation `valid_input` does before a controller runs (biblios.t
-    'get() tests': an Accept outside the spec's `produces` is 400, not the controller's 406).
-    Negotiation as JSON::Validator's `negotiate_content_type`: an exact type, or a wildcard in
-    the header; an empty Accept is not checked. The body is Mojolicious::Plugin::OpenAPI's
-    {errors, status} with JSON::Validator::Error's "Expected %1 - got %3." [P]"""
+    """A1 [V] the Accept check of the OpenAPI response validation (see `openapi_answer`).
+    Negotiation as JSON::Validator::Util `negotiate_content_type` (mojolicious/json-validator
+    eb06d33): an exact type whatever its q, or a wildcard in the header; an empty or absent
+    Accept is not checked. The body is the plugin's {errors, status} with
+    JSON::Validator::Error's "Expected %1 - got %3."."""
     if not accept.strip():
         return None
     types = [mime for mime, _ in accept_types(accept)]
@@ -1485,14 +1510,14 @@ RESPONDS = {
 
 
 def respond_to(accept: str) -> str | None:
-    """A1: the MARC type Biblios.pm `get`'s respond_to picks. Mojolicious `accepts` maps the
-    Accept types (sorted by name, then highest q first) to formats and takes the first one
-    offered; when the header names no known format (*/*, or none) it takes the first offered,
-    MARCXML. None → the controller's `any` branch, a 406 ([U] beyond Mojolicious' docs)."""
+    """A1 [V]: the MARC type Biblios.pm `get`'s respond_to picks (mojolicious/mojo b4de430:
+    DefaultHelpers `_respond_to`, Renderer `accepts`, Types `detect`). The Accept types, sorted
+    by name then highest q first, map to formats; the first one offered wins. When the header
+    names no known format (*/*, or no header) respond_to tries the renderer's default_format,
+    'html' (Koha's REST app sets none), which `get` does not offer either. None → the
+    controller's `any` branch, the 406 list."""
     ranked = sorted(sorted(accept_types(accept)), key=lambda item: -item[1])
-    formats = [FORMAT_OF[mime] for mime, _ in ranked if mime in FORMAT_OF]
-    if not formats:
-        return MARCXML
+    formats = [FORMAT_OF[mime] for mime, _ in ranked if mime in FORMAT_OF] or ["html"]
     return next((RESPONDS[name] for name in formats if name in RESPONDS), None)
 
 
