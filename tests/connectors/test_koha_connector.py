@@ -15,7 +15,13 @@ import pytest
 from PIL import Image
 
 from shelfwork.connectors import AuthFailed, NotFound, RemoteRefused, RemoteUnavailable
-from shelfwork.connectors.koha import KohaRest, KohaStaff, cover_error, opac_cover_url
+from shelfwork.connectors.koha import (
+    KohaRest,
+    KohaStaff,
+    cover_error,
+    lacks_permission,
+    opac_cover_url,
+)
 from shelfwork.sandbox import RunningServer
 from shelfwork.sandbox.koha import KohaState, serve_koha
 
@@ -383,6 +389,71 @@ def test_bad_password_names_the_user_not_the_password(
     assert PASSWORD not in str(caught.value)
 
 
+#: auth.tt (openfifth 49e7476): the 24.05 login form and the `login_error` div of each refusal
+LOGIN_FORM_2405 = (
+    '<form action="/cgi-bin/koha/mainpage.pl" method="post" name="loginform" id="loginform">'
+    '<input type="hidden" name="csrf_token" value="t0k3n" />'
+    '<input type="hidden" name="op" value="cud-login" />'
+    '<input type="hidden" name="koha_login_context" value="intranet" />'
+    '<input type="text" name="login_userid" id="userid" value="" />'
+    '<input type="password" name="login_password" id="password" value="" /></form>'
+)
+
+
+@pytest.mark.parametrize(
+    "login_error",
+    [
+        "Error: Your password has expired! You must contact the library to reset your password",
+        "Error: This account has been locked!",
+        "Помилка: Неправильне ім’я користувача або пароль",
+    ],
+    ids=["expired", "locked", "translated"],
+)
+def test_login_refusal_quotes_koha_s_login_error(login_error: str) -> None:
+    """A3: Koha answers a refused login with its login page again; the reason is only in
+    auth.tt's #login_error (wrong password, expired password, locked account, each translated
+    in a localised Koha). Quote it rather than blame the login fields."""
+    posted: list[bytes] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        error = ""
+        if request.method == "POST":
+            posted.append(request.content)
+            error = f'<div id="login_error">{login_error}</div>'
+        page = f"<html><body><div id='login'>{error}{LOGIN_FORM_2405}</div></body></html>"
+        return httpx.Response(200, html=page)
+
+    staff = KohaStaff("http://koha.invalid", USER, PASSWORD, transport=httpx.MockTransport(answer))
+    with staff, pytest.raises(AuthFailed) as caught:
+        staff.login()
+    message = str(caught.value)
+    assert f"Koha refused the login of {USER!r}: {login_error}" in message
+    assert "login fields" not in message
+    assert PASSWORD not in message
+    assert len(posted) == 1
+
+
+@pytest.mark.parametrize(
+    ("login_error", "links", "expected"),
+    [
+        ("Помилка: Ви не маєте дозволу на доступ до цієї сторінки.", True, True),
+        ("Error: You do not have permission to access this page.", False, True),
+        ("Error: Session timed out. Please log in again", False, False),
+        ("", False, False),
+    ],
+    ids=["translated", "english", "timed-out", "plain-login"],
+)
+def test_lacks_permission_reads_auth_tt_s_markers(
+    login_error: str, links: bool, expected: bool
+) -> None:
+    """A3 [V] auth.tt: only the `nopermission` branch adds the a#previous_page link, in every
+    language; the English sentence is the fallback for pages without it."""
+    extra = '<p><a id="previous_page" href="#">[Page précédente]</a></p>' if links else ""
+    error = f'<div id="login_error">{login_error}</div>' if login_error else ""
+    page = f"<html><body>{error}{LOGIN_FORM_2405}{extra}</body></html>"
+    assert lacks_permission(lxml.html.fromstring(page)) is expected
+
+
 # -- A4 cover upload -------------------------------------------------------------------------------
 
 
@@ -511,6 +582,19 @@ def test_cover_error_maps_koha_s_texts(
     assert found is not None
     assert found[0] == code
     assert meaning in found[1]
+
+
+def test_cover_error_in_a_translated_older_page_is_unknown() -> None:
+    """A4: a translated Koha shows the error in its own language; in the older markup (no
+    #upload_results) the non-empty div.dialog.alert must still count as an error, or a failed
+    upload would pass for a success."""
+    page = (
+        "<p>Результати завантаження зображень :</p><ul><li>0 зображень знайдено</li>"
+        '<div class="dialog alert"><p><b>Не вдається обробити файл як зображення.</b></p>'
+        "</div></li></ul>"
+    )
+    found = cover_error(lxml.html.fromstring(cover_answer(page)))
+    assert found is not None and found[0] == "unknown"
 
 
 def test_cover_error_ignores_hidden_empty_alerts_and_pages_without_results() -> None:

@@ -595,6 +595,27 @@ def test_cover_for_an_unknown_biblio_is_a_500_on_2405(koha: Koha) -> None:
     assert koha.state.covers_of(777) == []
 
 
+# -- staff login: auth.tt -------------------------------------------------------------------------
+
+
+def test_page_without_its_permission_is_the_login_page_with_auth_tt_s_markers(koha: Koha) -> None:
+    """auth.tt (openfifth 49e7476, Koha-Community 016105c): a logged-in user who lacks a
+    page's permission gets the login page (200) with #login_error 'You do not have permission
+    to access this page.' and, in this branch only, the a#previous_page and a#mainpage links
+    (the language-independent marker). upload-cover-image.pl needs tools:
+    upload_local_cover_images. [V]"""
+    with koha.client() as client:
+        staff_login(client, "24.05", READER, READER_PASSWORD)
+        response = client.get("/cgi-bin/koha/tools/upload-cover-image.pl?biblionumber=42")
+    page = lxml.html.fromstring(response.text)
+    assert response.status_code == 200
+    assert login_form(response.text) is not None
+    assert "You do not have permission to access this page." in " ".join(
+        page.xpath("//div[@id='login_error']")[0].text_content().split()
+    )
+    assert page.xpath("//a[@id='previous_page']") and page.xpath("//a[@id='mainpage']")
+
+
 # -- two-factor authentication: auth.tt and C4::Auth::checkauth ----------------------------------
 
 

@@ -419,12 +419,17 @@ class KohaStaff:
             )
         if answer.status_code >= 400:
             raise error_for(SYSTEM, answer, what)
-        self._refuse_second_step(html_of(answer), answer, what)
-        if login_form(html_of(answer)) is not None:
-            if "Invalid username or password" in answer.text:
+        document = html_of(answer)
+        self._refuse_second_step(document, answer, what)
+        if login_form(document) is not None:
+            said = login_error(document)
+            if "Invalid username or password" in said:
                 reason = "invalid username or password"
-            elif "do not have permission" in answer.text:
+            elif lacks_permission(document):
                 reason = f"{self.userid!r} may not use the staff interface (permission catalogue)"
+            elif said:
+                # an expired password, a locked account, or any refusal in a translated Koha
+                reason = f"Koha refused the login of {self.userid!r}: {said}"
             else:
                 reason = (
                     "Koha showed the login form again (are these the right login fields "
@@ -553,7 +558,7 @@ class KohaStaff:
         document = html_of(response)
         self._refuse_second_step(document, response, what)
         if login_form(document) is not None:
-            if "do not have permission" in response.text:
+            if lacks_permission(document):
                 raise AuthFailed(
                     SYSTEM,
                     f"{what}: {self.userid!r} may not open {response.url.path} in Koha "
@@ -653,6 +658,25 @@ def login_form(document: Any) -> Any | None:
     return forms[0] if forms else None
 
 
+def lacks_permission(document: Any) -> bool:
+    """A3 [V] auth.tt: the login page answers a logged-in user who lacks the page's
+    permission; only that branch (`nopermission`) adds the a#previous_page link, whatever the
+    language. The English sentence covers pages without the link."""
+    if document.xpath("//a[@id='previous_page']"):
+        return True
+    return "do not have permission" in login_error(document)
+
+
+def login_error(document: Any) -> str:
+    """A3 [V] auth.tt: the text of `#login_error`, where Koha says why it showed the login form
+    again (wrong or expired password, locked account...), in the staff interface's language;
+    "" when there is none. Cut short: it is quoted in error messages."""
+    texts = [
+        " ".join(div.text_content().split()) for div in document.xpath("//*[@id='login_error']")
+    ]
+    return " ".join(text for text in texts if text)[:300]
+
+
 def second_step(document: Any) -> str | None:
     """A3 [V] auth.tt: "prompt" when Koha asks for a two-factor code (TwoFA_prompt reuses
     `#loginform`, with an `otp_token` field), "setup" when it asks the user to register an
@@ -667,7 +691,8 @@ def second_step(document: Any) -> str | None:
 def cover_error(document: Any) -> tuple[str, str] | None:
     """A4: (code, meaning) of the error an upload-cover-image.pl answer shows, None when it
     shows none. upload-images.tt shows only the error's text in an alert div (main:
-    `#upload_results div.alert.alert-warning`; older: `div.dialog.alert`), never its code."""
+    `#upload_results div.alert.alert-warning`; older: `div.dialog.alert`), never its code.
+    Text it does not know (a translated Koha) in either place is an unknown error."""
     texts = [
         " ".join(alert.text_content().split())
         for alert in document.xpath("//div[contains(concat(' ', @class, ' '), ' alert ')]")
@@ -676,7 +701,11 @@ def cover_error(document: Any) -> tuple[str, str] | None:
         for sentence, found in COVER_ERRORS.items():
             if text.startswith(sentence):
                 return found
-    results = document.xpath("//*[@id='upload_results']//div[contains(@class, 'alert')]")
+    results = document.xpath(
+        "//*[@id='upload_results']//div[contains(concat(' ', @class, ' '), ' alert ')]"
+        " | //div[contains(concat(' ', @class, ' '), ' dialog ')]"
+        "[contains(concat(' ', @class, ' '), ' alert ')]"
+    )
     if any(" ".join(alert.text_content().split()) for alert in results):
         return COVER_ERRORS["An unknown error has occurred"]
     return None

@@ -1045,7 +1045,15 @@ class KohaApp:
             '<option value="">My library</option><option value="CPL">Centerville</option>'
             "</select></p>\n"
             '<p class="submit"><input id="submit-button" type="submit" class="btn btn-primary" '
-            'value="Log in" tabindex="4" /></p>\n</form>\n</div>'
+            'value="Log in" tabindex="4" /></p>\n</form>\n'
+            # A3 [V] auth.tt: only the nopermission branch adds these links
+            + (
+                '<p><a id="previous_page" href="javascript:window.history.back()">[Previous '
+                'page]</a>\n<a id="mainpage" href="/">[Main page]</a></p>\n'
+                if nopermission
+                else ""
+            )
+            + "</div>"
         )
         page = staff_page(
             self.state,
