@@ -1024,7 +1024,7 @@ class KohaApp:
                 '<div id="login_error"><strong>Error: </strong>Session timed out.<br /> '
                 "Please log in again</div>"
             )
-        if invalid:  # A3 [U] exact marker text
+        if invalid:  # A3 [V] auth.tt (Koha-Community 016105c, openfifth 49e7476)
             errors.append(
                 '<div id="login_error"><strong>Error: </strong>Invalid username or password</div>'
             )
@@ -1468,8 +1468,9 @@ def openapi_answer(accept: str, produces: list[str], body: Any, status: int) -> 
     spec's response (JSON::Validator OpenAPIv2 `_validate_body`), and a response with a schema
     (every error status in biblios.yaml; not the 200s) checks the request's Accept against the
     operation's `produces`: a mismatch turns the answer into 400 (biblios.t 'get() tests',
-    `application/weird+format`). Authentication's 401/403 use `json =>` and are never checked."""
-    refusal = accept_refusal(accept, produces) if status != 200 else None
+    `application/weird+format`). So only error answers come here; the 200s, and
+    authentication's 401/403 (`json =>`), are never checked."""
+    refusal = accept_refusal(accept, produces)
     return refusal if refusal is not None else JSONResponse(body, status)
 
 
