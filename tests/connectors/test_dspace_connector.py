@@ -19,8 +19,10 @@ from shelfwork.connectors.dspace import (
     BadResume,
     ChecksumMismatch,
     DSpace,
+    item_from_json,
     lucene_phrase,
     rejection_reason,
+    workspace_in_progress,
 )
 from shelfwork.sandbox import RunningServer, serve
 from shelfwork.sandbox.dspace import DSpaceState, create_app
@@ -206,12 +208,27 @@ def test_field_outside_every_form_section_is_refused_before_any_write(env: Env) 
     assert env.state.calls["PATCH /submission/workspaceitems/{id}"] == 0
 
 
-def test_missing_required_field_is_refused_before_deposit(env: Env) -> None:
-    without_date = {k: v for k, v in METADATA.items() if k != "dc.date.issued"}
+def test_missing_required_field_is_refused_before_any_write(env: Env) -> None:
+    """A field the form marks mandatory (submission-forms.xml <required>, shown as `mandatory` and
+    `mandatoryMessage`) that the metadata lacks would leave a half-made workspace item behind
+    (MetadataValidation only reports it); it is refused before anything is created."""
+    without = {k: v for k, v in METADATA.items() if k not in ("dc.date.issued", "dc.type")}
     with client(env) as dspace, pytest.raises(RemoteRefused) as caught:
-        dspace.create_by_submission(env.open_collection, without_date, env.pdf, "a.pdf")
-    assert "dc.date.issued" in str(caught.value)
-    assert env.state.calls["POST /workflow/workflowitems"] == 0
+        dspace.create_by_submission(env.open_collection, without, env.pdf, "a.pdf")
+    message = str(caught.value)
+    assert "dc.date.issued (You must enter at least the year.)" in message
+    assert "dc.type (You must choose at least one type.)" in message  # dspace-8_x
+    assert env.state.calls["POST /submission/workspaceitems"] == 0
+    assert env.state.workspace_items == {} and env.state.items == {}
+
+
+def test_an_unknown_collection_is_refused_by_name_before_any_write(env: Env) -> None:
+    """DSpace answers findByCollection for a collection it does not have with 204 and no body."""
+    unknown = "00000000-0000-4000-8000-000000000000"
+    with client(env) as dspace, pytest.raises(RemoteRefused) as caught:
+        dspace.create_by_submission(unknown, METADATA, env.pdf, "a.pdf")
+    assert f"DSpace has no collection {unknown}" in str(caught.value)
+    assert env.state.calls["POST /submission/workspaceitems"] == 0
 
 
 def test_resume_after_a_crash_does_not_create_a_second_workspace_item(env: Env) -> None:
@@ -372,8 +389,10 @@ def test_corrupted_upload_is_caught_before_deposit_then_resume_replaces_it(env: 
             progress=lambda _s, data: checkpoints.append(data),
         )
     error = caught.value
-    assert error.file == str(env.pdf) and error.expected == md5(env.pdf)
-    assert error.got != error.expected and str(env.pdf) in str(error)
+    assert error.file == "a.pdf" and error.expected == md5(env.pdf)
+    # the message may reach a cataloguer (956$z): the file's name, never its server path
+    assert error.got != error.expected and "a.pdf" in str(error)
+    assert str(env.pdf.parent) not in str(error)
     assert env.state.calls["POST /workflow/workflowitems"] == 0
     with client(env) as dspace:
         deposit = dspace.create_by_submission(
@@ -471,13 +490,18 @@ def test_own_submissions_in_review_in_a_workspace_and_archived(env: Env) -> None
         archived = dspace.create_by_submission(env.open_collection, metadata, env.pdf, "a.pdf")
         waiting = dspace.create_by_submission(env.review_collection, metadata, env.pdf, "a.pdf")
         checkpoints: list[dict[str, Any]] = []
-        with pytest.raises(RemoteRefused):  # incomplete: stays in the workspace
+
+        class Killed(Exception):
+            pass
+
+        def killed_after_metadata(stage: str, data: dict[str, Any]) -> None:
+            checkpoints.append(data)
+            if stage == "metadata":
+                raise Killed
+
+        with pytest.raises(Killed):  # never deposited: stays in the workspace
             dspace.create_by_submission(
-                env.open_collection,
-                {k: v for k, v in metadata.items() if k != "dc.date.issued"},
-                env.pdf,
-                "a.pdf",
-                progress=lambda _stage, data: checkpoints.append(data),
+                env.open_collection, metadata, env.pdf, "a.pdf", progress=killed_after_metadata
             )
         found = dspace.find_own_submissions("dc.identifier.other", "koha:5")
         lookalike = dspace.find_own_submissions("dc.identifier.other", "koha:50")
@@ -666,3 +690,62 @@ def test_429_mid_creation_is_remote_unavailable_and_resumable(env: Env) -> None:
         )
     assert deposit.item.in_archive
     assert env.state.calls["POST /submission/workspaceitems"] == 1
+
+
+# ------------------------------------------------------------------------ shapes of a real DSpace
+
+
+def test_a_fresh_workspace_item_is_empty_whatever_optional_steps_it_has() -> None:
+    """A step DSpace's stock `traditional` leaves commented out (item-submission.xml) shows data in a
+    fresh workspace item: itemAccessConditions `{"discoverable": true, "accessConditions": []}`
+    (RestContract workspaceitem-data-access.md), identifiers a nested object
+    (workspaceitem-data-identifiers.md). Only metadata values or files make an item non-empty, or a
+    killed run's empty item would never be taken over on such a repository."""
+    fresh = {
+        "id": 7,
+        "lastModified": "2026-01-01T00:00:00Z",
+        "sections": {
+            "collection": "8e0f6b5c-9a1e-4d4b-9c77-2a53f1f0d1a1",
+            "traditionalpageone": {},
+            "traditionalpagetwo": {},
+            "itemAccessConditions": {"discoverable": True, "accessConditions": []},
+            "identifiers": {
+                "identifiers": {
+                    "identifiers": [
+                        {
+                            "value": "http://localhost:4000/handle/123456789/420",
+                            "identifierType": "handle",
+                            "identifierStatus": None,
+                            "type": "identifier",
+                        }
+                    ],
+                    "displayTypes": ["handle", "doi"],
+                }
+            },
+            "upload": {"primary": None, "files": []},
+            "license": {"url": None, "acceptanceDate": None, "granted": False},
+        },
+        "type": "workspaceitem",
+    }
+    assert workspace_in_progress(fresh).empty is True
+    fresh["sections"]["traditionalpageone"] = {"dc.title": [{"value": "Kobzar", "place": 0}]}
+    assert workspace_in_progress(fresh).empty is False
+
+
+def test_the_uri_is_the_handles_one_when_the_item_has_others() -> None:
+    """HandleIdentifierProvider.populateHandleMetadata adds the handle's canonical URL to
+    dc.identifier.uri after any value already there (the stock form lets a submitter enter a URI)."""
+    item = item_from_json(
+        {
+            "uuid": "0b7c2f7e-1d5b-4f0e-8d7e-6a0d9d1f3c11",
+            "handle": "123456789/7",
+            "inArchive": True,
+            "metadata": {
+                "dc.identifier.uri": [
+                    {"value": "https://publisher.example/book/7"},
+                    {"value": "https://repo.example/handle/123456789/7"},
+                ]
+            },
+        }
+    )
+    assert item.uri == "https://repo.example/handle/123456789/7"

@@ -593,7 +593,7 @@ def test_a_rerun_after_a_rejection_makes_no_second_item(world: WorldFactory) -> 
     w.peers.koha.add_record(42, pymarc.record_to_xml(record, namespace=True))
     text_pdf(w.inbox / "scans/book-42.pdf", 1)
     third = w.run(42)
-    assert third.state == "failed" and uuid in (third.error or "")
+    assert third.state == "failed" and "rejected in DSpace review" in (third.error or "")
     assert len(w.items_for(42)) == 1
 
 
@@ -711,3 +711,111 @@ def test_a_killed_claim_is_found_again_with_brackets_in_the_name(tmp_path: Path)
     scan = text_pdf(processed / "Kobzar [1840]_v01.pdf", 1)
     claimed = {"stem": "Kobzar [1840]", "size": scan.stat().st_size, "md5": md5_of(scan)}
     assert _claimed_earlier(processed, claimed) == scan
+
+
+# --- issue 10 review: what a real DSpace would leave behind, and what a cataloguer reads -------
+
+
+def test_a_record_the_form_cannot_take_leaves_nothing_in_dspace_and_integrates_once_fixed(
+    world: WorldFactory,
+) -> None:
+    """The stock form requires a date of issue (and on 8_x a type): DSpace would make the workspace
+    item, take the file and only list the gap in `errors`, so a later run found a half-made item in
+    the account's workspace. The gap is found before anything is written; once the cataloguer
+    fixes the record, the next run deposits normally."""
+    w = world()
+    w.book(44, year=None)
+    view = w.run(44)
+    assert view.state == "failed"
+    assert w.peers.dspace.items == {} and w.peers.dspace.workspace_items == {}
+    note = w.state(44).message or ""
+    assert w.state(44).status == "error"
+    assert "requires dc.date.issued (You must enter at least the year.)" in note
+    w.book(44)  # the year entered, the scan put back in the inbox
+    again = w.run(44)
+    assert_imported(w, 44, again)
+
+
+def test_a_damaged_copy_in_dspace_is_reported_without_server_paths(world: WorldFactory) -> None:
+    w = world()
+    w.book(45)
+    w.peers.dspace.corrupt_next_uploads(1)
+    view = w.run(45)
+    assert view.state == "failed"
+    note = w.state(45).message or ""
+    assert "book-45_v01.pdf" in note and "MD5" in note
+    assert str(w.folder) not in note and "/server/api" not in note
+
+
+def test_an_item_deposited_again_after_a_rejection_gets_its_handle(world: WorldFactory) -> None:
+    """A6: the note tells the cataloguer to deposit the rejected item again in DSpace, then to
+    integrate again; that run finds the item in review and the tracker, ended at REJECTED, follows
+    it again until DSpace archives it."""
+    w = world(review=True)
+    w.book(46)
+    uuid = w.run(46).result["uuid"]
+    w.peers.dspace.reject(uuid, "reviewer@example.org", "wrong cover page")
+    w.engine.trackers.force_poll("dspace-review", uuid)
+    assert w.engine.trackers.get("dspace-review", uuid).state == "REJECTED"
+    assert "integrate again" in (w.state(46).message or "")
+    # the submitter deposits the workspace item again in DSpace
+    from shelfwork.connectors.dspace import DSpace
+    from shelfwork.sandbox.peers import DSPACE_USER
+
+    with DSpace(w.peers.dspace_url, DSPACE_USER, w.peers.dspace_password) as ds:
+        ds.login()
+        back = ds.in_progress(uuid)
+        assert back is not None and back.stage == "workspace"
+        ds._request(
+            "POST",
+            "/workflow/workflowitems",
+            content=f"{ds.api_url}/submission/workspaceitems/{back.id}",
+            headers={"Content-Type": "text/uri-list"},
+            ok=(201,),
+            message="deposit again",
+        )
+    again = w.run(46)
+    assert again.state == "succeeded", again.error
+    assert again.result["uuid"] == uuid and again.result["in_review"]
+    assert w.engine.trackers.get("dspace-review", uuid).state == "IN_REVIEW"
+    w.peers.dspace.approve(uuid)
+    w.engine.trackers.force_poll("dspace-review", uuid)
+    assert w.engine.trackers.get("dspace-review", uuid).state == "ARCHIVED"
+    state = w.state(46)
+    assert state.status == "imported" and state.handle_urls
+    assert len(w.items_for(46)) == 1
+
+
+def test_the_workspace_note_keeps_what_to_do_within_956z() -> None:
+    """956$z holds MAX_NOTE characters; a long reason and account name must not push the
+    instruction out of the note."""
+    from shelfwork.connectors.dspace import InProgress, Item
+    from shelfwork.pipelines.koha_dspace.marc import MAX_NOTE
+    from shelfwork.pipelines.koha_dspace.pipeline import parked_note
+
+    reason = "The scan is missing pages 3 to 5 and the title page belongs to another book entirely"
+    item = Item(
+        uuid="0b7c2f7e-1d5b-4f0e-8d7e-6a0d9d1f3c11",
+        name="Kobzar",
+        handle=None,
+        in_archive=False,
+        withdrawn=False,
+        metadata={
+            "dc.description.provenance": [
+                "Step: reviewstep - action:reviewaction Rejected by Reviewer Name "
+                f"(reviewer@library.example.org), reason: {reason} on 2026-01-02T03:04:05Z (GMT) "
+            ]
+        },
+    )
+    where = InProgress("workspace", 123456)
+    for note in (
+        parked_note(item, where, "shelfwork-integration@library.example.org", rejected=True),
+        parked_note(
+            Item(item.uuid, "Kobzar", None, False, False, {}),
+            where,
+            "shelfwork-integration@library.example.org",
+        ),
+    ):
+        assert len(note) <= MAX_NOTE, (len(note), note)
+        assert note.endswith("then integrate again"), note
+        assert "workspace item 123456" in note

@@ -56,10 +56,12 @@ Progress = Callable[[str, dict[str, Any]], None]
 
 
 class ChecksumMismatch(RemoteError):
-    """DSpace stored a file whose MD5 is not the local file's: the copy is corrupt."""
+    """DSpace stored a file whose MD5 is not the local file's: the copy is corrupt.
 
-    def __init__(self, file: Path | str, expected: str, got: str, *, bitstream: str | None) -> None:
-        self.file = str(file)
+    `file` is the file's name, not its path: the message may reach a cataloguer (956$z)."""
+
+    def __init__(self, file: str, expected: str, got: str, *, bitstream: str | None) -> None:
+        self.file = file
         self.expected = expected
         self.got = got
         self.bitstream = bitstream
@@ -82,8 +84,16 @@ class Item:
 
     @property
     def uri(self) -> str | None:
-        """The canonical handle URL DSpace wrote at archive time (B4): what 856$u should hold."""
+        """The canonical handle URL DSpace wrote at archive time (B4): what 856$u should hold.
+
+        HandleIdentifierProvider.populateHandleMetadata appends it to dc.identifier.uri after any
+        value already there (the stock form has a URI identifier), so the one ending in the
+        handle is preferred."""
         uris = self.metadata.get("dc.identifier.uri") or []
+        if self.handle:
+            own = [u for u in uris if u.rstrip("/").endswith(f"/{self.handle}")]
+            if own:
+                return own[0]
         return uris[0] if uris else None
 
 
@@ -122,6 +132,35 @@ class Submission:
 
 
 @dataclass(frozen=True)
+class RequiredField:
+    """A field the submission form makes mandatory: one of `keys` (a qualdrop field's qualified
+    keys) must have a value, or DSpace keeps the workspace item with an error."""
+
+    keys: tuple[str, ...]
+    message: str | None  # the form's <required> text, when DSpace shows one
+
+    def describe(self) -> str:
+        key = self.keys[0] if len(self.keys) == 1 else " or ".join(self.keys)
+        return f"{key} ({self.message})" if self.message else key
+
+
+@dataclass(frozen=True)
+class SubmissionForm:
+    """What a collection's submission accepts: each metadata key's form section (B2a 1), and the
+    fields it requires."""
+
+    owner: dict[str, str]
+    required: tuple[RequiredField, ...]
+
+    def missing(self, metadata: dict[str, list[str]]) -> list[RequiredField]:
+        return [
+            f
+            for f in self.required
+            if not any(v.strip() for k in f.keys for v in metadata.get(k, []))
+        ]
+
+
+@dataclass(frozen=True)
 class WorkspaceInProgress:
     id: int
     collection: str | None
@@ -130,13 +169,12 @@ class WorkspaceInProgress:
 
 
 def workspace_in_progress(data: dict[str, Any]) -> WorkspaceInProgress:
+    """Whether a workspace item is still as created: no metadata value in any section and no file.
+    Optional steps show data of their own in a fresh item (itemAccessConditions: discoverable and
+    an empty list; identifiers), so only metadata keys count."""
     sections = data.get("sections") or {}
     collection = sections.get("collection")
-    filled = any(
-        values
-        for name, values in sections.items()
-        if name not in ("upload", "license", "collection") and isinstance(values, dict)
-    )
+    filled = any(sections_metadata(sections).values())
     files = ((sections.get("upload") or {}).get("files")) or []
     return WorkspaceInProgress(
         id=int(data["id"]),
@@ -185,7 +223,8 @@ def sections_metadata(sections: dict[str, Any]) -> dict[str, list[str]]:
         if name in ("upload", "license", "collection") or not isinstance(section, dict):
             continue
         for key, values in section.items():
-            if isinstance(values, list):
+            # a describe section maps metadata keys to values; other steps' data do not
+            if FIELD_KEY.match(key) and isinstance(values, list):
                 merged.setdefault(key, []).extend(
                     str(v.get("value", "")) for v in values if isinstance(v, dict)
                 )
@@ -422,19 +461,25 @@ class DSpace:
     def _json(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
         response = self._request(method, url, **kwargs)
         assert response is not None
+        return self._json_of(response, kwargs.get("message"))
+
+    @staticmethod
+    def _json_of(response: httpx.Response, message: str | None) -> dict[str, Any]:
         try:
             data = response.json()
         except ValueError as exc:
             raise RemoteRefused(
                 SYSTEM,
-                f"{kwargs.get('message')}: answer is not JSON",
-                method=method,
-                url=url,
+                f"{message}: answer is not JSON",
+                method=response.request.method,
+                url=str(response.request.url),
                 status=response.status_code,
                 body=response.text,
             ) from exc
         if not isinstance(data, dict):
-            raise RemoteRefused(SYSTEM, f"{kwargs.get('message')}: unexpected JSON", url=url)
+            raise RemoteRefused(
+                SYSTEM, f"{message}: unexpected JSON", url=str(response.request.url)
+            )
         return data
 
     # ------------------------------------------------------------------ reading (B3, B4)
@@ -461,7 +506,10 @@ class DSpace:
         expected = local_md5 or file_md5(Path(file))
         if (bitstream.md5 or "").lower() != expected:
             raise ChecksumMismatch(
-                file, expected, bitstream.md5 or "none", bitstream=bitstream.uuid
+                bitstream.name or Path(file).name,
+                expected,
+                bitstream.md5 or "none",
+                bitstream=bitstream.uuid,
             )
 
     def item_bitstreams(self, uuid: str, bundle: str = "ORIGINAL") -> list[Bitstream]:
@@ -666,12 +714,27 @@ class DSpace:
 
     def submission_sections(self, collection: str) -> dict[str, str]:
         """Which form section accepts each metadata field in `collection`'s submission (B2a 1)."""
-        definition = self._json(
+        return self.submission_form(collection).owner
+
+    def submission_form(self, collection: str) -> SubmissionForm:
+        """The form sections of `collection`'s submission definition: where each field goes and
+        which fields are required."""
+        found = self._request(
             "GET",
             "/config/submissiondefinitions/search/findByCollection",
             params={"uuid": collection},
+            ok=(200, 204),
             message=f"find the submission definition of collection {collection}",
         )
+        assert found is not None
+        if found.status_code == 204:
+            # SubmissionDefinitionRestRepository.findByCollection: null (204) for no collection
+            raise RemoteRefused(
+                SYSTEM,
+                f"DSpace has no collection {collection}; check the collection setting of "
+                "[systems.koha-dspace.dspace]",
+            )
+        definition = self._json_of(found, "find the submission definition")
         sections_href = ((definition.get("_links") or {}).get("sections") or {}).get("href")
         sections_href = sections_href or (
             f"/config/submissiondefinitions/{definition.get('id')}/sections"
@@ -690,6 +753,7 @@ class DSpace:
                 url=sections_href,
             )
         owner: dict[str, str] = {}
+        required: list[RequiredField] = []
         for section in listed:
             if section.get("sectionType") != "submission-form":
                 continue
@@ -701,11 +765,23 @@ class DSpace:
             )
             for row in form.get("rows", []):
                 for form_field in row.get("fields", []):
-                    for selectable in form_field.get("selectableMetadata") or []:
-                        key = selectable.get("metadata")
-                        if key:
-                            owner.setdefault(key, section["id"])
-        return owner
+                    keys = tuple(
+                        str(m["metadata"])
+                        for m in form_field.get("selectableMetadata") or []
+                        if m.get("metadata")
+                    )
+                    for key in keys:
+                        owner.setdefault(key, section["id"])
+                    # MetadataValidation.validate: a mandatory field visible at submission and
+                    # not bound to some dc.type values (typeBind) must have a value
+                    if (
+                        keys
+                        and form_field.get("mandatory")
+                        and not form_field.get("typeBind")
+                        and form_field.get("scope") in (None, "submission")
+                    ):
+                        required.append(RequiredField(keys, form_field.get("mandatoryMessage")))
+        return SubmissionForm(owner, tuple(required))
 
     def create_by_submission(
         self,
@@ -726,13 +802,23 @@ class DSpace:
         local_md5 = file_md5(file)
         size = file.stat().st_size
         done, state = self._start("submission", SUBMISSION_STAGES, resume)
-        owner = self.submission_sections(collection)
+        form = self.submission_form(collection)
+        owner = form.owner
         outside = sorted(k for k in metadata if k not in owner)
         if outside:
             raise RemoteRefused(
                 SYSTEM,
                 f"collection {collection}'s submission form has no place for "
                 f"{', '.join(outside)}; add them to submission-forms.xml or use the admin path",
+            )
+        missing = form.missing(metadata)
+        if missing and done < 1:
+            # DSpace would create the workspace item and only list the gap in its `errors`,
+            # leaving a half-made submission behind: nothing is written instead.
+            raise RemoteRefused(
+                SYSTEM,
+                f"collection {collection}'s submission form requires "
+                f"{', '.join(f.describe() for f in missing)}, which the record does not give",
             )
 
         def report(stage: str, **ids: Any) -> None:
@@ -903,7 +989,7 @@ class DSpace:
             f"/submission/workspaceitems/{ws_id}",
             files=parts,
             ok=(201,),
-            message=f"upload {file} to workspace item {ws_id}",
+            message=f"upload {filename} to workspace item {ws_id}",
         )
         files = ((workspace.get("sections") or {}).get("upload") or {}).get("files") or []
         new = [bitstream_from_json(f, filename) for f in files]
@@ -912,7 +998,7 @@ class DSpace:
         ]
         if not added:
             raise RemoteRefused(
-                SYSTEM, f"upload of {file} to workspace item {ws_id} listed no new file"
+                SYSTEM, f"upload of {filename} to workspace item {ws_id} listed no new file"
             )
         self.verify(added[-1], file, local_md5)
         return workspace, added[-1]
@@ -1029,7 +1115,7 @@ class DSpace:
             f"/core/bundles/{bundle}/bitstreams",
             files=parts,
             ok=(201,),
-            message=f"upload {file} to bundle {bundle}",
+            message=f"upload {filename} to bundle {bundle}",
         )
         stored = bitstream_from_json(created, filename)
         self.verify(stored, file, local_md5)

@@ -111,12 +111,14 @@ def stock_form(branch: str = "dspace-8_x") -> Form:
     """The describe pages of DSpace's stock `traditional` submission (`dspace/config/
     submission-forms.xml`, forms traditionalpageone and traditionalpagetwo, read on DSpace/DSpace
     dspace-7_x @9a9c310 and dspace-8_x @996efc1): the same rows on both branches, except that
-    8_x makes dc.type required ("You must choose at least one type."). Hints are left out."""
+    8_x makes dc.type required ("You must choose at least one type.", since 8.0) and styles the
+    date row col-md-4 / col-md-8 (col-sm-* on 7_x; changed in 8.4). Hints are left out."""
     if branch not in STOCK_BRANCHES:
         raise SandboxError(
             f"sandbox dspace: no stock form for {branch!r} (known: {STOCK_BRANCHES})"
         )
     type_required = "You must choose at least one type." if branch == "dspace-8_x" else None
+    width = "md" if branch == "dspace-8_x" else "sm"
     return {
         "traditionalpageone": (
             (FormField(("dc.contributor.author",), "onebox", "Author", True),),
@@ -137,9 +139,9 @@ def stock_form(branch: str = "dspace-8_x") -> Form:
                     "Date of Issue",
                     False,
                     "You must enter at least the year.",
-                    style="col-sm-4",
+                    style=f"col-{width}-4",
                 ),
-                FormField(("dc.publisher",), "onebox", "Publisher", False, style="col-sm-8"),
+                FormField(("dc.publisher",), "onebox", "Publisher", False, style=f"col-{width}-8"),
             ),
             (FormField(("dc.identifier.citation",), "onebox", "Citation", False),),
             (FormField(("dc.relation.ispartofseries",), "series", "Series/Report No.", True),),
@@ -343,6 +345,12 @@ class StoredItem:
     handle: str | None = None
     bundles: list[str] = field(default_factory=list)
     last_modified: str = field(default_factory=now_iso)
+    #: when the deposit license was granted; None: not granted. DSpace keeps the grant on the
+    #: item, as a license.txt in its LICENSE bundle (LicenseUtils.grantLicense; LicenseStep.getData
+    #: and LicenseValidation look for it there), so it outlives the workspace item: a rejected
+    #: item comes back granted (returnToWorkspace: "FIXME: Remove license"). The bundle itself
+    #: is not emulated.
+    license_accepted: str | None = None
 
     def values(self, key: str) -> list[str]:
         return [str(v.get("value", "")) for v in self.metadata.get(key, [])]
@@ -386,8 +394,6 @@ class WorkspaceItem:
     item: str
     collection: str
     submitter: str
-    license_granted: bool = False
-    acceptance_date: str | None = None
 
 
 @dataclass
@@ -605,6 +611,29 @@ class DSpaceState:
         self._seq += 1
         return self._seq
 
+    def bitstream_provenance(self, item: StoredItem) -> str:
+        """InstallItemServiceImpl.getBitstreamProvenanceMessage (7_x and 8_x): the count, then per
+        file "<name>: <size> bytes, checksum: <md5> (MD5)", each line ended by a newline."""
+        files = [
+            self.bitstreams[b]
+            for bundle in item.bundles
+            if self.bundles[bundle].name != "LICENSE"
+            for b in self.bundles[bundle].bitstreams
+        ]
+        lines = [f"No. of bitstreams: {len(files)}"]
+        lines += [f"{b.name}: {b.size} bytes, checksum: {b.md5} (MD5)" for b in files]
+        return "".join(f"{line}\n" for line in lines)
+
+    def record_start(self, item: StoredItem, start: str | None) -> None:
+        """XmlWorkflowServiceImpl.recordStart (7_x and 8_x), when a submission is deposited:
+        "Submitted by <full name, or the e-mail without one> (<email>) on <date>", then
+        " workflow start=<step and action>" when a review step takes it, then the files."""
+        stamp = now_iso()
+        note = f"Submitted by {item.submitter} ({item.submitter}) on {stamp}"
+        note += f" workflow start={start}\n" if start else "\n"
+        note += self.bitstream_provenance(item)
+        item.metadata.setdefault("dc.description.provenance", []).append(value_object(note, "en"))
+
     def archive(self, item: StoredItem) -> None:
         """B4 [V]: the handle is assigned and its canonical URL written to dc.identifier.uri now."""
         self._handles += 1
@@ -615,10 +644,11 @@ class DSpaceState:
         add_value(item.metadata, "dc.identifier.uri", prefix + item.handle)
         add_value(item.metadata, "dc.date.accessioned", stamp)
         add_value(item.metadata, "dc.date.available", stamp)
+        # InstallItemServiceImpl.populateMetadata (7_x and 8_x)
         add_value(
             item.metadata,
             "dc.description.provenance",
-            f"Made available in DSpace on {stamp} (GMT).",
+            f"Made available in DSpace on {stamp} (GMT). {self.bitstream_provenance(item)}",
         )
         item.last_modified = stamp
 
@@ -1072,7 +1102,7 @@ def submission_errors(state: DSpaceState, ws: WorkspaceItem) -> list[dict[str, A
     if not original_files(state, item):
         # [V] UploadConfiguration.isRequired: webui.submit.upload.required, default true
         errors.append({"message": "error.validation.filerequired", "paths": ["/sections/upload"]})
-    if not ws.license_granted:
+    if item.license_accepted is None:
         errors.append(
             {"message": "error.validation.license.notgranted", "paths": ["/sections/license"]}
         )
@@ -1108,8 +1138,8 @@ def workspace_json(ctx: Ctx, ws: WorkspaceItem) -> dict[str, Any]:
     sections = form_sections(ctx, collection, item)
     sections["license"] = {
         "url": None,
-        "acceptanceDate": ws.acceptance_date,
-        "granted": ws.license_granted,
+        "acceptanceDate": item.license_accepted,
+        "granted": item.license_accepted is not None,
     }
     sections["collection"] = collection.uuid
     body: dict[str, Any] = {
@@ -1253,7 +1283,10 @@ def find_collection(state: DSpaceState, request: Request) -> Collection:
         raise ApiError(400, "Parameter owningCollection is required")
     collection = state.collections.get(wanted)
     if collection is None:
-        raise ApiError(422, f"Collection {wanted} not found")  # [U] status
+        # [V] SubmissionService.createWorkspaceItem (7_x and 8_x) throws RESTAuthorizationException
+        # ("collectionUUID=… not found"); DSpaceApiExceptionControllerAdvice
+        # .handleAuthorizeException answers a logged-in caller 403 "Access is denied"
+        raise ApiError(403, "Access is denied")
     return collection
 
 
@@ -1451,7 +1484,7 @@ async def patch_workspace(ctx: Ctx) -> Response:
         item = state.items[ws.item]
         collection = state.collections[ws.collection]
         metadata = copy.deepcopy(item.metadata)
-        granted = ws.license_granted
+        granted = item.license_accepted is not None
         drop_files: list[str] = []
         files = [b.uuid for b in original_files(state, item)]
         for op in ops:
@@ -1488,9 +1521,10 @@ async def patch_workspace(ctx: Ctx) -> Response:
                 raise ApiError(422, f"Section {section} is not part of this submission")  # [U]
         item.metadata = metadata
         item.last_modified = now_iso()
-        if granted and not ws.license_granted:
-            ws.acceptance_date = now_iso()
-        ws.license_granted = granted
+        if not granted:
+            item.license_accepted = None
+        elif item.license_accepted is None:
+            item.license_accepted = now_iso()
         bundle = state.bundle_named(item, "ORIGINAL")
         for bitstream_id in drop_files:
             state.bitstreams.pop(bitstream_id, None)
@@ -1519,13 +1553,15 @@ async def upload_to_workspace(ctx: Ctx) -> Response:
 
 async def find_definition(ctx: Ctx) -> Response:
     """B2a step 1 [V]: the submission definition used by a collection
-    (SubmissionDefinitionsControllerIT.findByCollection: 401 for anonymous callers)."""
+    (SubmissionDefinitionsControllerIT.findByCollection: 401 for anonymous callers). For a
+    collection DSpace does not have, SubmissionDefinitionRestRepository.findByCollection returns
+    null and RestResourceController answers a single-object search with 204 and no body."""
     ctx.need_auth()
     uuid = ctx.request.query_params.get("uuid", "")
     with ctx.state.lock:
         collection = ctx.state.collections.get(uuid)
         if collection is None:
-            raise ApiError(404, f"Collection {uuid} not found")
+            return Response(status_code=204)
         return json_response(definition_json(ctx, collection))
 
 
@@ -1663,7 +1699,10 @@ async def deposit(ctx: Ctx) -> Response:
     """B2a step 7 [V]: text/uri-list with the workspace item URL.
 
     201 with an empty body when the collection has no workflow (archived now); 201 with a
-    workflowitem when it has one; 422 on validation errors; 403 when not the submitter.
+    workflowitem when it has one; 422 on validation errors (SubmissionService.createWorkflowItem,
+    7_x and 8_x: "Start workflow failed due to validation error on workspaceitem", no list of the
+    errors: they are the workspace item's own); 403 when not the submitter. Starting the workflow
+    adds the "Submitted by …" provenance note (XmlWorkflowServiceImpl.start → recordStart).
     """
     media = media_type(ctx.request)
     if media not in COLLECTION_POST_TYPES:  # RestResourceController, as for workspace items
@@ -1688,13 +1727,13 @@ async def deposit(ctx: Ctx) -> Response:
             raise ApiError(422, f"No workspace item at {uris[0]}")  # [U]
         if ws.submitter != caller.email:
             raise ApiError(403, "Access is denied")
-        errors = submission_errors(state, ws)
-        if errors:
-            summary = "; ".join(f"{e['message']} {', '.join(e['paths'])}" for e in errors)
-            raise ApiError(422, f"Unprocessable request: {summary}", extra={"errors": errors})
+        if submission_errors(state, ws):
+            raise ApiError(422, "Start workflow failed due to validation error on workspaceitem")
         del state.workspace_items[ws.id]
         item = state.items[ws.item]
-        if not state.collections[ws.collection].workflow:
+        workflow = state.collections[ws.collection].workflow
+        state.record_start(item, "Step: reviewstep - action:claimaction" if workflow else None)
+        if not workflow:
             state.archive(item)
             return Response(status_code=201)
         state._workflow_ids += 1
