@@ -34,6 +34,7 @@ from ...connectors.koha import KohaRest, KohaStaff, opac_cover_url
 from ...context import StepContext
 from ...errors import ShelfworkError, describe
 from ...pipeline import Pipeline, Retry, branch, parallel, step
+from ...trackers import TrackerError
 from .config import SYSTEM, IntegratorConfig, integrator_config
 from .crosswalk import crosswalk, load_rules
 from .files import (
@@ -48,6 +49,7 @@ from .files import (
     open_in_inbox,
 )
 from .marc import (
+    MAX_NOTE,
     STATUS_ERROR,
     STATUS_IMPORTED,
     check_marked,
@@ -522,26 +524,30 @@ def _find_existing(
     return live[0], f"{config.identifier_field} search"
 
 
-#: how much of a reviewer's reason goes into 956$z (which holds about 250 characters)
+#: how much of a reviewer's reason goes into 956$z at most
 REASON_CHARS = 60
 
 
 def parked_note(item: Item, where: InProgress, user: str, *, rejected: bool = False) -> str:
     """What a cataloguer reads when the record's item waits in the DSpace account's workspace:
     sent back by a reviewer (XmlWorkflowServiceImpl.returnToWorkspace; the reason when DSpace
-    shows the provenance note) or never deposited. The item stays there for a person to decide."""
+    shows the provenance note) or never deposited. The item stays there for a person to decide;
+    either way the next step is to integrate again (a re-deposited item is then followed in
+    review again). The item is 956$3's; the reason is cut so that what to do fits 956$z."""
+    place = f"in {user}'s DSpace workspace as workspace item {where.id}"
     reason = rejection_reason(item)
-    if reason is not None or rejected:
-        if reason and len(reason) > REASON_CHARS:
-            reason = reason[: REASON_CHARS - 1].rstrip() + "…"
-        head = "rejected in DSpace review" + (f": {reason}" if reason else "")
-        todo = "deposit it again there, or discard it and integrate again"
-    else:
-        head = "not deposited in DSpace"
-        todo = "deposit or discard it there, then integrate again"
-    return (
-        f"{head}; item {item.uuid} waits in {user}'s workspace (workspace item {where.id}): {todo}"
-    )
+    if reason is None and not rejected:
+        return (
+            f"not deposited in DSpace: {place}; deposit or discard it there, then integrate again"
+        )
+    tail = f"; back {place}: deposit it again there or discard it, then integrate again"
+    head = "rejected in DSpace review"
+    room = min(REASON_CHARS, MAX_NOTE - len(head) - len(tail) - 2)
+    if reason and room >= 12:
+        if len(reason) > room:
+            reason = reason[: room - 1].rstrip() + "…"
+        head += f": {reason}"
+    return head + tail
 
 
 def _create_by_submission(
@@ -638,13 +644,7 @@ def finalize(ctx: StepContext) -> dict[str, Any]:
                 f"{REVIEW_NOTE}: item {item['uuid']} has no handle until it is archived, "
                 "then it is written here"
             )
-        ctx.engine.trackers.track(  # idempotent: one entity per item
-            REVIEW_TRACKER,
-            item["uuid"],
-            "IN_REVIEW",
-            {"biblionumber": n, "uuid": item["uuid"]},
-            by=f"job:{ctx.job_id}",
-        )
+        _follow_review(ctx, n, item["uuid"])
     job = ctx.engine.jobs.get(ctx.job_id)
     notes = [
         short_note(str(w["message"]))
@@ -675,6 +675,24 @@ def finalize(ctx: StepContext) -> dict[str, Any]:
         "koha_updated": written,
         "file": ctx.results["take_file"].get("name"),
     }
+
+
+def _follow_review(ctx: StepContext, biblionumber: int, uuid: str) -> None:
+    """Have the `dspace-review` tracker follow the item (one entity per item). An entity that
+    ended, typically REJECTED, is set back to IN_REVIEW: the item was deposited again in DSpace
+    after the rejection, and its handle must still reach Koha."""
+    trackers = ctx.engine.trackers
+    by = f"job:{ctx.job_id}"
+    tracked = trackers.track(
+        REVIEW_TRACKER, uuid, "IN_REVIEW", {"biblionumber": biblionumber, "uuid": uuid}, by=by
+    )
+    if tracked.state == "IN_REVIEW":
+        return
+    try:
+        trackers.transition(tracked, "IN_REVIEW", "in DSpace review again", by=by)
+    except TrackerError:
+        if trackers.get(REVIEW_TRACKER, uuid).state != "IN_REVIEW":  # not a concurrent re-arm
+            raise
 
 
 def on_failure(ctx: StepContext, exc: BaseException) -> None:
