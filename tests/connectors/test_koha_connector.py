@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from urllib.parse import quote_plus
 
 import httpx
 import lxml.html
@@ -452,6 +453,40 @@ def test_lacks_permission_reads_auth_tt_s_markers(
     error = f'<div id="login_error">{login_error}</div>' if login_error else ""
     page = f"<html><body>{error}{LOGIN_FORM_2405}{extra}</body></html>"
     assert lacks_permission(lxml.html.fromstring(page)) is expected
+
+
+def echoing_500(request: httpx.Request) -> httpx.Response:
+    """A server error page that echoes the request (as debug error pages do)."""
+    if request.method == "GET":
+        return httpx.Response(200, html=f"<html><body>{LOGIN_FORM_2405}</body></html>")
+    echoed = request.content.decode()
+    return httpx.Response(500, text=f"Internal Server Error while handling {echoed}")
+
+
+@pytest.mark.parametrize("password", [PASSWORD, "pa ss&wörd!"], ids=["plain", "form-encoded"])
+def test_staff_login_error_never_quotes_the_password_koha_echoes(password: str) -> None:
+    staff = KohaStaff(
+        "http://koha.invalid", USER, password, transport=httpx.MockTransport(echoing_500)
+    )
+    with staff, pytest.raises(RemoteUnavailable) as caught:
+        staff.login()
+    assert caught.value.status == 500
+    for form in (password, quote_plus(password)):
+        assert form not in str(caught.value)
+        assert form not in (caught.value.body or "")
+
+
+def test_token_error_never_quotes_the_secret_koha_echoes() -> None:
+    rest = KohaRest(
+        "http://koha.invalid",
+        client_credentials=(CLIENT_ID, CLIENT_SECRET),
+        transport=httpx.MockTransport(echoing_500),
+    )
+    with rest, pytest.raises(RemoteUnavailable) as caught:
+        rest.get_marcxml(42)
+    assert caught.value.status == 500
+    assert CLIENT_SECRET not in str(caught.value)
+    assert CLIENT_SECRET not in (caught.value.body or "")
 
 
 # -- A4 cover upload -------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import re
 import time
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import urlencode, urljoin
+from urllib.parse import quote, quote_plus, urlencode, urljoin
 
 import httpx
 import lxml.html
@@ -32,6 +32,7 @@ from . import (
     AuthFailed,
     RemoteError,
     RemoteRefused,
+    error_class,
     error_for,
     tls_context,
     transport_error,
@@ -222,14 +223,18 @@ class KohaRest:
                 SYSTEM,
                 f"{what}: Koha does not grant client credentials "
                 "(syspref RESTOAuth2ClientCredentials off, or the OAuth2 module missing)",
-                **answer_of(response),
+                **answer_of(response, hide=secret),
             )
         if response.status_code in (401, 403):
             raise AuthFailed(
-                SYSTEM, f"{what}: Koha refused the client id or secret", **answer_of(response)
+                SYSTEM,
+                f"{what}: Koha refused the client id or secret",
+                **answer_of(response, hide=secret),
             )
         if response.status_code >= 400:
-            raise error_for(SYSTEM, response, what)
+            raise error_class(response.status_code)(
+                SYSTEM, what, **answer_of(response, hide=secret)
+            )
         try:
             body = response.json()
             token = str(body["access_token"])
@@ -248,12 +253,17 @@ class KohaRest:
         return True
 
 
-def answer_of(response: httpx.Response) -> dict[str, Any]:
+def answer_of(response: httpx.Response, *, hide: str | None = None) -> dict[str, Any]:
     """What an error quotes of Koha's answer; of an HTML page only its visible text, so a
-    page's CSRF token (in a meta tag or hidden input) never reaches a message."""
+    page's CSRF token (in a meta tag or hidden input) never reaches a message. `hide` is the
+    secret the request carried (password, client secret): an error page that echoes the
+    request (debug pages do) must not carry it into a message."""
     body = response.text
     if "html" in response.headers.get("content-type", ""):
         body = text_of(html_of(response))
+    if hide:
+        for form in {hide, quote_plus(hide), quote(hide, safe="")}:
+            body = body.replace(form, "***")
     return {
         "method": response.request.method,
         "url": str(response.request.url),
@@ -415,10 +425,14 @@ class KohaStaff:
         answer = self._request("POST", action, what, data=fields)
         if answer.status_code == 403:
             raise AuthFailed(
-                SYSTEM, f"{what}: Koha refused the login form's CSRF token", **answer_of(answer)
+                SYSTEM,
+                f"{what}: Koha refused the login form's CSRF token",
+                **answer_of(answer, hide=self._password),
             )
         if answer.status_code >= 400:
-            raise error_for(SYSTEM, answer, what)
+            raise error_class(answer.status_code)(
+                SYSTEM, what, **answer_of(answer, hide=self._password)
+            )
         document = html_of(answer)
         self._refuse_second_step(document, answer, what)
         if login_form(document) is not None:
