@@ -20,6 +20,7 @@ from .conftest import Api, ApiFactory
 MiB = 1024 * 1024
 CHUNK = 64 * 1024
 BIG = 16 * MiB  # far above the default cap of 1 MiB
+LIMIT = 20.0  # seconds one request through the app may take in these tests
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Body:
 
     size: int
     start: bytes = b""
+    stall_at: int | None = None  # after this many bytes, nothing more ever arrives
     pulled: int = 0
     done: bool = False
     _pieces: Iterator[bytes] = field(init=False)
@@ -56,6 +58,10 @@ class Body:
                 yield piece
 
         self._pieces = pieces()
+
+    @property
+    def stalled(self) -> bool:
+        return self.stall_at is not None and self.pulled >= self.stall_at
 
     def next(self) -> tuple[bytes, bool]:
         try:
@@ -103,7 +109,7 @@ def call(
     finished = asyncio.Event()
 
     async def receive() -> dict[str, Any]:
-        if finished.is_set() or body.done:
+        if finished.is_set() or body.done or body.stalled:
             await finished.wait()
             return {"type": "http.disconnect"}
         piece, more = body.next()
@@ -117,7 +123,8 @@ def call(
             finished.set()
 
     async def run() -> None:
-        await app(scope, receive, send)  # type: ignore[arg-type]
+        # a bound, so a server that waits forever for a stalled body fails the test
+        await asyncio.wait_for(app(scope, receive, send), LIMIT)  # type: ignore[arg-type]
 
     asyncio.run(run())
     start = next(m for m in sent if m["type"] == "http.response.start")
@@ -219,3 +226,20 @@ def test_the_integrator_token_is_capped_too(api: Api) -> None:
     button = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
     answer = call(api, "POST", "/integrate", Body(BIG, b'{"biblionumber": 1, "x": "'), button)
     assert answer.status == 413 and answer.pulled == 0
+
+
+def test_a_body_that_stops_arriving_is_cut_at_the_deadline(api_for: ApiFactory) -> None:
+    """A client that sends its headers and then withholds or trickles the body would hold the
+    connection for as long as it likes; the login form needs no token, so anyone could hold
+    every connection the server has. The whole body must arrive within `body_timeout`."""
+    api = api_for(body_timeout=0.3)
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    start = b"username=admin&password="
+    login = call(api, "POST", "/login", Body(4096, start, stall_at=len(start)), form)
+    assert login.status == 408 and login.json()["error"] == "timeout"
+    assert "0.3 s" in login.json()["detail"]
+    assert login.headers["connection"] == "close"
+    job = call(api, "POST", "/api/v1/jobs", Body(4096, JOB, stall_at=len(JOB)), api.operator)
+    assert job.status == 408 and job.headers["connection"] == "close"
+    whole = call(api, "POST", "/api/v1/jobs", Body(4096, JOB + b'"}'), api.operator)
+    assert whole.status != 408  # a body that arrives in time is not affected

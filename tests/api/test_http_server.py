@@ -1,6 +1,6 @@
 """The HTTP server as `shelfwork serve` configures it (`server.http_config`), run in a thread on a
-free loopback port: a deadline for each request's headers (slowloris), and client addresses taken
-from X-Forwarded-For only when the peer is a configured proxy."""
+free loopback port: deadlines for each request's headers and body (slowloris), and client
+addresses taken from X-Forwarded-For only when the peer is a configured proxy."""
 
 from __future__ import annotations
 
@@ -92,6 +92,69 @@ def test_a_client_that_never_finishes_its_headers_is_disconnected(start_server: 
     with httpx.Client(base_url=site.url) as client:  # normal requests, kept alive, still work
         assert client.get("/login").status_code == 200
         assert client.get("/login").status_code == 200
+
+
+def body_held_open_for(port: int, limit: float) -> tuple[bytes, float]:
+    """Send a login form's headers and the start of its body, then add one body byte whenever
+    the server has said nothing for 0.1 s. Returns (the answer, seconds until the server ended
+    the connection, or `limit`)."""
+    head = (
+        b"POST /login HTTP/1.1\r\nHost: shelfwork\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 60000\r\n\r\n"
+        b"username=admin&password="
+    )
+    answer = b""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(head)
+        started = time.monotonic()
+        s.settimeout(0.1)
+        while time.monotonic() - started < limit:
+            try:
+                piece = s.recv(65536)
+            except TimeoutError:
+                s.sendall(b"x")
+                continue
+            except (ConnectionResetError, BrokenPipeError):
+                piece = b""
+            if piece == b"":
+                return answer, time.monotonic() - started
+            answer += piece
+    return answer, limit
+
+
+def test_a_client_that_trickles_its_body_is_answered_and_disconnected(
+    start_server: Start,
+) -> None:
+    """The login form needs no token: a body sent a byte at a time must not hold a connection."""
+    site = start_server(body_timeout=0.5)
+    answer, after = body_held_open_for(site.port, limit=6.0)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert b"connection: close" in answer.lower()
+    assert 0.4 <= after < 3.0, after
+
+
+def test_the_header_deadline_holds_on_a_kept_alive_connection(start_server: Start) -> None:
+    """After a first request on a connection, the next request's headers have the same deadline."""
+    site = start_server(header_timeout=0.5)
+    with socket.create_connection(("127.0.0.1", site.port)) as s:
+        s.sendall(b"GET /login HTTP/1.1\r\nHost: shelfwork\r\n\r\n")
+        s.settimeout(5.0)
+        first = s.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200 "), first
+        s.sendall(b"GET /login HTTP/1.1\r\nX-Slow: ")
+        started = time.monotonic()
+        s.settimeout(0.1)
+        closed = False
+        while not closed and time.monotonic() - started < 6.0:
+            try:
+                closed = s.recv(1024) == b""
+            except TimeoutError:
+                s.sendall(b"x")
+            except (ConnectionResetError, BrokenPipeError):
+                closed = True
+        after = time.monotonic() - started
+    assert closed, "the second request's headers were allowed to trickle forever"
+    assert 0.4 <= after < 3.0, after
 
 
 def failed_login_from(site: Running, forwarded_for: str) -> None:

@@ -112,7 +112,11 @@ def create_app(
     mount_dashboard(app)
 
     # Inside CORS, so a refusal still carries the CORS headers a Koha page needs to read it.
-    app.add_middleware(RequestBodies, max_body=engine.settings.max_body)
+    app.add_middleware(
+        RequestBodies,
+        max_body=engine.settings.max_body,
+        body_timeout=engine.settings.body_timeout,
+    )
     if engine.settings.cors_origins:
         # Cross-origin callers (the Koha staff client) send tokens, never cookies: with
         # credentials off, no foreign page can act with a dashboard session.

@@ -12,11 +12,17 @@ a body:
   its body is read: 401 otherwise (a dashboard form goes to the login page). A verified token is
   kept on the request, so the route's own auth does not look it up again; a session is checked
   again there, with its CSRF token.
+- The whole body must arrive within `[api] body_timeout` seconds of the request's headers (408
+  otherwise): without a deadline a client that withholds or trickles its body holds the
+  connection for as long as it likes, and the login form needs no token. (The headers have their
+  own deadline, api/server.py.)
 - An answer sent before the body was read to its end says `Connection: close`, so the server
   stops reading (uvicorn would otherwise read and drop the rest to keep the connection).
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
@@ -45,6 +51,15 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, too_large(limit))
 
 
+class BodyTooSlow(HTTPException):
+    """The body did not arrive in time."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            408, f"the request body did not arrive within {seconds:g} s; send it at once"
+        )
+
+
 def too_large(limit: int) -> str:
     return f"the request body is larger than {limit} bytes, the most this route accepts"
 
@@ -57,9 +72,10 @@ def _starts(path: str, prefixes: tuple[str, ...]) -> bool:
 class RequestBodies:
     """The ASGI middleware described in the module docstring."""
 
-    def __init__(self, app: ASGIApp, *, max_body: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_body: int, body_timeout: float) -> None:
         self.app = app
         self.max_body = max_body
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -116,13 +132,23 @@ class RequestBodies:
         )
 
     async def _counted(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-        """Run the app with a receive that counts the body and stops it at `limit`."""
+        """Run the app with a receive that counts the body, stops it at `limit` and at the
+        deadline. Once the body has ended, receive waits as long as the app likes (for a
+        disconnect)."""
         seen = 0
         ended = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_timeout
 
         async def counting_receive() -> Message:
             nonlocal seen, ended
-            message = await receive()
+            if ended:
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTooSlow(self.body_timeout) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if not message.get("more_body", False):

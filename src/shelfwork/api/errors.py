@@ -112,6 +112,7 @@ _STATUS_CODES = {
     404: "not_found",
     405: "method_not_allowed",
     406: "not_acceptable",
+    408: "timeout",
     413: "too_large",
     415: "unsupported_media_type",
 }
