@@ -476,6 +476,34 @@ def test_staff_login_error_never_quotes_the_password_koha_echoes(password: str) 
         assert form not in (caught.value.body or "")
 
 
+@pytest.mark.parametrize("auth", ["basic", "oauth"])
+def test_rest_error_never_quotes_the_credentials_koha_echoes(auth: str) -> None:
+    """A 500 page that echoes the request headers must not carry the Basic credentials or the
+    bearer token into the error."""
+    seen: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/oauth/token"):
+            return httpx.Response(200, json={"access_token": "Tok-En-123", "expires_in": 3600})
+        seen.append(request.headers["authorization"].split(" ", 1)[1])
+        return httpx.Response(500, text=f"died; credentials were {seen[-1]}")
+
+    transport = httpx.MockTransport(answer)
+    if auth == "basic":
+        rest = KohaRest("http://koha.invalid", basic=(USER, PASSWORD), transport=transport)
+    else:
+        rest = KohaRest(
+            "http://koha.invalid",
+            client_credentials=(CLIENT_ID, CLIENT_SECRET),
+            transport=transport,
+        )
+    with rest, pytest.raises(RemoteUnavailable) as caught:
+        rest.get_marcxml(42)
+    assert "died" in (caught.value.body or "")
+    for secret in (seen[0], PASSWORD, CLIENT_SECRET):
+        assert secret not in str(caught.value)
+
+
 def test_token_error_never_quotes_the_secret_koha_echoes() -> None:
     rest = KohaRest(
         "http://koha.invalid",

@@ -15,6 +15,7 @@ with the staff-page scraping.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import re
@@ -154,6 +155,16 @@ class KohaRest:
             return self._client_credentials[0]
         return self._basic[0] if self._basic else "?"
 
+    def _secrets(self) -> tuple[str, ...]:
+        """What this client sends that no error message may quote."""
+        found = [self._token or ""]
+        if self._client_credentials is not None:
+            found.append(self._client_credentials[1])
+        if self._basic is not None:
+            user, password = self._basic
+            found += [password, base64.b64encode(f"{user}:{password}".encode()).decode()]
+        return tuple(found)
+
     def _send(
         self,
         method: str,
@@ -194,7 +205,7 @@ class KohaRest:
                 self._token = None
                 continue
             if response.status_code >= 400:
-                raise rest_error(response, what, path, self._user)
+                raise rest_error(response, what, path, self._user, self._secrets())
             return response
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -223,17 +234,17 @@ class KohaRest:
                 SYSTEM,
                 f"{what}: Koha does not grant client credentials "
                 "(syspref RESTOAuth2ClientCredentials off, or the OAuth2 module missing)",
-                **answer_of(response, hide=secret),
+                **answer_of(response, hide=(secret,)),
             )
         if response.status_code in (401, 403):
             raise AuthFailed(
                 SYSTEM,
                 f"{what}: Koha refused the client id or secret",
-                **answer_of(response, hide=secret),
+                **answer_of(response, hide=(secret,)),
             )
         if response.status_code >= 400:
             raise error_class(response.status_code)(
-                SYSTEM, what, **answer_of(response, hide=secret)
+                SYSTEM, what, **answer_of(response, hide=(secret,))
             )
         try:
             body = response.json()
@@ -253,16 +264,16 @@ class KohaRest:
         return True
 
 
-def answer_of(response: httpx.Response, *, hide: str | None = None) -> dict[str, Any]:
+def answer_of(response: httpx.Response, *, hide: tuple[str, ...] = ()) -> dict[str, Any]:
     """What an error quotes of Koha's answer; of an HTML page only its visible text, so a
-    page's CSRF token (in a meta tag or hidden input) never reaches a message. `hide` is the
-    secret the request carried (password, client secret): an error page that echoes the
-    request (debug pages do) must not carry it into a message."""
+    page's CSRF token (in a meta tag or hidden input) never reaches a message. `hide` are the
+    secrets the request carried (password, client secret, token, Basic credentials): an
+    error page that echoes the request (debug pages do) must not carry them into a message."""
     body = response.text
     if "html" in response.headers.get("content-type", ""):
         body = text_of(html_of(response))
-    if hide:
-        for form in {hide, quote_plus(hide), quote(hide, safe="")}:
+    for secret in filter(None, hide):
+        for form in {secret, quote_plus(secret), quote(secret, safe="")}:
             body = body.replace(form, "***")
     return {
         "method": response.request.method,
@@ -272,8 +283,11 @@ def answer_of(response: httpx.Response, *, hide: str | None = None) -> dict[str,
     }
 
 
-def rest_error(response: httpx.Response, what: str, path: str, user: str) -> RemoteError:
-    """A1/A2: a RemoteError whose message says what Koha's answer means for a person."""
+def rest_error(
+    response: httpx.Response, what: str, path: str, user: str, hide: tuple[str, ...] = ()
+) -> RemoteError:
+    """A1/A2: a RemoteError whose message says what Koha's answer means for a person, never
+    quoting the request's secrets (`hide`, see `answer_of`)."""
     status = response.status_code
     try:
         payload: Any = response.json()
@@ -309,7 +323,7 @@ def rest_error(response: httpx.Response, what: str, path: str, user: str) -> Rem
         )
     else:
         message = f"{what}: Koha answered HTTP {status}"
-    return error_for(SYSTEM, response, message)
+    return error_class(status)(SYSTEM, message, **answer_of(response, hide=hide))
 
 
 def refusal_of(error: Any, required: Any, user: str) -> str:
@@ -427,11 +441,11 @@ class KohaStaff:
             raise AuthFailed(
                 SYSTEM,
                 f"{what}: Koha refused the login form's CSRF token",
-                **answer_of(answer, hide=self._password),
+                **answer_of(answer, hide=(self._password,)),
             )
         if answer.status_code >= 400:
             raise error_class(answer.status_code)(
-                SYSTEM, what, **answer_of(answer, hide=self._password)
+                SYSTEM, what, **answer_of(answer, hide=(self._password,))
             )
         document = html_of(answer)
         self._refuse_second_step(document, answer, what)
