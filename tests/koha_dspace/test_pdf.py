@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pypdf
 import pypdfium2 as pdfium
+import pypdfium2.raw as pdfium_c
 import pytest
 from PIL import Image, ImageChops
 
@@ -235,6 +236,74 @@ def test_without_proc_pdfium_reads_the_open_file_as_a_stream(
     assert open_jpeg(render_cover(path)).width == 600
     with pytest.raises(BadPdf, match="encrypted"):
         check_pdf(encrypted_pdf(tmp_path / "x.pdf", path), tries=1)
+
+
+def test_pdfium_reads_the_opened_file_not_what_its_name_names_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The name is swapped for a symlink to another PDF just as PDFium opens the file: the
+    check and the cover are still of the file opened (and hashed). Given a path, pypdfium2
+    resolves it and PDFium opens that name again, so it read the other file (a cover of a PDF
+    from anywhere on the server)."""
+    inside = text_pdf(tmp_path / "scan_v01.pdf", pages=2, title="inside")
+    copy = tmp_path / "copy.pdf"
+    copy.write_bytes(inside.read_bytes())
+    expected_cover = render_cover(copy)
+    outside = scanned_pdf(tmp_path / "outside.pdf", pages=7)
+    real_load = pdfium_c.FPDF_LoadDocument
+    loads: list[object] = []
+
+    def swap_then_load(*args: object) -> object:
+        loads.append(args[0])
+        if not inside.is_symlink():
+            inside.rename(tmp_path / "renamed.pdf")
+            inside.symlink_to(outside)
+        return real_load(*args)
+
+    monkeypatch.setattr(pdfium_c, "FPDF_LoadDocument", swap_then_load)
+    assert check_pdf(inside, tries=1) == info_of(copy.read_bytes(), 2)
+    (tmp_path / "renamed.pdf").rename(inside)  # replaces the symlink
+    assert render_cover(inside) == expected_cover
+    assert loads, "PDFium was not given the file natively: the swap was not tried"
+
+
+def test_a_file_whose_name_is_removed_once_opened_is_still_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name removed (moved on, deleted) after the open does not matter: the open file is read.
+    Before, PDFium was handed '/…/scan.pdf (deleted)' and the check died with a
+    FileNotFoundError naming the server path."""
+    path = text_pdf(tmp_path / "scan.pdf", pages=2)
+    data = path.read_bytes()
+    real_open = os.open
+
+    def open_then_remove(name: object, flags: int, *args: object, **kwargs: object) -> int:
+        fd = real_open(name, flags, *args, **kwargs)  # type: ignore[arg-type]
+        if name == path and path.exists():
+            path.unlink()
+        return fd
+
+    monkeypatch.setattr(pdf.os, "open", open_then_remove)
+    assert check_pdf(path, tries=1) == info_of(data, 2)
+    path.write_bytes(data)
+    assert open_jpeg(render_cover(path)).width == 600
+
+
+def test_a_proc_that_does_not_lead_to_the_file_falls_back_to_the_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A /proc whose fd entries cannot be opened (mounted from another namespace, restricted):
+    PDFium cannot open the file there, and the open descriptor is read through Python."""
+    fds = tmp_path / "fds"
+    fds.mkdir()
+    monkeypatch.setattr(pdf, "_PROC_FDS", fds)
+    path = text_pdf(tmp_path / "t.pdf", pages=3)
+    assert check_pdf(path, tries=1) == info_of(path.read_bytes(), 3)
+    assert open_jpeg(render_cover(path)).width == 600
+    with pytest.raises(BadPdf, match="encrypted"):
+        check_pdf(encrypted_pdf(tmp_path / "x.pdf", path), tries=1)
+    with pytest.raises(BadPdf, match="corrupt PDF"):
+        check_pdf(corrupt_pdf(tmp_path / "c.pdf"), tries=1)
 
 
 def test_a_symlink_or_a_fifo_is_not_checked(tmp_path: Path) -> None:

@@ -203,17 +203,38 @@ def _describe_start(head: bytes) -> str:
 def _open(file: io.FileIO) -> pdfium.PdfDocument:
     """Call with PDFIUM_LOCK held; `file` must stay open until the document is closed.
 
-    PDFium reads the open file through /proc/self/fd, which reopens that very file (even if
-    its name has been changed or removed since) and lets PDFium read it natively; a stream read
-    through Python callbacks, the fallback without /proc, renders a scan's cover about half as
-    fast."""
-    source: str | io.FileIO = file
+    PDFium opens /proc/self/fd/N itself, which the kernel answers with that very file (even if
+    its name has been changed or removed since), and reads it natively. Where that cannot be
+    opened (no /proc in some containers) it reads the same descriptor through Python callbacks,
+    which renders a scan's cover about half as fast."""
     if _PROC_FDS.is_dir():
-        source = str(_PROC_FDS / str(file.fileno()))
+        native = _open_native(file.fileno())
+        if native is not None:
+            return native
     try:
-        return pdfium.PdfDocument(source, autoclose=False)
+        return pdfium.PdfDocument(file, autoclose=False)
     except pdfium.PdfiumError as exc:
         raise _load_failure(file.fileno(), exc.err_code) from None
+
+
+def _open_native(fd: int) -> pdfium.PdfDocument | None:
+    """The document PDFium loads from /proc/self/fd/`fd`, or None if it cannot open that.
+
+    FPDF_LoadDocument is called directly: given a path, pypdfium2 first resolves it, and
+    /proc/self/fd/N resolves to the file's current *name*, which PDFium would then open
+    again, following whatever symlink was put there meanwhile."""
+    name = os.fsencode(_PROC_FDS / str(fd)) + b"\x00"
+    raw = pdfium_c.FPDF_LoadDocument(name, None)
+    if not raw:
+        code = pdfium_c.FPDF_GetLastError()
+        if code == pdfium_c.FPDF_ERR_FILE:
+            return None  # this /proc does not lead to the file: read it through the descriptor
+        raise _load_failure(fd, code)
+    if pdfium_c.FPDF_GetPageCount(raw) < 1:  # as pypdfium2 does: a load that found no pages
+        code = pdfium_c.FPDF_GetLastError()
+        pdfium_c.FPDF_CloseDocument(raw)
+        raise _load_failure(fd, code)
+    return pdfium.PdfDocument(raw, autoclose=False)
 
 
 def _load_failure(fd: int, code: int | None) -> _Unreadable:
