@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -437,12 +437,15 @@ class PipelineStep(Step):
         self.warned.append(message)
 
 
-def _fetched(peers: Peers, tmp_path: Path, n: int) -> PipelineStep:
+def _fetched(
+    peers: Peers, tmp_path: Path, n: int, deposit: Literal["submission", "admin"] = "submission"
+) -> PipelineStep:
     """Book `n` catalogued in Koha with its scan in the inbox, and fetched by the pipeline."""
-    config = peers.integrator_config(tmp_path, pdf_retry_delay=0)
+    config = peers.integrator_config(tmp_path, deposit=deposit, pdf_retry_delay=0)
     step = PipelineStep(Settings(systems={SYSTEM: config}), n)
     text_pdf(tmp_path / "inbox" / "scans" / f"book-{n}.pdf", 2)
-    peers.koha.add_record(n, marcxml(Book(n, f"Book {n}", file=f"scans/book-{n}.pdf")))
+    book = Book(n, f"Book {n}", year="1999", file=f"scans/book-{n}.pdf")
+    peers.koha.add_record(n, marcxml(book))
     step.results["fetch_record"] = fetch_record(step)  # type: ignore[arg-type]
     return step
 
@@ -495,3 +498,84 @@ def test_a_file_changed_before_the_deposit_is_not_deposited(peers: Peers, tmp_pa
     assert peers.dspace.items_with("dc.identifier.other", "koha:52") == []
     assert peers.dspace.bitstreams == {}
     _fails_into_error(step, refused.value, tmp_path)
+
+
+# --- what the deposit uploads is the file it checked ---------------------------------------------
+
+
+def _after_the_deposit_check(monkeypatch: pytest.MonkeyPatch, then: Callable[[], None]) -> None:
+    """Run `then` right after the deposit has checked the file's SHA-256 (once)."""
+    from shelfwork.pipelines.koha_dspace import pipeline
+
+    real = pipeline.same_as_taken
+    ran: list[bool] = []
+
+    def check_then(taken: dict[str, Any], sha256: str) -> None:
+        real(taken, sha256)
+        if not ran:
+            ran.append(True)
+            then()
+
+    monkeypatch.setattr(pipeline, "same_as_taken", check_then)
+
+
+@pytest.mark.parametrize("path", ["submission", "admin"])
+def test_the_deposit_uploads_the_file_it_checked_not_what_its_name_names_later(
+    peers: Peers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """The name in Processed is swapped for a symlink to a file outside right after the deposit
+    checked the file: the old deposit then uploaded by that name, and the outside file went to
+    DSpace (archived, on the admin path, before any MD5 was compared)."""
+    n = 53 if path == "submission" else 54
+    step = _fetched(peers, tmp_path, n, deposit=path)  # type: ignore[arg-type]
+    taken = step.take_and_check()
+    scan = Path(taken["path"])
+    inside = scan.read_bytes()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.pdf").write_bytes(inside + b"% SECRET: outside the inbox\n")
+    before = {"secret.pdf": Seen.of(outside / "secret.pdf")}
+    watch = OutsideWatch(outside)
+
+    def swap_the_name() -> None:
+        scan.rename(scan.with_name("moved-aside.pdf"))
+        scan.symlink_to(outside / "secret.pdf")
+
+    _after_the_deposit_check(monkeypatch, swap_the_name)
+    try:
+        deposited: dict[str, Any] | str = deposit(step)  # type: ignore[arg-type]
+    except ShelfworkError as refused:
+        deposited = str(refused)
+    touched = watch.events()
+    assert touched == [], f"the outside file was touched: {touched}"
+    assert {"secret.pdf": Seen.of(outside / "secret.pdf")} == before
+    stored = [b.content for b in peers.dspace.bitstreams.values()]
+    assert all(b"SECRET" not in content for content in stored)
+    assert isinstance(deposited, dict), deposited
+    assert stored == [inside]
+
+
+def test_a_file_written_to_after_the_deposit_check_is_not_deposited(
+    peers: Peers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copier that still holds the file open writes to it after the deposit's check: DSpace
+    receives other bytes than were checked, and the submission must stop before it is
+    deposited (the old deposit compared MD5s only once the item was archived)."""
+    step = _fetched(peers, tmp_path, 55)
+    scan = Path(step.take_and_check()["path"])
+    writer = scan.open("ab")  # opened before: it writes to the file taken, whatever its name
+    try:
+        _after_the_deposit_check(monkeypatch, lambda: _append_through(writer))
+        with pytest.raises(ShelfworkError) as refused:
+            deposit(step)  # type: ignore[arg-type]
+    finally:
+        writer.close()
+    assert str(tmp_path) not in str(refused.value)
+    items = peers.dspace.items_with("dc.identifier.other", "koha:55")
+    assert [item.in_archive for item in items] in ([], [False])
+    assert peers.dspace.workflow_items == {}
+
+
+def _append_through(writer: Any) -> None:
+    writer.write(b"\n% written after the deposit's check\n%%EOF\n")
+    writer.flush()

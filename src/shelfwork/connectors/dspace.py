@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import mimetypes
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -53,6 +54,9 @@ MAX_SEARCH_PAGES = 1000
 CHUNK = 1 << 20
 
 Progress = Callable[[str, dict[str, Any]], None]
+#: what is uploaded: a file's path, or the file itself opened for reading (read from its start,
+#: left open), so that a caller that checked an open file uploads that very file
+Upload = Path | BinaryIO
 
 
 class ChecksumMismatch(RemoteError):
@@ -253,12 +257,36 @@ def equal_value(metadata: dict[str, list[str]], field: str, wanted: str) -> bool
     return any(v.strip().casefold() == wanted for v in metadata.get(field, []))
 
 
-def file_md5(path: Path) -> str:
+def file_md5(file: Upload) -> str:
     digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as handle:
+    with _reading(file) as handle:
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@contextmanager
+def _reading(file: Upload) -> Iterator[BinaryIO]:
+    """`file` read from its start: a path is opened here, an open file is rewound (and left
+    open for its owner to close)."""
+    if isinstance(file, str | Path):
+        with open(file, "rb") as handle:
+            yield handle
+    else:
+        file.seek(0)
+        yield file
+
+
+def _size_of(file: Upload) -> int:
+    if isinstance(file, str | Path):
+        return os.stat(file).st_size
+    return os.fstat(file.fileno()).st_size
+
+
+def _name_of(file: Upload) -> str:
+    """The file as messages name it: its name, never its folder (they may reach a cataloguer)."""
+    name = file if isinstance(file, str | Path) else getattr(file, "name", None)
+    return Path(name).name if isinstance(name, str | Path) else "the file"
 
 
 def lucene_phrase(value: str) -> str:
@@ -501,12 +529,12 @@ class DSpace:
         found = self.bitstream(uuid)
         return found.md5 if found else None
 
-    def verify(self, bitstream: Bitstream, file: Path, local_md5: str | None = None) -> None:
+    def verify(self, bitstream: Bitstream, file: Upload, local_md5: str | None = None) -> None:
         """Raise ChecksumMismatch unless DSpace's MD5 of `bitstream` is the local file's."""
-        expected = local_md5 or file_md5(Path(file))
+        expected = local_md5 or file_md5(file)
         if (bitstream.md5 or "").lower() != expected:
             raise ChecksumMismatch(
-                bitstream.name or Path(file).name,
+                bitstream.name or _name_of(file),
                 expected,
                 bitstream.md5 or "none",
                 bitstream=bitstream.uuid,
@@ -787,9 +815,10 @@ class DSpace:
         self,
         collection: str,
         metadata: dict[str, list[str]],
-        file: Path,
+        file: Upload,
         filename: str,
         *,
+        md5: str | None = None,
         progress: Progress | None = None,
         resume: dict[str, Any] | None = None,
     ) -> Deposit:
@@ -797,10 +826,11 @@ class DSpace:
 
         `progress(stage, checkpoint)` follows each remote stage (workspace, metadata, upload,
         license, deposit); passing the last checkpoint back as `resume` continues after it.
+        `md5`, when given, is the MD5 the stored copy must have (the caller's, taken with its
+        own checks of `file`); otherwise the file's is computed here first.
         """
-        file = Path(file)
-        local_md5 = file_md5(file)
-        size = file.stat().st_size
+        local_md5 = md5 or file_md5(file)
+        size = _size_of(file)
         done, state = self._start("submission", SUBMISSION_STAGES, resume)
         form = self.submission_form(collection)
         owner = form.owner
@@ -958,7 +988,7 @@ class DSpace:
         self,
         ws_id: int,
         workspace: dict[str, Any] | None,
-        file: Path,
+        file: Upload,
         filename: str,
         local_md5: str,
         size: int,
@@ -981,7 +1011,7 @@ class DSpace:
         mime = mimetypes.guess_type(filename)[0] or "application/octet-stream"
 
         def parts(stack: ExitStack) -> dict[str, Any]:
-            handle: BinaryIO = stack.enter_context(file.open("rb"))
+            handle: BinaryIO = stack.enter_context(_reading(file))
             return {"file": (filename, handle, mime)}  # httpx streams the open file
 
         workspace = self._json(
@@ -1009,19 +1039,19 @@ class DSpace:
         self,
         collection: str,
         metadata: dict[str, list[str]],
-        file: Path,
+        file: Upload,
         filename: str,
         *,
+        md5: str | None = None,
         progress: Progress | None = None,
         resume: dict[str, Any] | None = None,
     ) -> Deposit:
         """Create an archived item directly (B2b): administrators only, no form, no workflow.
 
-        Stages reported: item, bundle, bitstream.
+        Stages reported: item, bundle, bitstream. `md5` as for create_by_submission.
         """
-        file = Path(file)
-        local_md5 = file_md5(file)
-        size = file.stat().st_size
+        local_md5 = md5 or file_md5(file)
+        size = _size_of(file)
         done, state = self._start("admin", ADMIN_STAGES, resume)
 
         def report(stage: str, **ids: Any) -> None:
@@ -1080,7 +1110,7 @@ class DSpace:
         return str(created["uuid"])
 
     def _bitstream_once(
-        self, bundle: str, file: Path, filename: str, local_md5: str, size: int
+        self, bundle: str, file: Upload, filename: str, local_md5: str, size: int
     ) -> Bitstream:
         listed = self._json(
             "GET", f"/core/bundles/{bundle}/bitstreams", message=f"list bitstreams of {bundle}"
@@ -1104,7 +1134,7 @@ class DSpace:
         mime = mimetypes.guess_type(filename)[0] or "application/octet-stream"
 
         def parts(stack: ExitStack) -> dict[str, Any]:
-            handle: BinaryIO = stack.enter_context(file.open("rb"))
+            handle: BinaryIO = stack.enter_context(_reading(file))
             return {
                 "file": (filename, handle, mime),  # httpx streams the open file
                 "properties": (None, json.dumps(properties), "application/json"),
@@ -1126,7 +1156,7 @@ class DSpace:
     def _finish(
         self,
         state: dict[str, Any],
-        file: Path,
+        file: Upload,
         filename: str,
         local_md5: str,
         *,

@@ -29,11 +29,11 @@ import re
 import secrets
 import stat
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from ...errors import ConfigError, ShelfworkError
 
@@ -189,6 +189,11 @@ class OpenFile:
             )
         return Fingerprint(size=size, sha256=sha256.hexdigest(), md5=md5.hexdigest())
 
+    def reader(self) -> BinaryIO:
+        """The content as a file object of its own (a duplicate descriptor: close it), for
+        code that reads files, not descriptors, such as an upload."""
+        return open(os.dup(self.fd), "rb")
+
     def close(self) -> None:
         for fd in (self.fd, self.folder_fd):
             with suppress(OSError):
@@ -332,6 +337,12 @@ def _opened(source: OpenFile | Path) -> Iterator[OpenFile]:
         yield opened
     finally:
         opened.close()
+
+
+def open_in_folder(path: Path) -> AbstractContextManager[OpenFile]:
+    """A file in one of our folders (Processed, Error), opened once, its name not followed:
+    what is then checked and read is that one file, whatever happens to its name."""
+    return _opened(path)
 
 
 def fingerprint_of(path: Path) -> Fingerprint:

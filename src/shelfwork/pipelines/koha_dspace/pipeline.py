@@ -22,6 +22,7 @@ from __future__ import annotations
 import glob
 import re
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ import pymarc
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...connectors import RemoteUnavailable
-from ...connectors.dspace import Deposit, DSpace, InProgress, Item, rejection_reason
+from ...connectors.dspace import Deposit, DSpace, InProgress, Item, Upload, rejection_reason
 from ...connectors.koha import KohaRest, KohaStaff, opac_cover_url
 from ...context import StepContext
 from ...errors import ShelfworkError, describe
@@ -46,6 +47,7 @@ from .files import (
     claim_into,
     fingerprint_of,
     move_to_error,
+    open_in_folder,
     open_in_inbox,
 )
 from .marc import (
@@ -387,7 +389,7 @@ def deposit(ctx: StepContext) -> dict[str, Any]:
     # A creation this job started goes on from its checkpoint: looking the item up first would
     # find an admin-path item that has no file yet and take it for finished.
     resume = checkpoint if checkpoint.get("stage") not in (None, CREATING) else None
-    with dspace_client(config) as ds:
+    with dspace_client(config) as ds, ExitStack() as held:
         ds.login()
         if resume is None:
             found = _find_existing(ctx, ds, config, record)
@@ -418,8 +420,13 @@ def deposit(ctx: StepContext) -> dict[str, Any]:
                 "956$3 and 956$y to integrate it again",
             )
         ctx.progress(3, 5, "depositing in DSpace", force=True)
-        file, name = Path(taken["path"]), taken["name"]
-        same_as_taken(taken, fingerprint_of(file).sha256)  # B1: the file take_file took
+        # B1: what is uploaded is read from the descriptor just checked to hold the file
+        # take_file took (its name in Processed is not looked up again), and DSpace's copy must
+        # have that content's MD5, checked right after the upload
+        scan = held.enter_context(open_in_folder(Path(taken["path"])))
+        found = scan.fingerprint()
+        same_as_taken(taken, found.sha256)
+        file, name = held.enter_context(scan.reader()), taken["name"]
         if config.dspace.deposit == "submission" and resume is None:
             result = _create_by_submission(
                 ctx,
@@ -428,6 +435,7 @@ def deposit(ctx: StepContext) -> dict[str, Any]:
                 record["metadata"],
                 file,
                 name,
+                md5=found.md5,
                 adopt=checkpoint.get("path") == "submission",
             )
         else:
@@ -443,6 +451,7 @@ def deposit(ctx: StepContext) -> dict[str, Any]:
                 record["metadata"],
                 file,
                 name,
+                md5=found.md5,
                 progress=lambda stage, data: ctx.save_checkpoint(data),
                 resume=resume,
             )
@@ -555,9 +564,10 @@ def _create_by_submission(
     ds: DSpace,
     config: IntegratorConfig,
     metadata: dict[str, list[str]],
-    file: Path,
+    file: Upload,
     name: str,
     *,
+    md5: str,
     adopt: bool,
 ) -> Deposit:
     """Create through a workspace item, never leaving one behind if the run is killed.
@@ -607,7 +617,13 @@ def _create_by_submission(
         if resume is None:
             ctx.save_checkpoint({"path": "submission", "stage": CREATING})
         return ds.create_by_submission(
-            config.dspace.collection, metadata, file, name, progress=progress, resume=resume
+            config.dspace.collection,
+            metadata,
+            file,
+            name,
+            md5=md5,
+            progress=progress,
+            resume=resume,
         )
     finally:
         release()
