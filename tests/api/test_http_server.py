@@ -41,15 +41,21 @@ def start_server(
     monkeypatch.setattr(PasswordHasher, "n", 2**8)
     running: list[tuple[uvicorn.Server, threading.Thread, socket.socket]] = []
 
-    def start(**overrides: Any) -> Running:
+    def start(*, dual_stack: bool = False, **overrides: Any) -> Running:
+        """`dual_stack`: listen on "::" for IPv4 too, as `serve --host ::` does; an IPv4 client
+        then arrives as an IPv4-mapped IPv6 address (::ffff:127.0.0.1)."""
         engine = make_engine(start=False, **overrides)
         app = create_app(engine)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
+        if dual_stack:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(("::", 0))
+        else:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-        server = uvicorn.Server(
-            http_config(app, engine.settings, "127.0.0.1", port, log_level="warning")
-        )
+        host = "::" if dual_stack else "127.0.0.1"
+        server = uvicorn.Server(http_config(app, engine.settings, host, port, log_level="warning"))
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
         running.append((server, thread, sock))
@@ -185,6 +191,28 @@ def test_x_forwarded_for_is_ignored_by_default(start_server: Start) -> None:
 
 def test_x_forwarded_for_is_believed_from_a_configured_proxy(start_server: Start) -> None:
     site = start_server(trusted_proxies=["127.0.0.1/32"])
+    failed_login_from(site, "203.0.113.9")
+    assert recorded_addresses(site) == {"203.0.113.9"}
+
+
+@pytest.mark.parametrize(
+    "proxies",
+    [["127.0.0.1"], ["127.0.0.0/8"], ["127.0.0.1/8"], ["10.0.0.0/8", "127.0.0.1/24"]],
+    ids=["address", "network", "network-written-with-its-address", "second-entry"],
+)
+def test_every_accepted_way_of_naming_a_proxy_is_believed(
+    start_server: Start, proxies: list[str]
+) -> None:
+    """The setting accepts a network written with host bits (127.0.0.1/8, as `ip addr` shows
+    it); uvicorn would take that for a host name and trust nobody."""
+    site = start_server(trusted_proxies=proxies)
+    failed_login_from(site, "203.0.113.9")
+    assert recorded_addresses(site) == {"203.0.113.9"}
+
+
+def test_a_proxy_is_believed_on_a_dual_stack_socket(start_server: Start) -> None:
+    """Listening on "::" (serve --host ::), the IPv4 proxy arrives as ::ffff:127.0.0.1."""
+    site = start_server(dual_stack=True, trusted_proxies=["127.0.0.1"])
     failed_login_from(site, "203.0.113.9")
     assert recorded_addresses(site) == {"203.0.113.9"}
 

@@ -10,6 +10,7 @@ their last committed step.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -88,7 +89,7 @@ def http_config(
     X-Forwarded-For and X-Forwarded-Proto are believed only from `trusted_proxies`: from anyone
     else they would let a client choose the address its failed logins count against. Every
     request's headers must arrive within `header_timeout` seconds."""
-    proxies = [str(p) for p in settings.trusted_proxies]
+    proxies = forwarded_allow(settings.trusted_proxies)
     protocol = type("H11Protocol", (HeaderDeadline,), {"header_timeout": settings.header_timeout})
     return uvicorn.Config(
         app,
@@ -102,6 +103,21 @@ def http_config(
         timeout_graceful_shutdown=GRACEFUL_HTTP,
         lifespan="off",
     )
+
+
+def forwarded_allow(proxies: list[str]) -> list[str]:
+    """`trusted_proxies` as uvicorn needs them: each entry as a network (uvicorn reads
+    "10.0.0.1/24", a network written with its host bits, as a host name and trusts nobody), and
+    an IPv4 one also as the IPv4-mapped IPv6 network, the form in which a dual-stack socket
+    (`serve --host ::`) reports an IPv4 peer (::ffff:10.0.0.1)."""
+    allowed: list[str] = []
+    for proxy in proxies:
+        network = ipaddress.ip_network(str(proxy).strip(), strict=False)
+        allowed.append(str(network))
+        if network.version == 4:
+            mapped = f"::ffff:{network.network_address}/{96 + network.prefixlen}"
+            allowed.append(str(ipaddress.ip_network(mapped)))
+    return allowed
 
 
 class HeaderDeadline(H11Protocol):
