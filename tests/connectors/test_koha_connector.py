@@ -476,6 +476,25 @@ def test_staff_login_error_never_quotes_the_password_koha_echoes(password: str) 
         assert form not in (caught.value.body or "")
 
 
+def test_staff_page_error_never_quotes_the_session_cookie_koha_echoes() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET" and "cookie" not in request.headers:
+            return httpx.Response(200, html=f"<html><body>{LOGIN_FORM_2405}</body></html>")
+        if request.method == "POST":
+            return httpx.Response(
+                200,
+                html='<html><body><meta name="csrf-token" content="c" />Welcome</body></html>',
+                headers={"Set-Cookie": "CGISESSID=Sess-Secret-987; path=/; HttpOnly"},
+            )
+        return httpx.Response(500, text=f"died; cookie {request.headers['cookie']}")
+
+    staff = KohaStaff("http://koha.invalid", USER, PASSWORD, transport=httpx.MockTransport(answer))
+    with staff, pytest.raises(RemoteUnavailable) as caught:
+        staff.upload_cover(42, jpeg())
+    assert "died" in (caught.value.body or "")
+    assert "Sess-Secret-987" not in str(caught.value)
+
+
 @pytest.mark.parametrize("auth", ["basic", "oauth"])
 def test_rest_error_never_quotes_the_credentials_koha_echoes(auth: str) -> None:
     """A 500 page that echoes the request headers must not carry the Basic credentials or the

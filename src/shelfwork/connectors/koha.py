@@ -34,7 +34,6 @@ from . import (
     RemoteError,
     RemoteRefused,
     error_class,
-    error_for,
     tls_context,
     transport_error,
 )
@@ -444,9 +443,7 @@ class KohaStaff:
                 **answer_of(answer, hide=(self._password,)),
             )
         if answer.status_code >= 400:
-            raise error_class(answer.status_code)(
-                SYSTEM, what, **answer_of(answer, hide=(self._password,))
-            )
+            raise self._error(answer, what)
         document = html_of(answer)
         self._refuse_second_step(document, answer, what)
         if login_form(document) is not None:
@@ -517,7 +514,7 @@ class KohaStaff:
             headers=headers,
         )
         if upload.status_code >= 400:
-            raise error_for(SYSTEM, upload, f"{what}: upload-file.pl")
+            raise self._error(upload, f"{what}: upload-file.pl")
         try:
             result = json.loads(upload.text)
         except ValueError:
@@ -582,7 +579,7 @@ class KohaStaff:
                 raise AuthFailed(
                     SYSTEM, f"{what}: Koha refused the CSRF token", **answer_of(response)
                 )
-            raise error_for(SYSTEM, response, what)
+            raise self._error(response, what)
         document = html_of(response)
         self._refuse_second_step(document, response, what)
         if login_form(document) is not None:
@@ -648,6 +645,12 @@ class KohaStaff:
                 status=page.status_code,
             )
         return None
+
+    def _error(self, response: httpx.Response, what: str) -> RemoteError:
+        """The RemoteError for a staff page's error status, never quoting the password or
+        the session cookie should Koha's error page echo the request."""
+        secrets = (self._password, *(str(value) for value in self._http.cookies.values()))
+        return error_class(response.status_code)(SYSTEM, what, **answer_of(response, hide=secrets))
 
     def _request(self, method: str, url: str, what: str, **kwargs: Any) -> httpx.Response:
         try:
