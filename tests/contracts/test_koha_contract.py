@@ -1,7 +1,8 @@
 """Contract tests of the emulated Koha against Koha's own tests and templates.
 
 Every expectation here is taken from Koha-Community/Koha (read through the stored index; the
-commit is named where the behaviour differs between versions), never from our client:
+commit is named where the behaviour differs between versions) and the libraries whose behaviour
+Koha's answers are made of, never from our client:
 
 * `t/db_dependent/api/v1/auth_basic.t` and `Koha/REST/V1/Auth.pm` (`under`,
   `authenticate_api_request`, `_basic_auth`) for REST authentication;
@@ -11,8 +12,12 @@ commit is named where the behaviour differs between versions), never from our cl
   biblios;
 * `koha-tmpl/intranet-tmpl/prog/en/modules/tools/upload-images.tt` and
   `tools/upload-cover-image.pl` for the cover upload page;
-* `koha-tmpl/intranet-tmpl/prog/en/modules/auth.tt`, `includes/auth-two-factor.inc` and
-  `C4/Auth.pm` (`checkauth`) for the two-factor prompt.
+* `koha-tmpl/intranet-tmpl/prog/en/modules/auth.tt`, `includes/auth-two-factor.inc`,
+  `C4/Auth.pm` (`checkauth`) and `t/db_dependent/Auth.t` for the login page and the two-factor
+  prompt;
+* Mojolicious (`respond_to`, `accepts`, Types `detect`), Mojolicious::Plugin::OpenAPI 5.09
+  (`_render`) and JSON::Validator (OpenAPIv2 `_validate_body`, `negotiate_content_type`,
+  Error) for the Accept handling, MARC::Record (`MARC::File::USMARC::decode`) for ISO 2709.
 
 An emulator that drifts from these shapes fails here. Marks as in the contract notes: [V]
 read in the source, [P] seen in a fork or one version only.
