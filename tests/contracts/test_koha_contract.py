@@ -558,8 +558,9 @@ def test_cover_error_is_text_in_div_alert_warning_without_a_code(koha: Koha) -> 
 
 
 def test_cover_error_on_older_releases_is_a_dialog_alert(make_koha: Callable[..., Koha]) -> None:
-    """upload-images.tt before Bootstrap 5 (Koha-Community 0ad9220): 'Image upload results :'
-    in a <p>, the error in div.dialog.alert with <b>. That 22.11 still had this markup is [P].
+    """upload-images.tt of the YUI era (Koha-Community 0ad9220, ~17.x): 'Image upload results :'
+    in a <p>, the error in div.dialog.alert with <b>. No 20.x-23.x copy is in the index, so
+    that 22.11 still had this markup is [U]; the connector reads both markups and any text.
     upload-cover-image.pl (01d5cfc): with replace, an unknown biblionumber dies inside the eval
     → DBERR, 'Unable to save image to database.'. [V]"""
     koha = make_koha("22.11")

@@ -1325,8 +1325,9 @@ class KohaApp:
     def cover_results(self, biblionumber: int | None, total: int, error: str | None) -> str:
         """A4 upload-images.tt under `uploadimage`: the error is shown only as its text, two
         sentences around a <br />, never as its code. Main (Koha-Community 03b15b8, [V]):
-        `#upload_results` with div.alert.alert-warning and <strong>. Older (0ad9220, [V]; that
-        22.11 still had it is [P]): a <ul> with div.dialog.alert and <b>."""
+        `#upload_results` with div.alert.alert-warning and <strong>. Older (0ad9220, YUI era
+        ~17.x, [V]; that 22.11 still had it is [U], no 20.x-23.x copy was found): a <ul> with
+        div.dialog.alert and <b>."""
         text = ""
         if error is not None:
             first, second = COVER_ERRORS.get(error, UNKNOWN_COVER_ERROR)
