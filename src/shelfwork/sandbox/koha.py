@@ -100,7 +100,9 @@ UNKNOWN_COVER_ERROR = (
     "Please review the error log for more details.",
 )
 
-# A1 [V] Koha/REST/Plugin/Exceptions.pm `unhandled_exception`: any exception in a controller
+# A1 [V] Koha/REST/Plugin/Exceptions.pm `unhandled_exception` (Koha-Community 011a85d): any
+# exception in a controller. Older controllers answered without error_code [P]; clients must
+# not depend on it
 INTERNAL_ERROR = {
     "error": "Something went wrong, check Koha logs for details.",
     "error_code": "internal_server_error",
