@@ -819,3 +819,21 @@ def test_the_workspace_note_keeps_what_to_do_within_956z() -> None:
         assert len(note) <= MAX_NOTE, (len(note), note)
         assert note.endswith("then integrate again"), note
         assert "workspace item 123456" in note
+
+
+def test_a_note_about_an_unreachable_repository_names_no_internal_url() -> None:
+    """A request that got no answer (refused, timed out) is quoted with its method and URL but no
+    status; 956$z must not carry the repository's internal address either."""
+    import httpx
+
+    from shelfwork.connectors import transport_error
+    from shelfwork.pipelines.koha_dspace.pipeline import short_note
+
+    request = httpx.Request("GET", "http://dspace.internal:8080/server/api/core/items/x")
+    refused = transport_error(
+        "DSpace", httpx.ConnectError("[Errno 111] Connection refused", request=request), "read x"
+    )
+    text = f"critical branch 'dspace' failed: step 'deposit' failed after 4 attempt(s): {refused}"
+    note = short_note(text)
+    assert "dspace.internal" not in note and "/server/api" not in note, note
+    assert note.startswith("dspace (4 tries): DSpace: read x: ConnectError"), note

@@ -105,7 +105,9 @@ _STEP_PREFIX = re.compile(
     r"^(?:(?:critical|optional) branch '(?P<branch>[^']+)' failed: )?"
     r"step '(?P<step>[^']+)' failed after (?P<n>\d+) attempt\(s\): ",
 )
-_REQUEST = re.compile(r" \((?:GET|POST|PUT|PATCH|DELETE) \S+ -> (HTTP \d+)\)")
+# the request a remote error names, "(GET <url> -> HTTP nnn)", or "(GET <url>)" when it got no
+# answer: the URL is internal, the status is kept
+_REQUEST = re.compile(r" \((?:GET|POST|PUT|PATCH|DELETE) \S+(?: -> (HTTP \d+))?\)")
 # the answer a remote error quotes after "(HTTP nnn): ", when it is a JSON or HTML document
 _ANSWER = re.compile(r"(\(HTTP \d+\)): ([{<\[].*)$", re.S)
 _JSON_MESSAGES = tuple(
@@ -121,7 +123,7 @@ def short_note(text: str) -> str:
         tries = int(match["n"])
         where = match["branch"] or match["step"]
         text = f"{where}{f' ({tries} tries)' if tries > 1 else ''}: {text[match.end() :]}"
-    text = _REQUEST.sub(r" (\1)", text)
+    text = _REQUEST.sub(lambda m: f" ({m[1]})" if m[1] else "", text)
     answer = _ANSWER.search(text)
     if answer:  # a cataloguer needs the remote's message, not its JSON or HTML
         found = (pattern.search(answer.group(2)) for pattern in _JSON_MESSAGES)
