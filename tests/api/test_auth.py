@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import threading
 from datetime import datetime, timedelta
 
 import pytest
@@ -458,6 +459,90 @@ def test_an_address_guessing_many_users_is_capped(api_for: ApiFactory, fast_hash
     clock.advance(901)
     with pytest.raises(LoginRefused):  # the window passed: the address may try again
         auth.login("eve", "Winter2026!", sprayer)
+
+
+def test_an_ipv6_client_counts_as_its_whole_64_network(
+    api_for: ApiFactory, fast_hashing: None
+) -> None:
+    """One IPv6 client holds a whole /64 (2^64 addresses): counted per address, it could take a
+    fresh one for every guess and never wait. An IPv4 client reaching a dual-stack socket
+    arrives IPv4-mapped (::ffff:a.b.c.d) and is the same address as without the mapping."""
+    auth, _clock = limited_auth(api_for, login_max_failures=3, login_max_failures_per_ip=5)
+    for host in ("2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:aaaa::3"):
+        with pytest.raises(LoginRefused):
+            auth.login("admin", "a guess", host)
+    with pytest.raises(LoginThrottled):
+        auth.login("admin", "a guess", "2001:db8:1:2:ffff:ffff:ffff:fffe")
+    with pytest.raises(LoginRefused):  # another /64 is another client
+        auth.login("admin", "a guess", "2001:db8:1:3::1")
+    for name in ("ann", "ben"):  # the /64 reaches its cap of 5 failures, whatever the user
+        with pytest.raises(LoginRefused):
+            auth.login(name, "a guess", f"2001:db8:1:2::{len(name)}:{name[0]}")
+    with pytest.raises(LoginThrottled):
+        auth.login("cat", "a guess", "2001:db8:1:2::cafe")
+
+    for _ in range(3):
+        with pytest.raises(LoginRefused):
+            auth.login("admin", "a guess", "198.51.100.7")
+    with pytest.raises(LoginThrottled):
+        auth.login("admin", "a guess", "::ffff:198.51.100.7")
+
+
+def test_guesses_sent_at_once_cannot_outrun_the_limit(
+    backend: str, api_for: ApiFactory, fast_hashing: None
+) -> None:
+    """A try is counted as failed before its password is checked (and turned into a success if
+    it was right): otherwise every guess sent while the first were being checked (scrypt takes a
+    while; the server checks up to 40 at once) would pass the limit's check."""
+    auth, _clock = limited_auth(api_for, login_max_failures=1, login_max_failures_per_ip=100)
+    checking, go_on = threading.Event(), threading.Event()
+    real_verify = auth.users.verify
+    first = True
+
+    def slow_verify(name: str, password: str) -> object:
+        nonlocal first
+        if first:
+            first = False
+            checking.set()
+            assert go_on.wait(10)
+        return real_verify(name, password)
+
+    auth.users.verify = slow_verify  # type: ignore[method-assign]
+    outcome: list[BaseException] = []
+
+    def guess() -> None:
+        try:
+            auth.login("admin", "a guess", "198.51.100.8")
+        except BaseException as exc:  # the test looks at what it was
+            outcome.append(exc)
+
+    first_guess = threading.Thread(target=guess)
+    first_guess.start()
+    assert checking.wait(10)
+    try:
+        with pytest.raises(LoginThrottled):  # sent while the first is being checked
+            auth.login("admin", "a guess", "198.51.100.8")
+    finally:
+        go_on.set()
+        first_guess.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], LoginRefused)
+
+
+def test_a_right_password_counted_first_as_a_failure_is_a_success(
+    api_for: ApiFactory, fast_hashing: None
+) -> None:
+    auth, clock = limited_auth(api_for, login_max_failures=2, login_max_failures_per_ip=100)
+    here = "192.0.2.40"
+    with pytest.raises(LoginRefused):
+        auth.login("admin", "a guess", here)
+    clock.advance(1)
+    assert auth.login("admin", "the admin's password", here)[0].name == "admin"
+    clock.advance(1)
+    for _ in range(2):  # the success ended the count: two free failures again
+        with pytest.raises(LoginRefused):
+            auth.login("admin", "a guess", here)
+    with pytest.raises(LoginThrottled):
+        auth.login("admin", "a guess", here)
 
 
 def test_login_page_next_stays_on_this_site() -> None:

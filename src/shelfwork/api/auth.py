@@ -22,7 +22,7 @@ token) may only call /integrate and /status.
 - Failed logins are counted in the database per (user name, client address), which backs off
   (a growing wait, never a lock another address could impose), and per client address, which is
   capped; a login that must wait is refused with 429 and Retry-After before the password is
-  checked (LoginLimiter).
+  checked (LoginLimiter). An IPv6 client is counted as its /64 network (it holds all of it).
 
 Secrets (tokens, passwords, cookies) are never logged and never stored in the clear.
 """
@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import logging
 import re
 import secrets
@@ -47,7 +48,7 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
-from ..store.database import Store, utcnow
+from ..store.database import LOGIN_LOCK, Store, utcnow
 from ..store.models import ApiToken, LoginAttempt, User, UserSession
 from .errors import AccessError, ApiError
 
@@ -531,6 +532,11 @@ class LoginLimiter:
     - Per client address, whatever the user name: past `max_failures_per_ip` failures within the
       window the address waits until the oldest leaves it (spraying one password over many
       names is capped).
+
+    A client address is what `client_address` makes of it (an IPv6 client is its /64). A try is
+    counted as failed before its password is checked, in the transaction that checked the limits
+    (`admit`), and becomes a success afterwards if it was one (`succeeded`): checking a password
+    takes a while, and tries sent meanwhile must see the ones before them.
     """
 
     def __init__(
@@ -554,47 +560,78 @@ class LoginLimiter:
 
     def retry_after(self, username: str, ip: str) -> float | None:
         """Seconds until a login for (username, ip) may be tried again, or None if it may now."""
-        now = self.clock()
-        since = now - self.window
-        user, address = username[:200], ip[:64]
-        pair = (attempts_t.c.username == user, attempts_t.c.ip == address)
-        waits = []
         with self.store.read() as conn:
-            last_ok = conn.execute(
-                select(func.max(attempts_t.c.at)).where(*pair, attempts_t.c.ok.is_(True))
-            ).scalar()
-            failed = select(func.count(), func.max(attempts_t.c.at)).where(
-                *pair, attempts_t.c.ok.is_(False), attempts_t.c.at > since
-            )
-            if last_ok is not None:
-                failed = failed.where(attempts_t.c.at > _aware(last_ok))
-            count, last = conn.execute(failed).one()
-            if count >= self.max_failures and last is not None:
-                delay = min(self.backoff_max, self.backoff * 2.0 ** (count - self.max_failures))
-                waits.append((_aware(last) + timedelta(seconds=delay) - now).total_seconds())
-            # The limit-th most recent failure from the address leaves the window first.
-            oldest = conn.execute(
-                select(attempts_t.c.at)
-                .where(attempts_t.c.ip == address, attempts_t.c.ok.is_(False))
-                .where(attempts_t.c.at > since)
-                .order_by(attempts_t.c.at.desc())
-                .offset(self.max_failures_per_ip - 1)
-                .limit(1)
-            ).scalar()
-            if oldest is not None:
-                waits.append((_aware(oldest) + self.window - now).total_seconds())
-        wait = max(waits, default=0.0)
-        return wait if wait > 0 else None
+            return self._wait(conn, username[:200], client_address(ip), self.clock())
 
-    def record(self, username: str, ip: str, ok: bool) -> None:
-        now = self.clock()
-        with self.store.write() as conn:
+    def admit(self, username: str, ip: str) -> int:
+        """Count a try as failed, or raise LoginThrottled if it must wait; returns the try's id
+        for `succeeded`. Serialised (an advisory lock on PostgreSQL, the write lock on SQLite),
+        so tries sent at once each see the ones before them."""
+        user, address, now = username[:200], client_address(ip), self.clock()
+        with self.store.write(serialize=LOGIN_LOCK) as conn:
+            wait = self._wait(conn, user, address, now)
+            if wait is not None:
+                raise LoginThrottled(wait)
             # Older attempts no longer count: a success before the window only ends failures
             # that are outside it too.
             conn.execute(delete(attempts_t).where(attempts_t.c.at < now - self.window))
-            conn.execute(
-                insert(attempts_t).values(at=now, username=username[:200], ip=ip[:64], ok=ok)
-            )
+            attempt: int = conn.execute(
+                insert(attempts_t)
+                .values(at=now, username=user, ip=address, ok=False)
+                .returning(attempts_t.c.id)
+            ).scalar_one()
+        return attempt
+
+    def succeeded(self, attempt: int) -> None:
+        """The try `admit` counted was the right password."""
+        with self.store.write() as conn:
+            conn.execute(update(attempts_t).where(attempts_t.c.id == attempt).values(ok=True))
+
+    def _wait(self, conn: Any, user: str, address: str, now: datetime) -> float | None:
+        """The wait `retry_after` says, read through `conn`."""
+        since = now - self.window
+        pair = (attempts_t.c.username == user, attempts_t.c.ip == address)
+        waits = []
+        last_ok = conn.execute(
+            select(func.max(attempts_t.c.at)).where(*pair, attempts_t.c.ok.is_(True))
+        ).scalar()
+        failed = select(func.count(), func.max(attempts_t.c.at)).where(
+            *pair, attempts_t.c.ok.is_(False), attempts_t.c.at > since
+        )
+        if last_ok is not None:
+            failed = failed.where(attempts_t.c.at > _aware(last_ok))
+        count, last = conn.execute(failed).one()
+        if count >= self.max_failures and last is not None:
+            delay = min(self.backoff_max, self.backoff * 2.0 ** (count - self.max_failures))
+            waits.append((_aware(last) + timedelta(seconds=delay) - now).total_seconds())
+        # The limit-th most recent failure from the address leaves the window first.
+        oldest = conn.execute(
+            select(attempts_t.c.at)
+            .where(attempts_t.c.ip == address, attempts_t.c.ok.is_(False))
+            .where(attempts_t.c.at > since)
+            .order_by(attempts_t.c.at.desc())
+            .offset(self.max_failures_per_ip - 1)
+            .limit(1)
+        ).scalar()
+        if oldest is not None:
+            waits.append((_aware(oldest) + self.window - now).total_seconds())
+        wait = max(waits, default=0.0)
+        return wait if wait > 0 else None
+
+
+def client_address(host: str) -> str:
+    """The address failed logins count against. An IPv6 client as its /64 network: one client
+    (a home, a host, a cloud instance) holds a whole /64 and could take a fresh address for every
+    guess. An IPv4-mapped address (how a dual-stack socket shows an IPv4 peer) as the IPv4 one."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host[:64]  # not an IP address: a test client's name, a Unix socket
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
+    return str(address)
 
 
 def _aware(value: Any) -> datetime:
@@ -627,15 +664,16 @@ class Auth:
     def login(self, username: str, password: str, ip: str) -> tuple[Principal, str]:
         """Check a login; returns the principal and the session cookie value.
         Raises LoginThrottled (too many failures) or LoginRefused (wrong name or password)."""
-        wait = self.limiter.retry_after(username, ip)
-        if wait is not None:
+        try:
+            attempt = self.limiter.admit(username, ip)
+        except LoginThrottled:
             log.warning("login for %r from %s refused: too many failures", username[:200], ip)
-            raise LoginThrottled(wait)
+            raise
         user = self.users.verify(username, password)
-        self.limiter.record(username, ip, ok=user is not None)
         if user is None:
             log.info("failed login for %r from %s", username[:200], ip)
             raise LoginRefused("wrong user name or password")
+        self.limiter.succeeded(attempt)
         cookie, csrf = self.sessions.create(user)
         log.info("user %s logged in from %s", user.name, ip)
         return Principal("user", user.id, user.name, user.role, csrf_token=csrf), cookie

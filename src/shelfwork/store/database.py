@@ -29,6 +29,7 @@ from .models import Base
 # Keys for pg_advisory_xact_lock: one per decision that must be serialised cluster-wide.
 ADMISSION_LOCK = 0x5E1F_0001
 SCHEDULE_LOCK = 0x5E1F_0002
+LOGIN_LOCK = 0x5E1F_0003
 
 
 def utcnow() -> datetime:
