@@ -140,6 +140,26 @@ def test_each_route_needs_its_role(shared_api: Api, method: str, path: str) -> N
             assert r.status_code not in (401, 403), (role, r.text)
 
 
+def test_the_integrator_token_reaches_only_integrate_and_status(shared_api: Api) -> None:
+    """The Koha button's token sits in every staff browser: beyond /integrate and /status it
+    gets nothing, not the job list, events, dead letters, pipelines or any dashboard page."""
+    api = shared_api
+    _, secret = api.client.app.state.auth.tokens.create("integrator", "button-probe")  # type: ignore[attr-defined]
+    button = {"Authorization": f"Bearer {secret}"}
+    for method, path in sorted(ROUTES):
+        body = {"json": {}} if method in ("POST", "PUT") else {}
+        answer = api.client.request(method, concrete(path), headers=button, **body)
+        if path in ("/integrate", "/status/{task_id}"):
+            assert answer.status_code not in (401, 403), (method, path, answer.text)
+        else:
+            assert answer.status_code == 403, (method, path, answer.text)
+    for page in ("/", "/admission", "/dead-letters", "/networks", "/search", "/charts"):
+        answer = api.client.get(page, headers=button, follow_redirects=False)
+        assert answer.status_code == 303 and answer.headers["location"].startswith("/login")
+    for fragment in ("/fragments/jobs", "/fragments/job-counts", "/fragments/jobs/1"):
+        assert api.client.get(fragment, headers=button).status_code == 401
+
+
 def test_health_and_metrics_need_no_token(api_for: ApiFactory) -> None:
     api = api_for(start=True)
     assert api.client.get("/healthz").status_code == 200
