@@ -664,7 +664,12 @@ def test_bitstream_properties_are_not_checked_against_the_bytes(env: Env) -> Non
         "/core/items",
         201,
         params={"owningCollection": env.collection},
-        json={"name": "Direct", "metadata": {"dc.title": [{"value": "Direct"}]}},
+        json={
+            "name": "Direct",
+            "metadata": {"dc.title": [{"value": "Direct"}]},
+            "inArchive": True,
+            "discoverable": True,
+        },
     )
     bundle = admin.json(
         "POST", f"/core/items/{item['uuid']}/bundles", 201, json={"name": "ORIGINAL"}
@@ -705,3 +710,30 @@ def test_bitstream_properties_are_not_checked_against_the_bytes(env: Env) -> Non
         ],
     )
     assert two.status_code == 422
+
+
+def test_creating_an_item_directly_needs_in_archive_and_a_known_collection(env: Env) -> None:
+    """ItemRestRepository.createAndReturn (7_x and 8_x) reads the body as an ItemRest, whose
+    inArchive defaults to false, and refuses inArchive false with a DSpaceBadRequestException (400,
+    ItemRestRepositoryIT.testCreateItemInArchiveFalseBadRequestException); an owningCollection that
+    names no collection is 400 too ("The given owningCollection parameter is invalid",
+    …testCreateItemInvalidCollectionBadRequestException)."""
+    admin = Session(env, ADMIN)
+    body = {"metadata": {"dc.title": [{"value": "Direct"}]}}
+    for extra in ({}, {"inArchive": False}):
+        answer = admin.call(
+            "POST",
+            "/core/items",
+            params={"owningCollection": env.collection},
+            json={**body, **extra},
+        )
+        assert answer.status_code == 400, extra
+    unknown = admin.call(
+        "POST",
+        "/core/items",
+        params={"owningCollection": "00000000-0000-4000-8000-000000000000"},
+        json={**body, "inArchive": True},
+    )
+    assert unknown.status_code == 400
+    assert unknown.json()["message"].startswith("The given owningCollection parameter is invalid")
+    assert env.state.items == {}

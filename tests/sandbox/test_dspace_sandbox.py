@@ -564,7 +564,7 @@ def test_b2b_unregistered_field_is_422(env: Env) -> None:
         "POST",
         "/core/items",
         params={"owningCollection": env.open_collection},
-        json={"metadata": {"dc.nonsense": [{"value": "x"}]}},
+        json={"metadata": {"dc.nonsense": [{"value": "x"}]}, "inArchive": True},
     )
     assert "dc.nonsense" in assert_error_shape(response, 422)["message"]
 

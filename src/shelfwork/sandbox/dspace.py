@@ -1804,14 +1804,24 @@ def check_registry(state: DSpaceState, metadata: Any) -> MetadataMap:
 
 
 async def create_item(ctx: Ctx) -> Response:
-    """B2b [V]: JSON item -> 201 item, archived (installItem), so handle and uri are set."""
+    """B2b [V]: JSON item -> 201 item, archived (installItem), so handle and uri are set.
+
+    ItemRestRepository.createAndReturn (7_x and 8_x): an ItemRest's inArchive defaults to false,
+    and false is a DSpaceBadRequestException (400); so is an owningCollection naming no collection
+    (ItemRestRepositoryIT.testCreateItemInArchiveFalseBadRequestException,
+    …InvalidCollectionBadRequestException)."""
     ctx.need_admin()
     body = await json_body(ctx.request)
     if not isinstance(body, dict):
         raise ApiError(422, "The item must be a JSON object")
+    if body.get("inArchive") is not True:
+        raise ApiError(400, "InArchive attribute should not be set to false for the create")
     state = ctx.state
     with state.lock:
-        collection = find_collection(state, ctx.request)
+        wanted = ctx.request.query_params.get("owningCollection", "")
+        if wanted not in state.collections:
+            raise ApiError(400, f"The given owningCollection parameter is invalid: {wanted}")
+        collection = state.collections[wanted]
         metadata = check_registry(state, body.get("metadata"))
         if "dc.title" not in metadata and isinstance(body.get("name"), str) and body["name"]:
             metadata["dc.title"] = [value_object(body["name"])]
