@@ -537,6 +537,8 @@ def _find_existing(
 
 #: how much of a reviewer's reason goes into 956$z at most
 REASON_CHARS = 60
+#: what a failed job's note puts first ("dspace: biblio <n>: ", see short_note)
+JOB_NOTE_PREFIX = len("dspace: biblio 2147483647: ")
 
 
 def parked_note(item: Item, where: InProgress, user: str, *, rejected: bool = False) -> str:
@@ -553,7 +555,7 @@ def parked_note(item: Item, where: InProgress, user: str, *, rejected: bool = Fa
         )
     tail = f"; back {place}: deposit it again there or discard it, then integrate again"
     head = "rejected in DSpace review"
-    room = min(REASON_CHARS, MAX_NOTE - len(head) - len(tail) - 2)
+    room = min(REASON_CHARS, MAX_NOTE - JOB_NOTE_PREFIX - len(head) - len(tail) - 2)
     if reason and room >= 12:
         if len(reason) > room:
             reason = reason[: room - 1].rstrip() + "…"
