@@ -291,3 +291,28 @@ def test_with_the_real_pipeline_no_credentials_paths_or_urls_reach_the_button(
     missing = api.client.get(tasks[1003]["status_url"], headers=button).json()
     assert "taking the scan named in 956$u" in missing["error"]
     assert "missing.pdf" in missing["error"]  # the cataloguer's own 956$u, to check
+
+
+def test_the_note_written_into_koha_names_no_address_and_quotes_no_remote_answer(
+    api_for: ApiFactory, peers: Peers, tmp_path: Path
+) -> None:
+    """On a failure the pipeline writes why into the record's 956$z, which every cataloguer
+    reads: where it stopped, in the pipeline's words, and the HTTP status; DSpace's answer and
+    its address stay in the job, for the administrator."""
+    from shelfwork.pipelines import koha_dspace
+    from shelfwork.pipelines.koha_dspace.demo import cases, seed_books
+    from shelfwork.pipelines.koha_dspace.marc import integration_state, parse_marcxml
+
+    seed_books(peers, tmp_path, [c for c in cases() if c.book.biblionumber == 1001])
+    table = peers.integrator_config(tmp_path)
+    api = api_for(pipelines=koha_dspace.PIPELINES, systems={"koha-dspace": table}, start=True)
+    peers.dspace.fail_next(1, 422, "/authn/login")  # answered with DSpace's problem JSON
+    task = api.client.post("/integrate", json={"biblionumber": 1001}, headers=api.operator)
+    full = wait_final(api, task.json()["task_id"], api.viewer)
+    assert full["status"] == "error", full
+    assert "Injected fault" in full["error"] and "/server/api" in full["error"]  # the job keeps it
+    note = integration_state(parse_marcxml(peers.koha.record(1001), biblionumber=1001))
+    assert note.status == "error" and note.message is not None
+    assert "(HTTP 422)" in note.message, note.message
+    for internal in ("Injected fault", "127.0.0.1", "http", "/server/api", str(tmp_path)):
+        assert internal not in note.message, (internal, note.message)

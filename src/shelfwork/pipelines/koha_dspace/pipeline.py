@@ -108,28 +108,29 @@ _STEP_PREFIX = re.compile(
 # the request a remote error names, "(GET <url> -> HTTP nnn)", or "(GET <url>)" when it got no
 # answer: the URL is internal, the status is kept
 _REQUEST = re.compile(r" \((?:GET|POST|PUT|PATCH|DELETE) \S+(?: -> (HTTP \d+))?\)")
-# the answer a remote error quotes after "(HTTP nnn): ", when it is a JSON or HTML document
-_ANSWER = re.compile(r"(\(HTTP \d+\)): ([{<\[].*)$", re.S)
-_JSON_MESSAGES = tuple(
-    re.compile(rf'"{key}"\s*:\s*"((?:[^"\\]|\\.)*)"') for key in ("message", "error")
+# what a remote error quotes of the answer, after "(HTTP nnn): ", to the end: for the job only
+_ANSWER = re.compile(r"(\(HTTP \d+\)): .*$", re.S)
+# addresses left in a message: URLs and IPv4 addresses (with a port), and server paths (only
+# the file's own name is kept)
+_ADDRESS = re.compile(
+    r"(?i)\b[a-z][a-z0-9+.\-]*://[^\s'\"<>()]+|\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b"
 )
+_PATH = re.compile(r"(?<![\w.~:/\]])/(?:[^\s/'\"]+/)+([^\s/'\"]+)")
 
 
 def short_note(text: str) -> str:
     """A job error or warning as a cataloguer reads it in 956$z (which holds about 250
-    characters): the step and the remote's answer first, without the engine's wording or URLs."""
+    characters and every cataloguer reads): the step and the pipeline's own words, without the
+    engine's wording, internal addresses (URLs, IP addresses, server paths) or what a remote
+    answered (its stack trace or database host); the job keeps those for the administrator."""
     match = _STEP_PREFIX.match(text)
     if match:
         tries = int(match["n"])
         where = match["branch"] or match["step"]
         text = f"{where}{f' ({tries} tries)' if tries > 1 else ''}: {text[match.end() :]}"
     text = _REQUEST.sub(lambda m: f" ({m[1]})" if m[1] else "", text)
-    answer = _ANSWER.search(text)
-    if answer:  # a cataloguer needs the remote's message, not its JSON or HTML
-        found = (pattern.search(answer.group(2)) for pattern in _JSON_MESSAGES)
-        said = next((match.group(1) for match in found if match), None)
-        text = text[: answer.start()] + answer.group(1) + (f": {said}" if said else "")
-    return text
+    text = _ANSWER.sub(r"\1", text)
+    return _PATH.sub(r"\1", _ADDRESS.sub("[address]", text))
 
 
 # --- remotes ------------------------------------------------------------------------------------
@@ -734,7 +735,10 @@ def on_failure(ctx: StepContext, exc: BaseException) -> None:
                 "error": reason,
             },
         )
-        ctx.log.warning(f"biblio {n}: {path.name} moved to {moved} (see its .error.json)")
+        ctx.log.warning(  # viewers read the log: the file's name, not the server's folders
+            f"biblio {n}: {path.name} moved to the Error folder as {moved.name} "
+            "(see its .error.json)"
+        )
     record = ctx.results.get("fetch_record") or {}
     deposited = ctx.results.get("deposit") or {}
     uuid = deposited.get("uuid") or record.get("uuid")
