@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import hashlib
 import json
 import os
 import struct
@@ -26,7 +27,9 @@ import pytest
 
 from shelfwork.config import Settings
 from shelfwork.errors import ShelfworkError
+from shelfwork.pipelines.koha_dspace import files
 from shelfwork.pipelines.koha_dspace.config import SYSTEM
+from shelfwork.pipelines.koha_dspace.files import FileRejected, open_in_inbox
 from shelfwork.pipelines.koha_dspace.marc import integration_state, parse_marcxml
 from shelfwork.pipelines.koha_dspace.pipeline import (
     check_file,
@@ -399,6 +402,49 @@ def test_a_symlink_swap_in_a_loop_never_reaches_outside(scene: Scene) -> None:
     assert sum(outcomes.values()) == ROUNDS
 
 
+def test_a_fifo_in_the_inbox_is_refused_without_being_opened(tmp_path: Path) -> None:
+    """Opening a FIFO would release a writer blocked in its own open (and a device's open can
+    act on the device): the entry is looked at before anything is opened."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    os.mkfifo(inbox / "pipe.pdf")
+    watch = OutsideWatch(inbox)
+    with pytest.raises(FileRejected) as refused, open_in_inbox(inbox, "pipe.pdf"):
+        pass
+    assert refused.value.reason == "not a regular file"
+    assert [seen for seen in watch.events() if seen.startswith("pipe.pdf")] == []
+
+
+def test_take_file_waits_for_a_copy_still_arriving(
+    scene: Scene, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scan grows while take_file hashes it: it is hashed again after pdf_retry_delay, and
+    what is recorded (and moved) is the whole file."""
+    scene.put_scan(1)
+    path = scene.inbox / "shelf" / "scan.pdf"
+    whole = scene.inside_pdf(1) + b"% the rest of the copy\n"
+    real_pread = os.pread
+    grown: list[bool] = []
+
+    def pread_while_copying(fd: int, size: int, offset: int) -> bytes:
+        chunk = real_pread(fd, size, offset)
+        if not grown:
+            grown.append(True)
+            with path.open("ab") as out:
+                out.write(b"% the rest of the copy\n")
+        return chunk
+
+    monkeypatch.setattr(files.os, "pread", pread_while_copying)
+    step = Step(scene, at_checkpoint=lambda: None)
+    slept: list[float] = []
+    step.sleep = slept.append  # type: ignore[method-assign]
+    taken = take_file(step)  # type: ignore[arg-type]
+    assert slept == [0]
+    assert taken["sha256"] == hashlib.sha256(whole).hexdigest()
+    assert step.checkpoint["sha256"] == taken["sha256"]
+    assert Path(taken["path"]).read_bytes() == whole
+
+
 def test_the_watch_sees_a_read(tmp_path: Path) -> None:
     """The inotify watch the tests above rely on does see a plain read of an outside file."""
     (tmp_path / "secret.pdf").write_bytes(b"x")
@@ -466,6 +512,8 @@ def _fails_into_error(step: PipelineStep, refused: ShelfworkError, tmp_path: Pat
     ]
     note = json.loads((tmp_path / "error" / f"book-{n}_v01.pdf.error.json").read_text())
     assert "is not the file taken from the inbox" in note["error"]["error"]
+    # the job's log is read by viewers: it names the file, not the server's folders
+    assert step.warned and all(str(tmp_path) not in warned for warned in step.warned)
     assert list((tmp_path / "processed").iterdir()) == []
 
 

@@ -193,6 +193,28 @@ def test_a_fifo_put_in_place_after_the_look_is_refused_without_hanging(
     assert refusal(inbox, "scan.pdf").reason == "not a regular file"
 
 
+def test_a_symlink_put_in_place_after_the_look_is_not_followed(
+    inbox: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The entry was a file when looked at and a symlink to a file outside when opened: the
+    open itself does not follow it."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.pdf").write_bytes(b"%PDF secret")
+    real_open = os.open
+
+    def swap_then_open(path: object, flags: int, *args: object, **kwargs: object) -> int:
+        if path == "scan.pdf" and not (inbox / "scan.pdf").is_symlink():
+            os.unlink(inbox / "scan.pdf")
+            os.symlink(outside / "secret.pdf", inbox / "scan.pdf")
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(files.os, "open", swap_then_open)
+    refused = refusal(inbox, "scan.pdf")
+    assert isinstance(refused, PathOutsideInbox)
+    assert refused.reason.startswith("scan.pdf is a symbolic link;")
+
+
 def test_a_folder_swapped_back_while_it_was_opened(
     inbox: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -206,6 +228,44 @@ def test_a_folder_swapped_back_while_it_was_opened(
 
     monkeypatch.setattr(files.os, "open", open_meeting_a_swap)
     assert refusal(inbox, "2024/May/книга 1.pdf").reason == "2024 changed while it was being opened"
+
+
+def test_a_name_too_long_for_its_versions_is_refused_before_anything_is_moved(
+    inbox: Path,
+) -> None:
+    """Processed adds `_vNN`, Error `-N` and `.error.json`: a name that leaves no room for them
+    within the 255 bytes file systems allow is refused with a reason a cataloguer can act on
+    (before, it failed with a raw OSError, or its error note could not be written)."""
+    name = "к" * 120 + ".pdf"  # 244 bytes in UTF-8: a name on disk, but no room for "-2.error.json"
+    (inbox / name).write_bytes(b"%PDF-1.4 long")
+    refused = refusal(inbox, name)
+    assert str(refused) == (
+        f"file {name!r} refused: its name is too long (244 bytes in UTF-8, at most "
+        f"{files.MAX_NAME_BYTES}): give the file a shorter name"
+    )
+    assert (inbox / name).exists()
+
+
+def test_the_longest_name_allowed_gets_its_versions_and_its_error_note(
+    inbox: Path, tmp_path: Path
+) -> None:
+    stem = "к" * ((files.MAX_NAME_BYTES - 4) // 2)
+    stem += "X" * (files.MAX_NAME_BYTES - 4 - len(stem.encode()))
+    name = f"{stem}.pdf"
+    assert len(name.encode()) == files.MAX_NAME_BYTES
+    processed, error_dir = tmp_path / "processed", tmp_path / "error"
+    processed.mkdir()
+    error_dir.mkdir()
+    (processed / f"{stem}_v99.pdf").write_bytes(b"an earlier claim")
+    (error_dir / f"{stem}_v100.pdf").write_bytes(b"an earlier failure")
+    (inbox / name).write_bytes(b"%PDF-1.4 long")
+    with open_in_inbox(inbox, name) as file:
+        claimed = claim_into(file, processed)
+    assert claimed.name == f"{stem}_v100.pdf"
+    moved = move_to_error(claimed, error_dir, {"error": "x"})
+    assert moved.name == f"{stem}_v100-2.pdf"
+    note = json.loads((error_dir / f"{moved.name}.error.json").read_text())
+    assert note["file"] == moved.name
 
 
 def test_missing_inbox_is_reported(tmp_path: Path) -> None:
@@ -320,6 +380,32 @@ def test_a_claim_takes_nothing_if_another_file_took_the_name(inbox: Path, tmp_pa
         assert (inbox / f"renamed-{replacement}.pdf").read_bytes() == b"%PDF-1.4 scan"
         assert (inbox / "scan.pdf").is_symlink() == (replacement == "symlink")
         (inbox / "scan.pdf").unlink()
+
+
+def test_a_new_file_given_the_name_while_it_is_claimed_is_left_alone(
+    inbox: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the claim's link into Processed and its removal of the inbox name, the scan was
+    renamed and a new one put under its name: the new scan is not deleted, and this claim is
+    undone (the scan taken stays under its new name)."""
+    real_fsync = files._fsync
+    swapped: list[bool] = []
+
+    def swap_then_fsync(folder: int) -> None:
+        if not swapped:  # the first fsync comes right after the link
+            swapped.append(True)
+            os.rename(inbox / "scan.pdf", inbox / "renamed.pdf")
+            (inbox / "scan.pdf").write_bytes(b"%PDF-1.4 a new scan")
+        real_fsync(folder)
+
+    monkeypatch.setattr(files, "_fsync", swap_then_fsync)
+    processed = tmp_path / "processed"
+    with open_in_inbox(inbox, "scan.pdf") as file, pytest.raises(MissingFile):
+        claim_into(file, processed)
+    assert swapped
+    assert (inbox / "scan.pdf").read_bytes() == b"%PDF-1.4 a new scan"
+    assert (inbox / "renamed.pdf").read_bytes() == b"%PDF-1.4 scan"
+    assert list(processed.iterdir()) == []
 
 
 def _claim_after_barrier(source: str, processed: str, barrier: object) -> str:

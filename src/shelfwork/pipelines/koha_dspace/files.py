@@ -44,6 +44,10 @@ _FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO someone put in the inbox must not wait for a writer (it is refused
 # right after, as not a regular file); reads of a regular file ignore the flag.
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+#: the longest file name taken from the inbox, in bytes (UTF-8): file systems allow 255, and
+#: the names made from it add up to 25 (`_v100` in Processed, `.pdf` to a name without it,
+#: `-100` in Error and `.error.json` for its note)
+MAX_NAME_BYTES = 230
 
 
 class FileRejected(ShelfworkError):
@@ -215,6 +219,13 @@ def open_in_inbox(inbox: Path, reference: str) -> Iterator[OpenFile]:
     symlink.
     """
     parts = reference_parts(reference)
+    length = len(os.fsencode(parts[-1]))
+    if length > MAX_NAME_BYTES:
+        raise FileRejected(
+            reference,
+            f"its name is too long ({length} bytes in UTF-8, at most {MAX_NAME_BYTES}): "
+            "give the file a shorter name",
+        )
     try:
         root = os.open(inbox, _FOLDER)
     except OSError as exc:
@@ -524,7 +535,7 @@ def move_to_error(path: Path, error_dir: Path, error: Mapping[str, Any]) -> Path
 
 
 def _write_note(folder: int, name: str, body: bytes) -> None:
-    temp = f".{name}.{secrets.token_hex(4)}.tmp"
+    temp = f".error-note-{secrets.token_hex(4)}.tmp"  # as short as can be: `name` may be long
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     out = os.open(temp, flags, 0o644, dir_fd=folder)
     try:
