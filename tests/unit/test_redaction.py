@@ -83,3 +83,21 @@ def test_the_log_filter_removes_credential_headers_and_url_credentials(message: 
     assert "SECRET" not in shown
     assert "[redacted]" in shown or "***@" in shown
     assert "application/json" in shown or "HTTP Request" in shown  # the rest stays
+
+
+def test_the_clients_show_no_credentials_when_printed() -> None:
+    """A client lands in a log line or a traceback's locals as its repr."""
+    from shelfwork.connectors.dspace import DSpace
+    from shelfwork.connectors.koha import KohaRest, KohaStaff
+
+    url = "https://svc:hunter2@repository.example/server/api"
+    clients = [
+        DSpace(url, "integrator@example", "pw-secret-1"),
+        KohaRest(url, basic=("rest", "pw-secret-2")),
+        KohaStaff(url, "staff", "pw-secret-3"),
+    ]
+    for client in clients:
+        shown = repr(client)
+        assert "hunter2" not in shown and "pw-secret" not in shown, shown
+        client.close()  # type: ignore[attr-defined]
+    assert "repository.example" in repr(clients[0])

@@ -29,6 +29,7 @@ from typing import Any, BinaryIO, Literal
 import httpx
 
 from ..errors import ShelfworkError
+from ..redaction import redact_url
 from . import (
     AuthFailed,
     RemoteError,
@@ -340,7 +341,7 @@ class DSpace:
         self._jwt_exp: float | None = None
 
     def __repr__(self) -> str:
-        return f"DSpace({self.api_url!r}, user={self.user!r})"
+        return f"DSpace({redact_url(self.api_url)!r}, user={self.user!r})"
 
     def __enter__(self) -> DSpace:
         return self
@@ -394,7 +395,7 @@ class DSpace:
             )
         self._jwt = token.strip()
         self._jwt_exp = jwt_expiry(self._jwt)
-        log.debug("logged in to %s as %s", self.api_url, self.user)
+        log.debug("logged in to %s as %s", redact_url(self.api_url), self.user)
 
     def _fetch_csrf(self) -> None:
         url = f"{self.api_url}/security/csrf"
