@@ -101,3 +101,15 @@ def test_the_clients_show_no_credentials_when_printed() -> None:
         assert "hunter2" not in shown and "pw-secret" not in shown, shown
         client.close()  # type: ignore[attr-defined]
     assert "repository.example" in repr(clients[0])
+
+
+def test_the_workspace_lock_is_named_without_url_credentials() -> None:
+    """The lock's name reaches the lock lists and, when another job holds it too long, the job's
+    error (LockHeld names it), which every viewer reads."""
+    from shelfwork.pipelines.koha_dspace.pipeline import workspace_lock
+
+    name = workspace_lock("https://svc:hunter2@repository.example/server/api", "depositor")
+    assert "hunter2" not in name and "svc" not in name
+    assert name == "dspace-workspace:https://***@repository.example/server/api:depositor"
+    plain = workspace_lock("https://repository.example/server/api", "depositor")
+    assert plain == "dspace-workspace:https://repository.example/server/api:depositor"

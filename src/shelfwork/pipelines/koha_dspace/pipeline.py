@@ -35,6 +35,7 @@ from ...connectors.koha import KohaRest, KohaStaff, opac_cover_url
 from ...context import StepContext
 from ...errors import ShelfworkError, describe
 from ...pipeline import Pipeline, Retry, branch, parallel, step
+from ...redaction import redact_url
 from ...trackers import TrackerError
 from .config import SYSTEM, IntegratorConfig, integrator_config
 from .crosswalk import crosswalk, load_rules
@@ -73,6 +74,12 @@ CREATING = "creating"
 CREATING_LOOKS = 3
 #: how long a deposit waits for another job's workspace creation (one or two HTTP calls)
 WORKSPACE_LOCK_WAIT = 120.0
+
+
+def workspace_lock(url: str, user: str) -> str:
+    """The lock one DSpace account's workspace creations take, named without the credentials a
+    URL may carry: lock lists show the name, and LockHeld puts it into a job's error."""
+    return f"dspace-workspace:{redact_url(url)}:{user}"
 
 
 class IntegrationError(ShelfworkError):
@@ -584,7 +591,7 @@ def _create_by_submission(
     orphans are alike, so any one will do.
     """
     locks = ctx.engine.locks
-    name_of_lock = f"dspace-workspace:{config.dspace.url}:{config.dspace.user}"
+    name_of_lock = workspace_lock(config.dspace.url, config.dspace.user)
     locks.acquire(
         name_of_lock,
         ctx.owner,
