@@ -93,3 +93,17 @@ def test_folders_must_be_separate(processed: str, error: str, expected: str) -> 
     table |= {"processed": processed, "error": error}
     with pytest.raises(ConfigError, match=expected):
         integrator_config(settings_with(table))
+
+
+def test_folders_inside_the_inbox_through_a_symlink_are_not_separate(tmp_path: Path) -> None:
+    """Processed reached through a symlink into the inbox is still inside it: 956$u could name
+    another record's scan there."""
+    (tmp_path / "in" / "done").mkdir(parents=True)
+    (tmp_path / "processed").symlink_to(tmp_path / "in" / "done")
+    table = good() | {
+        "inbox": str(tmp_path / "in"),
+        "processed": str(tmp_path / "processed"),
+        "error": str(tmp_path / "error"),
+    }
+    with pytest.raises(ConfigError, match="inside"):
+        integrator_config(settings_with(table))

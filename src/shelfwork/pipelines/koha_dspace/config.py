@@ -132,20 +132,31 @@ class IntegratorConfig(BaseModel):
     @model_validator(mode="after")
     def _separate_folders(self) -> IntegratorConfig:
         """Three different folders, none inside another: with Processed inside the inbox, a
-        956$u could name another record's processed scan."""
-        folders = {
-            "inbox": self.inbox.expanduser().absolute(),
-            "processed": self.processed.expanduser().absolute(),
-            "error": self.error.expanduser().absolute(),
-        }
-        for name, path in folders.items():
-            for other, other_path in folders.items():
-                if name != other and (path == other_path or other_path in path.parents):
-                    raise ValueError(
-                        f"folders must be separate: {name} {path} is "
-                        f"{'the same as' if path == other_path else 'inside'} {other} {other_path}"
-                    )
+        956$u could name another record's processed scan. Compared as written and with
+        symlinks resolved (a symlink to a folder inside the inbox is inside it)."""
+        configured = {"inbox": self.inbox, "processed": self.processed, "error": self.error}
+        for view in (_as_written, _resolved):
+            folders = {name: view(path) for name, path in configured.items()}
+            for name, path in folders.items():
+                for other, other_path in folders.items():
+                    if name != other and (path == other_path or other_path in path.parents):
+                        raise ValueError(
+                            f"folders must be separate: {name} {path} is "
+                            f"{'the same as' if path == other_path else 'inside'} {other} "
+                            f"{other_path}"
+                        )
         return self
+
+
+def _as_written(path: Path) -> Path:
+    return path.expanduser().absolute()
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.expanduser().resolve()
+    except (OSError, RuntimeError):  # a symlink loop: the path as written is all there is
+        return _as_written(path)
 
 
 def _http_url(value: str | None) -> str | None:
