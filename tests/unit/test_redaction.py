@@ -113,3 +113,14 @@ def test_the_workspace_lock_is_named_without_url_credentials() -> None:
     assert name == "dspace-workspace:https://***@repository.example/server/api:depositor"
     plain = workspace_lock("https://repository.example/server/api", "depositor")
     assert plain == "dspace-workspace:https://repository.example/server/api:depositor"
+
+
+def test_the_public_cover_url_carries_no_credentials() -> None:
+    """956$c is shown in the OPAC to anyone, and in the job's result and the button's /status:
+    credentials someone put into opac_url (copied from the REST URL) must not go with it."""
+    from shelfwork.connectors.koha import opac_cover_url
+
+    url = opac_cover_url("https://shelfwork:hunter2@opac.example/", imagenumber=5, biblionumber=1)
+    assert url == "https://opac.example/cgi-bin/koha/opac-image.pl?imagenumber=5"
+    plain = opac_cover_url("http://opac.example:8080", imagenumber=None, biblionumber=7)
+    assert plain == "http://opac.example:8080/cgi-bin/koha/opac-image.pl?biblionumber=7"

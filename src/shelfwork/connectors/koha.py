@@ -22,7 +22,7 @@ import re
 import time
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import quote, quote_plus, urlencode, urljoin
+from urllib.parse import quote, quote_plus, urlencode, urljoin, urlsplit, urlunsplit
 
 import httpx
 import lxml.html
@@ -762,8 +762,11 @@ def upload_failure(result: Any) -> str:
 
 def opac_cover_url(opac_url: str, *, imagenumber: int | None, biblionumber: int) -> str:
     """A4: the public cover URL; by biblionumber (Koha serves the first cover) when the
-    imagenumber is unknown."""
+    imagenumber is unknown. Anyone reads it (956$c in the OPAC), so credentials in `opac_url`
+    are left out."""
     query = (
         {"imagenumber": imagenumber} if imagenumber is not None else {"biblionumber": biblionumber}
     )
-    return f"{opac_url.rstrip('/')}/cgi-bin/koha/opac-image.pl?{urlencode(query)}"
+    root = urlsplit(opac_url.rstrip("/"))
+    root = root._replace(netloc=root.netloc.rpartition("@")[2])
+    return f"{urlunsplit(root)}/cgi-bin/koha/opac-image.pl?{urlencode(query)}"
