@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -140,6 +141,16 @@ def test_engine_never_runs_two_in_one_context(make_engine, backend) -> None:
 def _finish(store: Store, job_id: int, owner: str = "w") -> None:
     Jobs(store).finish(job_id, owner, "succeeded")
 
+
+# No shrinking by default: each step is a few database transactions, and shrinking one failure
+# takes minutes (Hypothesis gives up after five); the failing run's steps are printed as they are.
+# SHELFWORK_TEST_SHRINK=1 runs afresh and shrinks what it finds (Hypothesis never shrinks a failure
+# it replays from its database, so that phase is left out then).
+PHASES = (
+    [Phase.explicit, Phase.generate, Phase.shrink]
+    if os.environ.get("SHELFWORK_TEST_SHRINK")
+    else [Phase.explicit, Phase.reuse, Phase.generate]
+)
 
 # Admission and jobs read the time from this in the state machine: leases run out when a rule
 # moves the clock on, not when the machine happens to be slow.
@@ -390,8 +401,6 @@ def test_admission_invariants_stateful(
         stateful_step_count=30,
         deadline=None,
         suppress_health_check=list(HealthCheck),
-        # No shrinking: each step is a few database transactions, and shrinking a failure took
-        # minutes; the failing run's steps are printed as they are.
-        phases=[Phase.explicit, Phase.reuse, Phase.generate],
+        phases=PHASES,
     )
     AdmissionMachine.TestCase().runTest()

@@ -338,27 +338,41 @@ def test_a_lease_is_counted_from_when_it_was_granted(store: Store) -> None:
     assert info is not None and info.owner == "waiter"
 
 
+class WatchedLocks(Locks):
+    """Locks that say when a taker was refused: it is then waiting for the holder."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self.refused = threading.Event()
+
+    def try_acquire(self, name: str, owner: str, **kw: Any) -> bool:
+        taken = super().try_acquire(name, owner, **kw)
+        if not taken:
+            self.refused.set()
+        return taken
+
+
 def test_request_handler_holds_and_waits(store: Store) -> None:
-    locks = Locks(store)
+    locks = WatchedLocks(store)
     with locks.hold("entity:4", "request:42", ttl=5):
         with pytest.raises(LockHeld, match="request:42") as held:
             locks.acquire("entity:4", "request:43")
         assert held.value.owner == "request:42" and held.value.name == "entity:4"
     assert locks.get("entity:4") is None
 
-    entered, leave = threading.Event(), threading.Event()
+    locks.refused.clear()
+    entered = threading.Event()
     left_at: list[float] = []
 
     def handler() -> None:
         with locks.hold("entity:4", "request:44", ttl=5):
             entered.set()
-            leave.wait(5)
+            assert locks.refused.wait(10)  # leaves once the next request found the lock held
             left_at.append(time.monotonic())
 
     t = threading.Thread(target=handler)
     t.start()
     assert entered.wait(5)
-    threading.Timer(0.2, leave.set).start()
     waits = locks.waits
     with locks.hold("entity:4", "request:45", ttl=5, wait=5):
         got_at = time.monotonic()
