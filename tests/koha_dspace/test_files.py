@@ -120,6 +120,15 @@ def test_references_leaving_the_inbox_are_refused(inbox: Path, reference: str, r
     assert refused.path == reference
 
 
+def test_percent_encoding_is_not_decoded(inbox: Path) -> None:
+    """956$u is a path, not a URL: `%2e%2e` is a name like any other, never `..`."""
+    refused = refusal(inbox, "%2e%2e/%2e%2e/etc/passwd")
+    assert isinstance(refused, MissingFile)
+    (inbox / "%2e%2e").mkdir()
+    (inbox / "%2e%2e" / "scan.pdf").write_bytes(b"%PDF-1.4 odd folder")
+    assert opened(inbox, "%2e%2e/scan.pdf")[0] == b"%PDF-1.4 odd folder"
+
+
 def test_empty_reference_and_the_inbox_itself(inbox: Path) -> None:
     for reference in ("", "   ", ".", "./"):
         assert not isinstance(refusal(inbox, reference), MissingFile)
@@ -608,6 +617,33 @@ def test_move_to_error_never_overwrites(tmp_path: Path) -> None:
         "error": "boom 1"
     }
     assert not any(p.name.endswith(".tmp") for p in error_dir.iterdir())
+
+
+def test_a_symlink_put_at_the_note_name_is_replaced_not_written_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A symlink planted at the note's name after the name was chosen: the note replaces the
+    link and the file it pointed to is left as it was."""
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not to be overwritten")
+    error_dir = tmp_path / "error"
+    path = tmp_path / "scan_v01.pdf"
+    path.write_bytes(b"%PDF broken")
+    real_write = files._write_note
+    planted: list[str] = []
+
+    def plant_then_write(folder: int, name: str, body: bytes) -> None:
+        os.symlink(outside, name, dir_fd=folder)
+        planted.append(name)
+        real_write(folder, name, body)
+
+    monkeypatch.setattr(files, "_write_note", plant_then_write)
+    moved = move_to_error(path, error_dir, {"error": "x"})
+    assert planted == [f"{moved.name}.error.json"]
+    note = error_dir / f"{moved.name}.error.json"
+    assert not note.is_symlink()
+    assert json.loads(note.read_text())["error"] == {"error": "x"}
+    assert outside.read_text() == "not to be overwritten"
 
 
 def test_move_to_error_of_a_missing_file(tmp_path: Path) -> None:
