@@ -18,22 +18,26 @@ a body:
   own deadline, api/server.py.)
 - An answer sent before the body was read to its end says `Connection: close`, so the server
   stops reading (uvicorn would otherwise read and drop the rest to keep the connection).
+- A client that hangs up before its body ended gets no answer and leaves no traceback in the
+  log (otherwise anyone could fill the log by hanging up halfway through a login form).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
-from starlette.requests import cookie_parser
+from starlette.requests import ClientDisconnect, cookie_parser
 from starlette.responses import RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import SESSION_COOKIE, Auth, Principal
 from .errors import error_response
 
+log = logging.getLogger("shelfwork.api")
 #: bytes a route open to anyone accepts (a login form is well under 2 KiB)
 PUBLIC_BODY = 64 * 1024
 #: paths anyone may post to: they authenticate the caller themselves, if at all
@@ -136,12 +140,12 @@ class RequestBodies:
         deadline. Once the body has ended, receive waits as long as the app likes (for a
         disconnect)."""
         seen = 0
-        ended = False
+        ended = gone = False
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.body_timeout
 
         async def counting_receive() -> Message:
-            nonlocal seen, ended
+            nonlocal seen, ended, gone
             if ended:
                 return await receive()
             try:
@@ -149,6 +153,7 @@ class RequestBodies:
                     message = await receive()
             except TimeoutError:
                 raise BodyTooSlow(self.body_timeout) from None
+            gone = message["type"] == "http.disconnect"
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if not message.get("more_body", False):
@@ -162,7 +167,14 @@ class RequestBodies:
                 message["headers"] = [*message.get("headers", []), CLOSE]
             await send(message)
 
-        await self.app(scope, counting_receive, closing_send)
+        try:
+            await self.app(scope, counting_receive, closing_send)
+        except ClientDisconnect:
+            if not gone:
+                raise
+            log.debug(
+                "%s %s: the client left before its body ended", scope["method"], scope["path"]
+            )
 
 
 async def _unread(response: Response, scope: Scope, send: Send) -> None:
