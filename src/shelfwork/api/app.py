@@ -52,6 +52,10 @@ something needs `operator`, tokens and locks need `admin`.
 
 **Errors** are JSON `{error, detail}`; a 422 adds `fields`, naming each bad input
 (`params.<name>` for a pipeline's params). A full queue is a 429 with `Retry-After`.
+
+**Limits.** A request body is read only once its token is checked; a body larger than the
+server's `max_body` (1 MiB by default) is a 413, and one that does not arrive within its
+`body_timeout` (30 s) is a 408.
 """
 
 

@@ -140,8 +140,9 @@ def status(
         Query(
             ge=1,
             le=2**31 - 1,
-            description="The task's Koha record; required for the integrator role, whose "
-            "answer is scoped (see the module's description).",
+            description="The task's Koha record. Required for the integrator role, which reads "
+            "a task only with its record (another record's task is not found) and gets the "
+            "error and warnings as sentences for a cataloguer instead of the job's own text.",
         ),
     ] = None,
 ) -> StatusOut:
