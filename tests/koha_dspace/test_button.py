@@ -109,7 +109,7 @@ def test_only_an_integrator_token_goes_into_koha_pages(
     )
     assert run.returncode == 2, run.stdout + run.stderr
     assert secret not in run.stdout and secret not in run.stderr
-    assert f"is a {role} token" in run.stderr and "only an integrator token" in run.stderr
+    assert f"has the {role} role" in run.stderr and "only an integrator token" in run.stderr
     assert "shelfwork token create --role integrator" in run.stderr
     assert "Traceback" not in run.stderr
 

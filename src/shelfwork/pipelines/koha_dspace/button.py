@@ -28,7 +28,7 @@ def check_button_token(role: str | None) -> None:
         raise ConfigError(f"the token is unknown, revoked or expired in this database; {make}")
     if role != "integrator":
         raise ConfigError(
-            f"the token is a {role} token, and only an integrator token may be put in Koha's "
+            f"the token has the {role} role, and only an integrator token may be put in Koha's "
             f"pages (every staff browser can read it); {make}"
         )
 
