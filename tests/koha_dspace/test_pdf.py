@@ -225,19 +225,6 @@ def test_a_file_that_grows_during_one_inspection_is_checked_again(
     assert info == info_of(path.read_bytes(), 2)
 
 
-def test_without_proc_pdfium_reads_the_open_file_as_a_stream(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """/proc/self/fd is how PDFium gets the very file opened; without /proc (some containers)
-    it reads the same descriptor through Python."""
-    monkeypatch.setattr(pdf, "_PROC_FDS", tmp_path / "no-proc")
-    path = text_pdf(tmp_path / "t.pdf", pages=3)
-    assert check_pdf(path, tries=1) == info_of(path.read_bytes(), 3)
-    assert open_jpeg(render_cover(path)).width == 600
-    with pytest.raises(BadPdf, match="encrypted"):
-        check_pdf(encrypted_pdf(tmp_path / "x.pdf", path), tries=1)
-
-
 def test_pdfium_reads_the_opened_file_not_what_its_name_names_later(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -250,21 +237,26 @@ def test_pdfium_reads_the_opened_file_not_what_its_name_names_later(
     copy.write_bytes(inside.read_bytes())
     expected_cover = render_cover(copy)
     outside = scanned_pdf(tmp_path / "outside.pdf", pages=7)
-    real_load = pdfium_c.FPDF_LoadDocument
-    loads: list[object] = []
+    loads: list[str] = []
 
-    def swap_then_load(*args: object) -> object:
-        loads.append(args[0])
-        if not inside.is_symlink():
-            inside.rename(tmp_path / "renamed.pdf")
-            inside.symlink_to(outside)
-        return real_load(*args)
+    def swapping_before(load: str) -> Callable[..., object]:
+        real = getattr(pdfium_c, load)
 
-    monkeypatch.setattr(pdfium_c, "FPDF_LoadDocument", swap_then_load)
+        def swap_then_load(*args: object) -> object:
+            loads.append(load)
+            if not inside.is_symlink():
+                inside.rename(tmp_path / "renamed.pdf")
+                inside.symlink_to(outside)
+            return real(*args)
+
+        return swap_then_load
+
+    for load in ("FPDF_LoadDocument", "FPDF_LoadCustomDocument"):  # by name, or by stream
+        monkeypatch.setattr(pdfium_c, load, swapping_before(load))
     assert check_pdf(inside, tries=1) == info_of(copy.read_bytes(), 2)
     (tmp_path / "renamed.pdf").rename(inside)  # replaces the symlink
     assert render_cover(inside) == expected_cover
-    assert loads, "PDFium was not given the file natively: the swap was not tried"
+    assert loads, "PDFium loaded the file some other way: the swap was not tried"
 
 
 def test_a_file_whose_name_is_removed_once_opened_is_still_checked(
@@ -287,23 +279,6 @@ def test_a_file_whose_name_is_removed_once_opened_is_still_checked(
     assert check_pdf(path, tries=1) == info_of(data, 2)
     path.write_bytes(data)
     assert open_jpeg(render_cover(path)).width == 600
-
-
-def test_a_proc_that_does_not_lead_to_the_file_falls_back_to_the_stream(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A /proc whose fd entries cannot be opened (mounted from another namespace, restricted):
-    PDFium cannot open the file there, and the open descriptor is read through Python."""
-    fds = tmp_path / "fds"
-    fds.mkdir()
-    monkeypatch.setattr(pdf, "_PROC_FDS", fds)
-    path = text_pdf(tmp_path / "t.pdf", pages=3)
-    assert check_pdf(path, tries=1) == info_of(path.read_bytes(), 3)
-    assert open_jpeg(render_cover(path)).width == 600
-    with pytest.raises(BadPdf, match="encrypted"):
-        check_pdf(encrypted_pdf(tmp_path / "x.pdf", path), tries=1)
-    with pytest.raises(BadPdf, match="corrupt PDF"):
-        check_pdf(corrupt_pdf(tmp_path / "c.pdf"), tries=1)
 
 
 def test_a_symlink_or_a_fifo_is_not_checked(tmp_path: Path) -> None:
