@@ -93,12 +93,13 @@ class Settings(BaseModel):
     cookie_secure: bool | None = None
     # Requests: the largest body accepted from a caller who may send one (bytes; routes open to
     # anyone accept less, see api/bodies.py), the seconds a client has to send a request's
-    # headers and then its whole body, and the reverse proxies (addresses or networks) whose
-    # X-Forwarded-For and X-Forwarded-Proto are believed; none by default: the peer's address
-    # is the client's.
+    # headers and then its whole body, the seconds it may leave an answer unread, and the
+    # reverse proxies (addresses or networks) whose X-Forwarded-For and X-Forwarded-Proto are
+    # believed; none by default: the peer's address is the client's.
     max_body: int = Field(default=1024 * 1024, ge=1024)
     header_timeout: float = Field(default=10.0, gt=0)
     body_timeout: float = Field(default=30.0, gt=0)
+    send_timeout: float = Field(default=60.0, gt=0)
     trusted_proxies: list[str] = Field(default_factory=list)
     # Per-system settings, one table each (`[systems.koha-dspace]`), checked by the system's own
     # pipeline package when it first needs them, so an engine without that system never cares.
@@ -226,6 +227,7 @@ def _from_toml(raw: dict[str, Any], file: Path) -> dict[str, Any]:
             "max_body": "max_body",
             "header_timeout": "header_timeout",
             "body_timeout": "body_timeout",
+            "send_timeout": "send_timeout",
             "trusted_proxies": "trusted_proxies",
         },
     }

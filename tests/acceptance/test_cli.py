@@ -398,6 +398,7 @@ def test_example_config_is_valid() -> None:
         "max_body",
         "header_timeout",
         "body_timeout",
+        "send_timeout",
         "trusted_proxies",
         "session_ttl",
         "login_backoff",

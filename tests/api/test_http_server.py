@@ -5,6 +5,7 @@ addresses taken from X-Forwarded-For only when the peer is a configured proxy.""
 from __future__ import annotations
 
 import re
+import select as io_select
 import socket
 import threading
 import time
@@ -161,6 +162,35 @@ def test_the_header_deadline_holds_on_a_kept_alive_connection(start_server: Star
         after = time.monotonic() - started
     assert closed, "the second request's headers were allowed to trickle forever"
     assert 0.4 <= after < 3.0, after
+
+
+def reset_after(port: int, limit: float) -> float | None:
+    """Ask for the API reference (about 100 KB, no token needed) thirty times on one connection
+    and read none of it. Returns the seconds until the server reset the connection, or None if
+    it still held it after `limit`."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", port))
+        s.sendall(b"GET /api/v1/docs HTTP/1.1\r\nHost: shelfwork\r\n\r\n" * 30)
+        started = time.monotonic()
+        poller = io_select.poll()
+        poller.register(s, io_select.POLLRDHUP)  # errors and hang-ups are always reported
+        while time.monotonic() - started < limit:
+            for _, flags in poller.poll(100):
+                if flags & (io_select.POLLERR | io_select.POLLHUP | io_select.POLLRDHUP):
+                    return time.monotonic() - started
+    return None
+
+
+def test_a_client_that_reads_no_answer_is_disconnected(start_server: Start) -> None:
+    """A client that asks and never reads would hold the connection (and the answer in memory)
+    for as long as it likes, with no token needed for public pages."""
+    site = start_server(send_timeout=0.5)
+    after = reset_after(site.port, limit=6.0)
+    assert after is not None, "the server kept a connection whose client read nothing"
+    assert after < 3.0, after
+    with httpx.Client(base_url=site.url) as client:  # a client that reads is not affected
+        assert client.get("/api/v1/docs").status_code == 200
 
 
 def failed_login_from(site: Running, forwarded_for: str) -> None:

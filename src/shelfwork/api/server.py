@@ -14,6 +14,8 @@ import ipaddress
 import logging
 import os
 import signal
+import socket
+import struct
 import threading
 import time
 from types import FrameType
@@ -88,9 +90,14 @@ def http_config(
 
     X-Forwarded-For and X-Forwarded-Proto are believed only from `trusted_proxies`: from anyone
     else they would let a client choose the address its failed logins count against. Every
-    request's headers must arrive within `header_timeout` seconds."""
+    request's headers must arrive within `header_timeout` seconds, and a client that reads none
+    of an answer for `send_timeout` seconds is disconnected (ClientDeadlines)."""
     proxies = forwarded_allow(settings.trusted_proxies)
-    protocol = type("H11Protocol", (HeaderDeadline,), {"header_timeout": settings.header_timeout})
+    protocol = type(
+        "H11Protocol",
+        (ClientDeadlines,),
+        {"header_timeout": settings.header_timeout, "send_timeout": settings.send_timeout},
+    )
     return uvicorn.Config(
         app,
         host=host,
@@ -120,17 +127,25 @@ def forwarded_allow(proxies: list[str]) -> list[str]:
     return allowed
 
 
-class HeaderDeadline(H11Protocol):
-    """uvicorn's h11 protocol with a deadline for each request's headers.
+class ClientDeadlines(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request's headers, and one for a client
+    that stops reading.
 
     uvicorn closes a kept-alive connection that stays silent, but a client that sends a request's
     headers a byte at a time (slowloris) resets that timer with every byte and holds a connection
     forever; a few hundred of them hold every file descriptor. The deadline starts with the
     connection, or with the first byte of the next request on a kept-alive one, and ends when
-    h11 has a whole request line and headers."""
+    h11 has a whole request line and headers. (The body has its own, api/bodies.py.)
+
+    uvicorn also waits as long as it takes for a client to read an answer: one that asks and
+    never reads holds the connection and the answer. When the socket's send buffer stays full
+    for `send_timeout` seconds (the transport paused writing and never resumed), the connection
+    is reset."""
 
     header_timeout: float = 10.0
+    send_timeout: float = 60.0
     _deadline: asyncio.TimerHandle | None = None
+    _stalled: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -145,7 +160,34 @@ class HeaderDeadline(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._unstall()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._stalled is None:
+            self._stalled = self.loop.call_later(self.send_timeout, self._unread)
+
+    def resume_writing(self) -> None:
+        self._unstall()
+        super().resume_writing()
+
+    def _unstall(self) -> None:
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
+
+    def _unread(self) -> None:
+        self._stalled = None
+        log.info(
+            "resetting a connection from %s: it read nothing of an answer for %g s",
+            self.client[0] if self.client else "?",
+            self.send_timeout,
+        )
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:  # a reset, not a close the kernel would try to deliver for minutes
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
 
     def _arm(self) -> None:
         self._disarm()
