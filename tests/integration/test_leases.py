@@ -6,7 +6,9 @@ process wakes up its step thread carries on as if nothing happened, a zombie. It
 told it yet that the lease is gone, so the database's lease check on every write is all that stands
 between it and the new owner's records: the zombie must not save a checkpoint, record a step's
 outcome, nor start a step (a next one, or the next attempt of one it was retrying), and the job
-must end as the new owner runs it. (A SIGKILLed process never writes again, so the crash tests cannot show this.)
+must end as the new owner runs it. Once its heartbeat beats again, it must also stop the step's work
+that writes nothing to shelfwork. (A SIGKILLed process never writes again, so the crash tests cannot
+show this.)
 """
 
 from __future__ import annotations
@@ -115,6 +117,25 @@ def after(ctx: StepContext) -> dict[str, str]:
     return {"node": ctx.engine.node_id}
 
 
+# --- (c) a zombie in a long step hears from its heartbeat that the lease is gone ---------------
+
+
+def work(ctx: StepContext) -> dict[str, str]:
+    scene = _scene(ctx)
+    scene.call(ctx)
+    if scene.is_taker(ctx):
+        scene.hold_taker()
+        return {"node": ctx.engine.node_id}
+    scene.zombie_held.set()
+    try:
+        while not scene.zombie_go.is_set():  # long remote work, checking in between units
+            ctx.sleep(0.05)
+    except LeaseLost:
+        scene.refused.append("work")
+        raise
+    return {"node": ctx.engine.node_id}
+
+
 class ZombieParams(BaseModel):
     scene: str  # key into SCENES
 
@@ -127,7 +148,8 @@ retry_pipeline = Pipeline(
     params=ZombieParams,
     steps=[step(flaky, retry=Retry(attempts=3, delay=0.01)), step(after)],
 )
-PIPELINES = [steps_pipeline, retry_pipeline]
+work_pipeline = Pipeline("zombie-work", params=ZombieParams, steps=[step(work)])
+PIPELINES = [steps_pipeline, retry_pipeline, work_pipeline]
 
 
 # --- losing the lease -----------------------------------------------------------------------
@@ -270,3 +292,28 @@ def test_zombie_waiting_between_retries_cannot_start_another_attempt(
         ("after", "succeeded", 1),
     ]
     assert kinds(taker, job_id).count("step_retry") == 1
+
+
+def test_zombie_stops_its_step_when_its_heartbeat_finds_the_lease_taken(
+    make_engine, backend
+) -> None:
+    """The database refuses a zombie's writes, but only its heartbeat can stop work that writes
+    nothing to shelfwork (calls to a remote system): the first beat after the stall must tell
+    the step, which then stops at its next check."""
+    scene = Scene()
+    zombie, job_id = start_zombie(make_engine, "zombie-work", scene)
+    assert scene.zombie_held.wait(WAIT), "the job never reached its step"
+    lose_lease(zombie, job_id)
+    taker = take_over(make_engine, job_id)
+    assert scene.taker_held.wait(WAIT), "the new owner never reached the step"
+
+    zombie.heartbeat.beat()  # the stalled process's heartbeat runs again
+    settle(zombie, job_id)
+    assert scene.refused == ["work"], "the zombie's step went on working"
+    assert taker.jobs.steps(job_id)["work"].state == "running"
+
+    scene.taker_go.set()
+    view = taker.wait(job_id, WAIT)
+    assert view.state == "succeeded", view.error
+    assert view.result == {"node": taker.node_id}
+    assert scene.calls == [("work", zombie.node_id, 1), ("work", taker.node_id, 2)]
