@@ -762,3 +762,124 @@ def test_a_page_with_a_doctype_before_its_root_is_not_salvaged() -> None:
         b"<OAI-PMH", b'<!DOCTYPE OAI-PMH [<!ENTITY e "x">]>\n<OAI-PMH', 1
     )
     assert salvage_page(raw) is None
+
+
+def hostile_page(junk: bytes) -> bytes:
+    """A whole ListRecords page: one good record, then `junk` (markup a parser refuses)."""
+    return (PAGE_HEAD + dc_record("oai:x:A")).encode() + junk + PAGE_TAIL.encode()
+
+
+@pytest.mark.parametrize(
+    ("junk", "salvaged"),
+    [
+        (b"<!--" * 60_000, False),  # comments, CDATA, PIs and DOCTYPEs that never end:
+        (b"<![CDATA[" * 30_000, False),  # the rest of the page is inside them
+        (b"<?" * 100_000, False),
+        (b"<!DOCTYPE x [" * 20_000, False),
+        (b"<bad>" + b"</x" * 60_000 + b" </bad>", True),  # end tags never closed, one after another
+        (b"<bad>" + b"<a>" * 60_000 + b"</zz>" * 60_000 + b"</bad>", True),  # deep, unmatched ends
+    ],
+    ids=["comment", "cdata", "pi", "doctype", "end-tags", "deep"],
+)
+def test_salvage_takes_linear_time_on_hostile_markup(junk: bytes, salvaged: bool) -> None:
+    """C4/B4: scanning an unparseable page costs time in proportion to its size: markup that
+    never ends, or nesting as deep as the page allows, cannot make one page take minutes (each
+    of these ~200 KB pages took 30 s to several minutes; a page may be 64 MiB)."""
+    raw = hostile_page(junk)
+    started = time.monotonic()
+    answer = salvage_page(raw)
+    assert time.monotonic() - started < 3
+    if not salvaged:
+        assert answer is None  # where the page's records end is unknown: not salvaged
+        return
+    assert answer is not None
+    assert [r.identifier for r in answer.records] == ["oai:x:A"]
+    assert [b.reason for b in answer.broken] == ["not a record element: <bad>"]
+    assert answer.token is not None and answer.token.value == "tok-1"
+
+
+def test_salvage_of_a_page_with_many_namespace_declarations_is_linear() -> None:
+    """C4/B4: each record is parsed under the declarations it uses, not under every one the
+    page makes (4,000 declarations x 4,000 records took minutes)."""
+    declarations = "".join(f' xmlns:p{i}="urn:p{i}"' for i in range(4000))
+    head = PAGE_HEAD.replace("<ListRecords>", f"<ListRecords{declarations}>")
+    records = "".join(dc_record(f"oai:x:{i}") for i in range(4000))
+    broken = "<record><header><identifier>oai:x:bad</identifier></header><metadata>&x;</metadata></record>"
+    used = (
+        "<record><header><identifier>oai:x:p7</identifier><datestamp>2024-04-01</datestamp>"
+        "</header><metadata><p7:t>seven</p7:t></metadata></record>"
+    )
+    raw = (head + records + broken + used + PAGE_TAIL).encode()
+    started = time.monotonic()
+    answer = salvage_page(raw)
+    assert time.monotonic() - started < 3
+    assert answer is not None
+    assert len(answer.records) == 4001 and [b.identifier for b in answer.broken] == ["oai:x:bad"]
+    seven = answer.records[-1]
+    assert seven.identifier == "oai:x:p7" and seven.metadata is not None
+    assert etree.fromstring(seven.metadata).tag == "{urn:p7}t"
+
+
+def test_a_salvaged_record_is_named_only_by_its_header() -> None:
+    """C4: a record without a readable header is refused without a name; it is not named after
+    an identifier in its metadata (which may be another record's)."""
+    headless = (
+        "<record><metadata><oai_dc:dc xmlns:oai_dc='http://www.openarchives.org/OAI/2.0/oai_dc/'"
+        " xmlns:dc='http://purl.org/dc/elements/1.1/'><dc:identifier>oai:x:A</dc:identifier>"
+        "</oai_dc:dc></metadata></record>\n"
+    )
+    raw = (PAGE_HEAD + dc_record("oai:x:A") + headless + dc_record("oai:x:B", "&nbsp;")).encode()
+    answer = salvage_page(raw + PAGE_TAIL.encode())
+    assert answer is not None
+    assert [r.identifier for r in answer.records] == ["oai:x:A"]
+    assert [(b.identifier, "header" in b.reason) for b in answer.broken] == [
+        (None, True),
+        ("oai:x:B", False),
+    ]
+    # the reason does not point into the cut-out fragment (its lines and columns are not the
+    # page's)
+    assert "column" not in answer.broken[1].reason
+
+
+def test_protocol_elements_inside_metadata_are_metadata() -> None:
+    """A record's metadata may hold elements of the OAI-PMH namespace below its root (the
+    schema's ##other is for the root only): they are part of the record, not a record, an
+    error, a responseDate or a token of the page, and the record's metadata stays whole."""
+    inner = (
+        f"<w:wrap xmlns:w='urn:w' xmlns:o='{OAI_NS}'>"
+        "<o:record><o:header><o:identifier>oai:x:inner</o:identifier></o:header></o:record>"
+        "<o:responseDate>1999-01-01T00:00:00Z</o:responseDate>"
+        "<o:error code='badArgument'>not mine</o:error>"
+        "<o:resumptionToken>not-mine</o:resumptionToken><w:t>kept</w:t></w:wrap>"
+    )
+    page = (
+        PAGE_HEAD
+        + "<record><header><identifier>oai:x:A</identifier><datestamp>2024-04-01</datestamp>"
+        f"</header><metadata>{inner}</metadata></record>" + PAGE_TAIL
+    ).encode()
+    with Hostile() as hostile:
+        hostile.route("/oai", plain(200, page))
+        with OaiClient(f"{hostile.url}/oai", addresses=LOOPBACK, sleep=Sleeps()) as client:
+            got = client.list_records("oai_dc")
+    assert [r.identifier for r in got.records] == ["oai:x:A"]
+    assert got.response_date == "2024-05-01T10:00:00Z"
+    assert got.token is not None and got.token.value == "tok-1"
+    metadata = got.records[0].metadata
+    assert metadata is not None
+    wrap = etree.fromstring(metadata)
+    assert wrap.findtext(f"{{{OAI_NS}}}record/{{{OAI_NS}}}header/{{{OAI_NS}}}identifier") == (
+        "oai:x:inner"
+    )
+    assert wrap.findtext("{urn:w}t") == "kept"
+
+
+def test_a_redirect_to_a_host_that_cannot_be_written_is_refused() -> None:
+    """B2: a Location whose host is not a valid name (IDNA) ends the request as a refusal
+    naming it, not as an unexpected exception."""
+    with Hostile() as hostile:
+        hostile.route("/oai", redirect("http://xn--localhost/oai"))
+        with (
+            OaiClient(f"{hostile.url}/oai", addresses=LOOPBACK, sleep=Sleeps()) as client,
+            pytest.raises(RemoteRefused, match="Location cannot be used"),
+        ):
+            client.identify()

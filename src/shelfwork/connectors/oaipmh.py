@@ -118,6 +118,11 @@ ERROR = tag("error")
 RESPONSE_DATE = tag("responseDate")
 IDENTIFY = tag("Identify")
 SET = tag("set")
+#: the verbs' list elements, the only places a record, a set or a token is the page's own
+LIST_RECORDS = tag("ListRecords")
+GET_RECORD = tag("GetRecord")
+LIST_SETS = tag("ListSets")
+LIST_IDENTIFIERS = tag("ListIdentifiers")
 #: the most sets `list_sets` reads (names only label sets; a list without end must not stall)
 MAX_SETS = 10_000
 
@@ -582,6 +587,17 @@ def identify_from(element: etree._Element) -> Identify:
     )
 
 
+#: the elements a page is read for, and the list elements that hold some of them
+PAGE_ELEMENTS = frozenset({RECORD, TOKEN, RESPONSE_DATE, ERROR, IDENTIFY, SET})
+PAGE_LISTS = frozenset({LIST_RECORDS, GET_RECORD, LIST_SETS, LIST_IDENTIFIERS})
+
+
+def _is_top(element: etree._Element) -> bool:
+    """Whether `element` is a child of the page's root element."""
+    parent = element.getparent()
+    return parent is not None and parent.getparent() is None
+
+
 def read_response(source: IO[bytes]) -> Response:
     """Parse one OAI-PMH answer incrementally, dropping each record's tree once it is read."""
     answer = Response()
@@ -604,22 +620,33 @@ def read_response(source: IO[bytes]) -> Response:
             if tree.getroot().tag != ROOT:
                 raise PageProblem(f"root element is {tree.getroot().tag}, not OAI-PMH", line=1)
         name = element.tag
-        if name == RECORD:
-            answer.records.append(record_from(element))
-            element.clear(keep_tail=False)
-            parent = element.getparent()
-            while parent is not None and element.getprevious() is not None:
-                del parent[0]
-        elif name == TOKEN:
-            answer.token = token_from(element)
-        elif name == RESPONSE_DATE:
-            answer.response_date = (element.text or "").strip()
-        elif name == ERROR:
-            answer.errors.append((element.get("code") or "", (element.text or "").strip()))
-        elif name == IDENTIFY:
-            answer.identify = identify_from(element)
-        elif name == SET:
-            answer.sets.append((text_of(element, "setSpec"), text_of(element, "setName")))
+        if name not in PAGE_ELEMENTS:
+            continue
+        parent = element.getparent()
+        if parent is None:
+            continue
+        # an element of the OAI-PMH namespace counts only where the protocol puts it: one
+        # inside a record's metadata (allowed below its root) is part of that metadata
+        where = parent.tag
+        if where in PAGE_LISTS:
+            if not _is_top(parent):
+                continue
+            if name == RECORD and where in (LIST_RECORDS, GET_RECORD):
+                answer.records.append(record_from(element))
+                element.clear(keep_tail=False)
+                while element.getprevious() is not None:
+                    del parent[0]
+            elif name == TOKEN and where in (LIST_RECORDS, LIST_SETS, LIST_IDENTIFIERS):
+                answer.token = token_from(element)
+            elif name == SET and where == LIST_SETS:
+                answer.sets.append((text_of(element, "setSpec"), text_of(element, "setName")))
+        elif where == ROOT and _is_top(element):
+            if name == RESPONSE_DATE:
+                answer.response_date = (element.text or "").strip()
+            elif name == ERROR:
+                answer.errors.append((element.get("code") or "", (element.text or "").strip()))
+            elif name == IDENTIFY:
+                answer.identify = identify_from(element)
     if first:
         raise PageProblem("empty page")
     return answer
@@ -938,6 +965,13 @@ class OaiClient:
             raise RemoteRefused(
                 SYSTEM, f"{what}: {quoted(str(exc))}", method=self.method, url=self._url
             ) from exc
+        except (httpx.InvalidURL, UnicodeError) as exc:  # a host name IDNA refuses
+            raise RemoteRefused(
+                SYSTEM,
+                f"{what}: the URL or a redirect's Location cannot be used: {quoted(str(exc))}",
+                method=self.method,
+                url=self._url,
+            ) from exc
         except httpx.TransportError as exc:
             if time.monotonic() - started >= self.deadline:
                 problem = f"did not finish within the {self.deadline:g} s deadline"
@@ -1007,22 +1041,31 @@ class OaiClient:
 
 #: one piece of markup, in a page that may not be well-formed: a comment, CDATA, a processing
 #: instruction, a DOCTYPE (with its internal subset), another declaration, an end tag (group
-#: "end"), or a start tag (groups "name", "attributes", "empty")
+#: "end"), or a start tag (groups "name", "attributes", "empty"). A comment, CDATA, PI or DOCTYPE
+#: that never ends takes the rest of the page (as it would for a parser), so the scan stays
+#: linear: otherwise each of a million unterminated `<!--` would search to the page's end.
+#: Names stop at '<' for the same reason.
 _MARKUP = re.compile(
-    rb"""<!--.*?-->
-    | <!\[CDATA\[.*?\]\]>
-    | <\?.*?\?>
-    | (?P<doctype><!DOCTYPE(?:[^\[>]*\[.*?\])?[^>]*>)
+    rb"""<!--(?:.*?-->|.*)
+    | <!\[CDATA\[(?:.*?\]\]>|.*)
+    | <\?(?:.*?\?>|.*)
+    | (?P<doctype><!DOCTYPE(?:[^\[>]*\[.*?\]\s*>|[^\[>]*>|.*))
     | <![A-Za-z][^>]*>
-    | </\s*(?P<end>[^\s>]+)\s*>
+    | </\s*(?P<end>[^\s<>]+)\s*>
     | <(?P<name>[^\s/>!?=<"']+)
-      (?P<attributes>(?:\s+[^\s=/>]+\s*=\s*(?:"[^"]*"|'[^']*'))*)\s*(?P<empty>/?)>""",
+      (?P<attributes>(?:\s+[^\s=/<>]+\s*=\s*(?:"[^"]*"|'[^']*'))*)\s*(?P<empty>/?)>""",
     re.S | re.X,
 )
+#: a namespace prefix as a start tag, an end tag or an attribute uses it
+_PREFIX = re.compile(rb"[<\s/]([A-Za-z_][\w.-]*):")
 _NS_DECLARATION = re.compile(rb"""xmlns(?::([^\s=]+))?\s*=\s*(?:"([^"]*)"|'([^']*)')""")
 _RESPONSE_DATE = re.compile(rb"<(?:[\w.-]+:)?responseDate>\s*([^<\s]+)\s*</")
 _IDENTIFIER = re.compile(rb"<(?:[\w.-]+:)?identifier(?:\s[^>]*)?>\s*([^<]{1,500}?)\s*</")
+_HEADER_START = re.compile(rb"<(?:[\w.-]+:)?header(?:\s[^<>]*)?>")
 _HEADER_END = re.compile(rb"</(?:[\w.-]+:)?header\s*>")
+_METADATA_START = re.compile(rb"<(?:[\w.-]+:)?metadata[\s/>]")
+#: where lxml says a syntax error is (", line 1, column 215")
+_POSITION = re.compile(r",? line \d+, column \d+$")
 _MARKUP_DECLARATION = re.compile(rb"<!(?:DOCTYPE|ENTITY)", re.I)
 #: an unreadable page is salvaged only when it is whole: it ends where the protocol says
 _LIST_END = re.compile(rb"</(?:[\w.-]+:)?ListRecords\s*>\s*</(?:[\w.-]+:)?OAI-PMH\s*>\s*$")
@@ -1048,12 +1091,51 @@ class _Item:
     cut: bool = False
 
 
-def _namespace_of(qname: bytes, own: dict[bytes, bytes], stack: list[_Element]) -> str | None:
-    prefix = qname.split(b":", 1)[0] if b":" in qname else b""
-    for declarations in (own, *(e.declarations for e in reversed(stack))):
-        if prefix in declarations:
-            return declarations[prefix].decode("utf-8", "replace") or None
-    return None
+class _OpenElements:
+    """The elements open while a page is scanned, with what each declares. Namespaces and end
+    tags are looked up in constant time: a page nested a million deep (or full of end tags
+    nothing opened) must not make every tag walk the whole stack."""
+
+    def __init__(self) -> None:
+        self.stack: list[_Element] = []
+        self._uris: dict[bytes, list[bytes]] = {}  # prefix -> URIs declared, innermost last
+        self._depths: dict[bytes, list[int]] = {}  # qname -> depths open, innermost last
+
+    def __len__(self) -> int:
+        return len(self.stack)
+
+    def push(self, element: _Element) -> None:
+        self._depths.setdefault(element.qname, []).append(len(self.stack))
+        for prefix, uri in element.declarations.items():
+            self._uris.setdefault(prefix, []).append(uri)
+        self.stack.append(element)
+
+    def cut(self, depth: int) -> None:
+        """Close every element from `depth` down."""
+        while len(self.stack) > depth:
+            element = self.stack.pop()
+            self._depths[element.qname].pop()
+            for prefix in element.declarations:
+                self._uris[prefix].pop()
+
+    def namespace(self, qname: bytes, own: dict[bytes, bytes]) -> str | None:
+        """The namespace of a start tag named `qname` that declares `own`."""
+        prefix = qname.split(b":", 1)[0] if b":" in qname else b""
+        declared = self._uris.get(prefix)
+        uri = own.get(prefix, declared[-1] if declared else None)
+        return uri.decode("utf-8", "replace") or None if uri is not None else None
+
+    def innermost(self, qname: bytes) -> int | None:
+        """The depth of the innermost open element named `qname`, if any."""
+        depths = self._depths.get(qname)
+        return depths[-1] if depths else None
+
+    def declared_above(self, depth: int) -> dict[bytes, bytes]:
+        """The declarations in scope inside the element at `depth`."""
+        found: dict[bytes, bytes] = {}
+        for element in self.stack[: depth + 1]:
+            found.update(element.declarations)
+        return found
 
 
 def _local(qname: bytes) -> str:
@@ -1066,16 +1148,18 @@ def _list_items(raw: bytes) -> tuple[list[_Item], dict[bytes, bytes]] | None:
     so one broken record cannot swallow its neighbours. A record opened in any legal way
     (`<record>`, `<record xmlns=...>`, `<oai:record ...>`) is found by its namespace, not its
     spelling; a record element inside a record's metadata (MARCXML's) is in another namespace.
-    Children that are not records are grouped up to each header, so a record with a broken
-    start tag is one item, not one per element. Also the namespace declarations in scope
-    inside <ListRecords>. None when the page is not a ListRecords page or declares a DOCTYPE
-    before its root."""
-    stack: list[_Element] = []
+    An OAI-PMH record element inside a record that is still open is taken as the next record
+    (the one before never closed): a record cut short looks exactly like that. Children that
+    are not records are grouped up to each header, so a record with a broken start tag is one
+    item, not one per element. Also the namespace declarations in scope inside <ListRecords>.
+    None when the page is not a ListRecords page or declares a DOCTYPE before its root. Time
+    and memory are linear in the page's size, whatever its markup."""
+    opened = _OpenElements()
     items: list[_Item] = []
     list_depth = -1
     current: _Item | None = None
     for match in _MARKUP.finditer(raw):
-        if match.group("doctype") is not None and not stack:
+        if match.group("doctype") is not None and not len(opened):
             return None  # entities declared for the whole page: nothing in it is safe to read
         name, end = match.group("name"), match.group("end")
         if name is not None:
@@ -1084,9 +1168,9 @@ def _list_items(raw: bytes) -> tuple[list[_Item], dict[bytes, bytes]] | None:
                 (m.group(1) or b""): (m.group(2) if m.group(2) is not None else m.group(3))
                 for m in _NS_DECLARATION.finditer(attributes)
             }
-            namespace = _namespace_of(name, own, stack)
+            namespace = opened.namespace(name, own)
             local = _local(name)
-            depth = len(stack)
+            depth = len(opened)
             if depth == 0 and (local != "OAI-PMH" or namespace != OAI_NS):
                 return None
             if list_depth < 0:
@@ -1107,7 +1191,7 @@ def _list_items(raw: bytes) -> tuple[list[_Item], dict[bytes, bytes]] | None:
                     current.end, current.cut = match.start(), True
                     items.append(current)
                     current = None
-                    del stack[list_depth + 1 :]
+                    opened.cut(list_depth + 1)
                 adjacent = items and not raw[items[-1].end : match.start()].strip()
                 if (
                     adjacent
@@ -1118,45 +1202,44 @@ def _list_items(raw: bytes) -> tuple[list[_Item], dict[bytes, bytes]] | None:
                 else:
                     current = _Item(match.start(), match.end(), kind)
             if match.group("empty"):
-                if current is not None and len(stack) == list_depth + 1:
+                if current is not None and len(opened) == list_depth + 1:
                     current.end = match.end()
                     items.append(current)
                     current = None
                 continue
-            stack.append(_Element(name, namespace, own))
+            opened.push(_Element(name, namespace, own))
         elif end is not None:
-            at = next((i for i in range(len(stack) - 1, -1, -1) if stack[i].qname == end), None)
+            at = opened.innermost(end)
             if at is None:
                 continue  # an end tag nothing opened: part of the damage, ignored
             if list_depth >= 0 and at <= list_depth:  # the list (or the page) ends
                 if current is not None:
                     current.end, current.cut = match.start(), True
                     items.append(current)
-                return items, _in_scope(stack[: list_depth + 1])
-            del stack[at:]
-            if current is not None and len(stack) == list_depth + 1:
+                return items, opened.declared_above(list_depth)
+            opened.cut(at)
+            if current is not None and len(opened) == list_depth + 1:
                 current.end = match.end()
                 items.append(current)
                 current = None
     return None
 
 
-def _in_scope(stack: list[_Element]) -> dict[bytes, bytes]:
-    found: dict[bytes, bytes] = {}
-    for element in stack:
-        found.update(element.declarations)
-    return found
-
-
 def _fragment(declarations: dict[bytes, bytes], chunk: bytes) -> etree._Element:
-    """Parse one item of a page alone, under the namespace declarations in scope, safely; it
-    must be exactly one element."""
+    """Parse one item of a page alone, under the namespace declarations in scope that it uses
+    (a page declaring thousands must not make each record carry them all), safely; it must be
+    exactly one element."""
     parser = etree.XMLParser(
         resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False
     )
+    used = {m.group(1) for m in _PREFIX.finditer(chunk)} | {b""}
     attributes = b"".join(
-        (b" xmlns:" + prefix if prefix else b" xmlns") + b'="' + uri + b'"'
-        for prefix, uri in declarations.items()
+        (b" xmlns:" + prefix if prefix else b" xmlns")
+        + b'="'
+        + declarations[prefix].replace(b'"', b"&quot;")
+        + b'"'
+        for prefix in sorted(used)
+        if prefix in declarations
     )
     wrap = etree.fromstring(b"<wrap" + attributes + b">" + chunk + b"</wrap>", parser)
     if len(wrap) != 1 or (wrap.text or "").strip() or (wrap[0].tail or "").strip():
@@ -1199,12 +1282,23 @@ def salvage_page(raw: bytes) -> Response | None:
     return answer
 
 
+def _header_identifier(chunk: bytes) -> str | None:
+    """The identifier in a cut-out record's header; None without a header (an identifier
+    elsewhere, in its metadata or provenance, may be another record's)."""
+    metadata = _METADATA_START.search(chunk)
+    header = _HEADER_START.search(chunk, 0, metadata.start() if metadata else len(chunk))
+    if header is None:
+        return None
+    closed = _HEADER_END.search(chunk, header.end())
+    stop = closed.start() if closed else metadata.start() if metadata else len(chunk)
+    found = _IDENTIFIER.search(chunk, header.end(), stop)
+    return found.group(1).decode("utf-8", "replace").strip() if found else None
+
+
 def _salvage_record(
     declarations: dict[bytes, bytes], item: _Item, chunk: bytes
 ) -> Record | BrokenRecord:
-    header_end = _HEADER_END.search(chunk)
-    found = _IDENTIFIER.search(chunk, 0, header_end.end() if header_end else len(chunk))
-    identifier = found.group(1).decode("utf-8", "replace").strip() if found else None
+    identifier = _header_identifier(chunk)
     excerpt = quoted(chunk[:400])
 
     def refused(reason: str) -> BrokenRecord:
@@ -1225,7 +1319,9 @@ def _salvage_record(
     try:
         element = _fragment(declarations, chunk)
     except etree.XMLSyntaxError as exc:
-        return refused(f"malformed XML: {quoted(exc.msg or str(exc), 120)}")
+        # lxml's line and column count in the cut-out record, not in the page: left out
+        problem = _POSITION.sub("", exc.msg or str(exc))
+        return refused(f"malformed XML: {quoted(problem, 120)}")
     try:
         return record_from(element)
     except PageProblem as exc:
