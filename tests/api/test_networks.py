@@ -5,6 +5,7 @@ the config file are read-only; API networks get their schedule."""
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -215,11 +216,24 @@ def test_network_rules(api: Api, provider: Provider) -> None:
     assert limited.status_code == 200, limited.text
     assert limited.json()["limits"]["retries"] == 2
     assert limited.json()["limits"]["request_deadline"] == 600
-    for wrong in ({"retries": -1}, {"max_page_bytes": 10}, {"patience": 3}):
+    for wrong in (
+        '{"retries": -1}',
+        '{"max_page_bytes": 10}',
+        '{"patience": 3}',
+        # no end is no limit: infinity (1e999 is valid JSON, read as inf; PostgreSQL's JSON
+        # cannot even store it) and sizes or waits beyond any sense are refused
+        '{"request_deadline": 1e999}',
+        '{"max_total_wait": "inf"}',
+        '{"timeout": "nan"}',
+        '{"max_page_bytes": 1000000000000000}',
+        '{"max_wait": 1000000000}',
+    ):
         refused = api.client.put(
-            "/api/v1/oai/networks/LIM", json={**body, "limits": wrong}, headers=api.operator
+            "/api/v1/oai/networks/LIM",
+            content=json.dumps({**body, "limits": "-"}).replace('"-"', wrong),
+            headers={**api.operator, "Content-Type": "application/json"},
         )
-        assert refused.status_code == 422, refused.text
+        assert refused.status_code == 422, (wrong, refused.text)
     assert (
         api.client.post(
             "/api/v1/oai/networks/LB/run", params={"action": "NOPE"}, headers=api.operator

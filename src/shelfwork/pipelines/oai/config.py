@@ -61,6 +61,8 @@ SECRET_ENTITY = "oai:provider"
 #: (accept_empty_harvest: a full harvest that finds nothing, where the one before found records,
 #: is taken as it is instead of being held back as suspicious)
 BASE_PROPERTIES = ("force_full_harvest", "detailed_diagnose", "accept_empty_harvest")
+#: a day in seconds: the most any one harvest limit may wait
+DAY = 86_400
 
 
 class PipelineCall(BaseModel):
@@ -92,23 +94,24 @@ class Action(BaseModel):
 
 class HarvestLimits(BaseModel):
     """What one request to a network's repository may take (connectors/oaipmh.py OaiClient):
-    a repository that floods, drips or throttles for ever is given up on, not waited for."""
+    a repository that floods, drips or throttles for ever is given up on, not waited for. Each
+    limit has an upper bound too (no infinity): a limit without an end is none."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     #: the most bytes one response may inflate to (a gzip bomb stops there)
-    max_page_bytes: int = Field(default=MAX_BYTES, ge=1024)
+    max_page_bytes: int = Field(default=MAX_BYTES, ge=1024, le=1_000_000_000)
     #: seconds one request may take in all: connect, headers and body
-    request_deadline: float = Field(default=DEADLINE, gt=0)
+    request_deadline: float = Field(default=DEADLINE, gt=0, le=DAY)
     #: seconds each connect or read may take
-    timeout: float = Field(default=120.0, gt=0)
+    timeout: float = Field(default=120.0, gt=0, le=3600)
     #: how many times one request is tried again (throttled, failed, unreadable), every attempt
     #: counted
     retries: int = Field(default=5, ge=0, le=100)
     #: the longest one wait may be, whatever a Retry-After asks
-    max_wait: float = Field(default=300.0, gt=0)
+    max_wait: float = Field(default=300.0, gt=0, le=DAY)
     #: how long the waits of one request may add up to
-    max_total_wait: float = Field(default=900.0, ge=0)
+    max_total_wait: float = Field(default=900.0, ge=0, le=DAY)
 
 
 class NetworkConfig(BaseModel):
