@@ -9,10 +9,12 @@ bytes one at a time, redirects into the server's own network.
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import math
 import time
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from email.utils import format_datetime
 
@@ -43,7 +45,16 @@ from shelfwork.connectors.oaipmh import (
     parse_datestamp,
     salvage_page,
 )
-from tests.support.oai_hostile import Hostile, drip_body, drip_headers, gzip_bomb, plain, redirect
+from tests.support.oai_hostile import (
+    OAI_HEAD,
+    Hostile,
+    drip_body,
+    drip_headers,
+    gzip_bomb,
+    plain,
+    redirect,
+    unframed,
+)
 from tests.support.oai_provider import (
     ILLEGAL_COUNT,
     LOOPBACK,
@@ -630,6 +641,61 @@ def test_a_gzip_bomb_stops_at_the_byte_cap(monkeypatch: pytest.MonkeyPatch) -> N
         assert hostile.requests == ["/oai"]
     assert "1048576 bytes" in str(caught.value)
     assert CountingSpool.written <= cap and sleeps == []
+
+
+def raw_deflate(data: bytes) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return packer.compress(data) + packer.flush()
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body"),
+    [
+        ("deflate", lambda: zlib.compress(OAI_HEAD + b" " * (40 << 20), 9)),
+        ("deflate", lambda: raw_deflate(OAI_HEAD + b" " * (40 << 20))),
+        ("gzip", lambda: gzip.compress(OAI_HEAD) + gzip.compress(b" " * (4 << 20), 9) * 10),
+        ("", lambda: OAI_HEAD + b" " * (40 << 20)),
+    ],
+    ids=["zlib", "raw-deflate", "gzip-members", "identity"],
+)
+def test_every_body_stops_at_the_byte_cap(
+    monkeypatch: pytest.MonkeyPatch, encoding: str, body: Callable[[], bytes]
+) -> None:
+    """B4: a deflate bomb (zlib or raw), a bomb of many gzip members and a plain body without
+    Content-Length all stop at the cap as they arrive, fetched once."""
+    cap = 1 << 20
+    monkeypatch.setattr(oaipmh_module, "SpooledTemporaryFile", CountingSpool)
+    CountingSpool.written = 0
+    sleeps = Sleeps()
+    with Hostile() as hostile:
+        headers = {"Content-Encoding": encoding} if encoding else {}
+        hostile.route("/oai", unframed(body(), headers))
+        with (
+            OaiClient(
+                f"{hostile.url}/oai", addresses=LOOPBACK, max_bytes=cap, sleep=sleeps
+            ) as client,
+            pytest.raises(PageTooLarge, match="inflates past 1048576 bytes"),
+        ):
+            client.list_records("oai_dc")
+        assert hostile.requests == ["/oai"]
+    assert CountingSpool.written <= cap and sleeps == []
+
+
+@pytest.mark.parametrize("encoding", ["gzip, gzip", "br", "zstd", "compress"])
+def test_a_content_encoding_not_asked_for_is_refused_once(encoding: str) -> None:
+    """B4: the client asks for gzip or deflate; a body in another coding, or in two (each
+    one a chance to multiply), is refused with the coding named, and not fetched again: it
+    would come the same way."""
+    sleeps = Sleeps()
+    with Hostile() as hostile:
+        hostile.route("/oai", plain(200, gzip.compress(OAI_HEAD), {"Content-Encoding": encoding}))
+        with (
+            OaiClient(f"{hostile.url}/oai", addresses=LOOPBACK, sleep=sleeps) as client,
+            pytest.raises(BadPage, match=f"unsupported Content-Encoding '{encoding}'"),
+        ):
+            client.list_records("oai_dc")
+        assert hostile.requests == ["/oai"]
+    assert sleeps == []
 
 
 @pytest.mark.parametrize("route", [drip_body(0.05), drip_headers(0.05)], ids=["body", "headers"])

@@ -96,6 +96,18 @@ def redirect(location: str, status: int = 302) -> Route:
     return answer
 
 
+def unframed(body: bytes, headers: dict[str, str] | None = None) -> Route:
+    """A 200 answer without Content-Length: the body ends when the server closes."""
+
+    def answer(conn: socket.socket, _stop: threading.Event) -> None:
+        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+        conn.sendall(f"HTTP/1.1 200 OK\r\n{extra}Connection: close\r\n\r\n".encode())
+        for start in range(0, len(body), 1 << 16):
+            conn.sendall(body[start : start + (1 << 16)])
+
+    return answer
+
+
 def plain(status: int, body: bytes, headers: dict[str, str] | None = None) -> Route:
     def answer(conn: socket.socket, _stop: threading.Event) -> None:
         extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())

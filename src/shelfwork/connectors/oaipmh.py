@@ -290,6 +290,17 @@ class UnreadableBody(Exception):
     """A body the Inflater cannot decode (unknown coding, corrupt or cut compressed data)."""
 
 
+class UnknownCoding(UnreadableBody):
+    """A Content-Encoding the client did not ask for (or more than one)."""
+
+
+class UnsupportedCoding(BadPage):
+    """A body in a content coding the client did not ask for: refused, never retried (the
+    repository would send it the same way)."""
+
+    transient = False
+
+
 class Throttled(RemoteUnavailable):
     """503/429 with a Retry-After the client could not (or would no longer) wait for."""
 
@@ -416,7 +427,7 @@ class Inflater:
         codings = [c.strip().lower() for c in content_encoding.split(",")]
         codings = [c for c in codings if c and c != "identity"]
         if len(codings) > 1 or (codings and codings[0] not in ("gzip", "x-gzip", "deflate")):
-            raise UnreadableBody(f"unsupported Content-Encoding {quoted(content_encoding, 60)!r}")
+            raise UnknownCoding(f"unsupported Content-Encoding {quoted(content_encoding, 60)!r}")
         self.coding = codings[0] if codings else None
         self.limit = limit
         self.made = 0
@@ -948,15 +959,14 @@ class OaiClient:
                 spool.write(cleaner.close())
         except TooLarge:
             raise PageTooLarge(
-                f"the answer inflates past {self.max_bytes} bytes; refused",
+                f"the answer inflates past {self.max_bytes} bytes (the limit max_page_bytes); refused",
                 method=self.method,
                 url=self._url,
                 arguments=arguments,
             ) from None
         except UnreadableBody as exc:
-            raise BadPage(
-                str(exc), method=self.method, url=self._url, arguments=arguments
-            ) from None
+            cls = UnsupportedCoding if isinstance(exc, UnknownCoding) else BadPage
+            raise cls(str(exc), method=self.method, url=self._url, arguments=arguments) from None
         except AddressRefused as exc:
             raise RemoteRefused(
                 SYSTEM, f"{what} not sent: {exc}", method=self.method, url=self._url
@@ -974,7 +984,9 @@ class OaiClient:
             ) from exc
         except httpx.TransportError as exc:
             if time.monotonic() - started >= self.deadline:
-                problem = f"did not finish within the {self.deadline:g} s deadline"
+                problem = (
+                    f"did not finish within its deadline, request_deadline = {self.deadline:g} s"
+                )
             else:
                 problem = f"got no answer: {type(exc).__name__}: {quoted(str(exc))}".rstrip(": ")
             raise RemoteUnavailable(
