@@ -949,3 +949,26 @@ def test_a_redirect_to_a_host_that_cannot_be_written_is_refused() -> None:
             pytest.raises(RemoteRefused, match="Location cannot be used"),
         ):
             client.identify()
+
+
+def test_a_list_of_sets_without_end_stops() -> None:
+    """B4: a repository answering ListSets with empty pages and a new token each time (sets
+    only label records) is given up on after a bounded number of pages, not followed for
+    ever."""
+    served = itertools.count()
+
+    def endless(conn: object, stop: object) -> None:
+        page = (
+            OAI_HEAD.replace(b"ListRecords", b"ListSets")
+            + f"<resumptionToken>t{next(served)}</resumptionToken></ListSets></OAI-PMH>".encode()
+        )
+        plain(200, page)(conn, stop)  # type: ignore[arg-type]
+
+    with Hostile() as hostile:
+        hostile.route("/oai", endless)
+        with (
+            OaiClient(f"{hostile.url}/oai", addresses=LOOPBACK, sleep=Sleeps()) as client,
+            pytest.raises(RemoteRefused, match="ListSets"),
+        ):
+            client.list_sets()
+        assert len(hostile.requests) == oaipmh_module.MAX_SET_PAGES

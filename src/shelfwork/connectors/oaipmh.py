@@ -125,6 +125,8 @@ LIST_SETS = tag("ListSets")
 LIST_IDENTIFIERS = tag("ListIdentifiers")
 #: the most sets `list_sets` reads (names only label sets; a list without end must not stall)
 MAX_SETS = 10_000
+#: the most ListSets pages `list_sets` asks for
+MAX_SET_PAGES = 500
 
 
 # ---------------------------------------------------------------------------------- results
@@ -761,11 +763,12 @@ class OaiClient:
 
     def list_sets(self, *, limit: int = MAX_SETS) -> list[tuple[str, str]]:
         """(setSpec, setName) of every set the repository lists, following resumption tokens
-        (at most `limit`); none when it has no set hierarchy."""
+        (at most `limit` sets, in at most MAX_SET_PAGES pages: empty pages with new tokens
+        must not go on for ever); none when it has no set hierarchy."""
         arguments = {"verb": "ListSets"}
         found: list[tuple[str, str]] = []
         followed: set[str] = set()
-        while True:
+        for _ in range(MAX_SET_PAGES):
             answer = self._call(arguments)
             if any(code == "noSetHierarchy" for code, _ in answer.errors):
                 return []
@@ -780,6 +783,12 @@ class OaiClient:
                 )
             followed.add(token.value)
             arguments = {"verb": "ListSets", "resumptionToken": token.value}
+        raise RemoteRefused(
+            SYSTEM,
+            f"ListSets goes on past {MAX_SET_PAGES} pages ({len(found)} sets so far); given up",
+            method=self.method,
+            url=self._url,
+        )
 
     def list_records(
         self,
