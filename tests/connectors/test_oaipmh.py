@@ -300,10 +300,15 @@ def test_retry_after_capped_then_bounded(provider: Provider) -> None:
 PAST = format_datetime(datetime(2001, 1, 1, tzinfo=UTC), True)
 
 
-@pytest.mark.parametrize("retry_after", ["0", PAST], ids=["zero", "past-date"])
+@pytest.mark.parametrize(
+    "retry_after",
+    ["0", PAST, "soon", "-5", "1.5", "Wed, 21 Oct 2015 07:28:00 +99999999999999999999"],
+    ids=["zero", "past-date", "word", "negative", "fraction", "overflowing-date"],
+)
 def test_retry_after_now_still_backs_off_and_gives_up(provider: Provider, retry_after: str) -> None:
-    """C1: Retry-After 0 or a date gone by is not an invitation to hammer: every attempt counts,
-    each wait is at least the backoff (doubling), and the request fails after `retries`."""
+    """C1: Retry-After 0, a date gone by or a value that cannot be read is not an invitation
+    to hammer (nor a crash): every attempt counts, each wait is at least the backoff
+    (doubling), and the request fails after `retries`."""
     provider.faults.failing, provider.faults.retry_after = 200, retry_after
     sleeps = Sleeps()
     with (

@@ -371,7 +371,7 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
         return float(text)
     try:
         when = parsedate_to_datetime(text)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # "+99999999999999999999" overflows
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
