@@ -419,6 +419,33 @@ def test_a_first_harvest_that_finds_nothing_is_not_suspicious(
         assert newest(engine).state == "harvested"
 
 
+def test_an_empty_full_harvest_after_an_empty_one_is_not_suspicious(
+    make_engine: Any, tmp_path: Path
+) -> None:
+    """C5: only a network that had records is held back: a repository still empty is taken."""
+    for provider in running(Repository([]), batch_size=BATCH):
+        engine = make_engine(oai.PIPELINES, **oai_settings(tmp_path, provider.url))
+        assert run_harvest(engine).state == "succeeded"
+        assert run_harvest(engine, incremental=False).state == "succeeded"
+        assert [s.state for s in Snapshots(engine.store).list("LB")] == ["harvested"] * 2
+
+
+def test_a_full_harvest_of_deletions_only_is_not_suspicious(
+    engine: Engine, provider: Provider, items: list[Item]
+) -> None:
+    """C5: a repository that reports every record deleted said something: that is not an
+    empty answer, and it is taken."""
+    assert run_harvest(engine).state == "succeeded"
+    provider.repository.items = [
+        Item(item.identifier, item.datestamp, item.sets, deleted=True) for item in items
+    ]
+    job = run_harvest(engine, incremental=False)
+    assert job.state == "succeeded", job.error
+    snap = newest(engine)
+    assert snap.state == "harvested" and snap.total == 0 and snap.deleted == len(items)
+    assert not any("suspicious" in str(w) for w in job.warnings)
+
+
 def test_a_networks_limits_reach_its_client(
     make_engine: Any, tmp_path: Path, provider: Provider
 ) -> None:
