@@ -183,6 +183,14 @@ def person(rng: random.Random) -> str:
     return f"{rng.choice(FAMILY.split())}, {rng.choice(GIVEN.split())}"
 
 
+#: the benchmark repository's sets (DSpace-style collection specs); each record is in one or two
+SETS = 40
+
+
+def set_spec(number: int) -> str:
+    return f"col_123456789_{number}"
+
+
 def make_record(number: int) -> BenchRecord:
     """Record `number` of the benchmark repository (the same on every call and machine).
 
@@ -190,7 +198,7 @@ def make_record(number: int) -> BenchRecord:
     language outside the vocabularies, a too-short title), so verdicts are mixed."""
     rng = random.Random(number * 7919 + 17)
     stamp = START + timedelta(seconds=number * 13 + rng.randrange(13))
-    sets = tuple(sorted({f"col_123456789_{rng.randrange(40)}" for _ in range(rng.choice((1, 2)))}))
+    sets = tuple(sorted({set_spec(rng.randrange(SETS)) for _ in range(rng.choice((1, 2)))}))
     identifier = f"oai:repositorio.bench.example:123456789/{number}"
     if rng.random() < 0.02:
         return BenchRecord(identifier, stamp.strftime("%Y-%m-%dT%H:%M:%SZ"), sets, True, {})
@@ -269,7 +277,8 @@ class Corpus:
 
 
 def render_corpus(folder: Path, records: int, page_size: int) -> Corpus:
-    """Identify and every ListRecords page of `records` records, as files in `folder`."""
+    """Identify, ListSets and every ListRecords page of `records` records, as files in
+    `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     earliest = make_record(0).datestamp
     (folder / "identify.xml").write_text(
@@ -281,6 +290,17 @@ def render_corpus(folder: Path, records: int, page_size: int) -> Corpus:
         + f"<earliestDatestamp>{earliest}</earliestDatestamp>"
         + "<deletedRecord>persistent</deletedRecord>"
         + "<granularity>YYYY-MM-DDThh:mm:ssZ</granularity></Identify>\n</OAI-PMH>\n",
+        encoding="utf-8",
+    )
+    # ListSets, which the harvest asks first (the set names its provider shows)
+    (folder / "sets.xml").write_text(
+        OAI_HEAD
+        + f'<request verb="ListSets">{BASE_URL}</request>\n<ListSets>'
+        + "".join(
+            f"<set><setSpec>{set_spec(n)}</setSpec><setName>Colección {n}</setName></set>"
+            for n in range(SETS)
+        )
+        + "</ListSets>\n</OAI-PMH>\n",
         encoding="utf-8",
     )
     pages = -(-records // page_size)
@@ -330,7 +350,8 @@ def error_page(code: str, message: str) -> bytes:
 
 
 def static_handler(folder: Path) -> type[BaseHTTPRequestHandler]:
-    """Answers Identify and ListRecords from the files of `folder` (token = next page's name)."""
+    """Answers Identify, ListSets and ListRecords from the files of `folder` (token = next
+    page's name)."""
 
     class PageHandler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -351,6 +372,8 @@ def static_handler(folder: Path) -> type[BaseHTTPRequestHandler]:
             token = arguments.get("resumptionToken")
             if verb == "Identify":
                 body = (folder / "identify.xml").read_bytes()
+            elif verb == "ListSets" and token is None:
+                body = (folder / "sets.xml").read_bytes()
             elif verb == "ListRecords" and token is None:
                 body = (folder / f"{page_name(0)}.xml").read_bytes()
             elif verb == "ListRecords" and token and PAGE_NAME.match(token):
@@ -867,9 +890,9 @@ def harvest_report(
         "",
         f"Verdict: {'PASS' if headline >= TARGET_RATIO else 'FAIL'}: harvest-and-store runs at "
         f"{headline:.0%} of the client-side limit with database on {first} (target "
-        f"{TARGET_RATIO:.0%}); "
-        + "; ".join(
-            f"{series[f'step:{label}'].rate / limit.rate:.0%} with database on {label}"
+        f"{TARGET_RATIO:.0%})"
+        + "".join(
+            f"; {series[f'step:{label}'].rate / limit.rate:.0%} with database on {label}"
             for label in list(blob_roots)[1:]
         )
         + ".",
@@ -1422,7 +1445,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--tmpfs",
-        type=Path,
+        type=lambda value: Path(value) if value else None,
         default=Path("/dev/shm") if Path("/dev/shm").is_dir() else None,
         help="also harvest with the database on this memory filesystem ('' to skip)",
     )
