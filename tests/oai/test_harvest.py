@@ -12,8 +12,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import psycopg
 import pytest
-from sqlalchemy import select
+from alembic import command
+from sqlalchemy import create_engine, inspect, select, text
 
 from shelfwork.batch import dead_letters
 from shelfwork.connectors.oaipmh import parse_datestamp
@@ -22,7 +24,9 @@ from shelfwork.pipelines import oai
 from shelfwork.pipelines.oai import harvest
 from shelfwork.pipelines.oai.snapshots import HARVEST_DONE, Snapshots
 from shelfwork.pipelines.oai.storage import MetadataStore
+from shelfwork.store.database import Store, alembic_config
 from shelfwork.store.models import DeadLetter
+from tests.conftest import PG_ADMIN, SESSION
 from tests.support.oai_hostile import Hostile, gzip_bomb
 from tests.support.oai_provider import (
     LOOPBACK_HOSTS,
@@ -500,3 +504,86 @@ def test_a_loopback_repository_is_refused_unless_allowed(
     job = run_harvest(engine)
     assert job.state == "failed" and "loopback" in job.error
     assert provider.faults.requests() == []
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database with no tables, on each backend (migrations are run on it from scratch)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'old.db'}"
+        return
+    name = f"shelfwork_migration_0004_{SESSION}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + (
+            "/" + name
+        )
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_migration_0004_adds_limits_and_harvested_by_and_goes_back(empty_database: str) -> None:
+    """Migration 0004 on both backends: rows from before it get no limits (the defaults) and no
+    harvest (counted as new when delivered again); downgrading drops both columns and keeps
+    the rows; upgrading again brings them back empty."""
+    url = empty_database
+    command.upgrade(alembic_config(url), "0003")
+    engine = create_engine(url)
+    now = "2024-01-01 00:00:00.000000"
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO oai_networks (acronym, name, base_url, metadata_prefix, sets, "
+                "timezone, method, properties, origin, created_at, updated_at) VALUES "
+                "('OLD', 'Old', 'http://x', 'oai_dc', '[]', 'UTC', 'GET', '{}', 'api', :t, :t)"
+            ),
+            {"t": now},
+        )
+        snapshot = conn.execute(
+            text(
+                "INSERT INTO oai_snapshots (network, state, incremental, pages, harvested, "
+                "deleted, total, valid, invalid, transformed, bad, started_at) VALUES "
+                "('OLD', 'valid', false, 1, 1, 0, 1, 1, 0, 0, 0, :t) RETURNING id"
+            ),
+            {"t": now},
+        ).scalar_one()
+        conn.execute(
+            text(
+                "INSERT INTO oai_records (snapshot_id, identifier, datestamp, sets, deleted, "
+                "transformed) VALUES (:s, 'oai:old:1', '2024-01-01', '[]', false, false)"
+            ),
+            {"s": snapshot},
+        )
+    command.upgrade(alembic_config(url), "0004")
+    columns = {
+        table: {c["name"] for c in inspect(engine).get_columns(table)}
+        for table in ("oai_networks", "oai_records")
+    }
+    assert "limits" in columns["oai_networks"] and "harvested_by" in columns["oai_records"]
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT limits FROM oai_networks")).scalar_one() is None
+        assert conn.execute(text("SELECT harvested_by FROM oai_records")).scalar_one() is None
+        conn.execute(text("""UPDATE oai_networks SET limits = '{"retries": 2}'"""))
+        conn.execute(text("UPDATE oai_records SET harvested_by = :s"), {"s": snapshot})
+    engine.dispose()
+    store = Store(url)
+    network = oai.Networks(store).get("OLD")  # the code reads what the migration made
+    assert oai.config.HarvestLimits.model_validate(network.limits).retries == 2
+    store.dispose()
+    command.downgrade(alembic_config(url), "0003")
+    engine = create_engine(url)
+    assert "limits" not in {c["name"] for c in inspect(engine).get_columns("oai_networks")}
+    assert "harvested_by" not in {c["name"] for c in inspect(engine).get_columns("oai_records")}
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM oai_records")).scalar_one() == 1
+        assert conn.execute(text("SELECT count(*) FROM oai_networks")).scalar_one() == 1
+    engine.dispose()
+    command.upgrade(alembic_config(url), "head")
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT limits FROM oai_networks")).scalar_one() is None
+        assert conn.execute(text("SELECT harvested_by FROM oai_records")).scalar_one() is None
+    engine.dispose()
