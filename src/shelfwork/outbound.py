@@ -55,8 +55,9 @@ class AddressRefused(ShelfworkError):
     def __init__(self, host: str, reason: str) -> None:
         self.host = host
         self.reason = reason
+        article = "an" if reason[:1] in "aeiou" else "a"
         super().__init__(
-            f"host {host} is refused: it is or resolves to a {reason} address "
+            f"host {host} is refused: it is or resolves to {article} {reason} address "
             "(list it in allow_private_hosts for a local setup)"
         )
 

@@ -7,7 +7,8 @@ address the harvester must not reach).
         OaiClient(f"{hostile.url}/bomb", ...)
 
 Each route is a function that writes a whole answer to the connection; `Hostile.requests` lists
-the paths asked for, so a test can check what reached the server. Pacing (the drips) waits on the
+the paths asked for, so a test can check what reached the server (`tls=` serves HTTPS, with
+REPO_TEST_CERT for the name repo.test). Pacing (the drips) waits on the
 server's stop event, so stopping the server ends every drip at once.
 """
 
@@ -17,6 +18,7 @@ import contextlib
 import gzip
 import socket
 import socketserver
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +26,28 @@ from typing import Any
 
 #: a route: (the connection, the server's stop event) -> None
 Route = Callable[[socket.socket, threading.Event], None]
+
+#: a self-signed certificate for the name `repo.test` only (no address in it), valid 2020-2120,
+#: and its key, for a hostile server over TLS (made with `openssl ca -selfsign`; a test key)
+REPO_TEST_CERT = """\
+-----BEGIN CERTIFICATE-----
+MIIBYDCCAQegAwIBAgIBATAKBggqhkjOPQQDAjAUMRIwEAYDVQQDDAlyZXBvLnRl
+c3QwIBcNMjAwMTAxMDAwMDAwWhgPMjEyMDAxMDEwMDAwMDBaMBQxEjAQBgNVBAMM
+CXJlcG8udGVzdDBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABOxEpUyIZf0KaF0s
+GicJHjE4q1Fin2M9tXKWUQi/MAGtcMG4+BgFWWNeXuwadPpPE5gvhaX1KPwFhYsp
+Uh6okx2jSDBGMBQGA1UdEQQNMAuCCXJlcG8udGVzdDAPBgNVHRMBAf8EBTADAQH/
+MB0GA1UdDgQWBBS2JS/1fj7L3RkJwWlJvH6IHfwxhTAKBggqhkjOPQQDAgNHADBE
+AiAnbzK5tsyknDnwHgynFViiF1+j9pBQ6VEY/FvNlMIucAIgDs8TE0UlBml5891X
+JFPR8ltTMQ+oj4IifP3DStKNxYw=
+-----END CERTIFICATE-----
+"""
+REPO_TEST_KEY = """\
+-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgsc7kX76mAb44mx2F
+lDl9YxgaaBqwNIHy5gEBrSOsi6ChRANCAATsRKVMiGX9CmhdLBonCR4xOKtRYp9j
+PbVyllEIvzABrXDBuPgYBVljXl7sGnT6TxOYL4Wl9Sj8BYWLKVIeqJMd
+-----END PRIVATE KEY-----
+"""
 
 OAI_HEAD = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -127,6 +151,9 @@ class Hostile:
     host: str = "127.0.0.1"
     routes: dict[str, Route] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
+    #: serve over TLS with this context; each client's SNI name is kept in `server_names`
+    tls: ssl.SSLContext | None = None
+    server_names: list[str | None] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
     _server: Any = None
     _thread: threading.Thread | None = None
@@ -134,17 +161,25 @@ class Hostile:
     @property
     def url(self) -> str:
         assert self._server is not None
-        return f"http://{self.host}:{self._server.server_address[1]}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{self.host}:{self._server.server_address[1]}"
 
     def route(self, path: str, answer: Route) -> None:
         self.routes[path] = answer
 
     def __enter__(self) -> Hostile:
         hostile = self
+        if self.tls is not None:
+            self.tls.sni_callback = lambda _sock, name, _ctx: self.server_names.append(name)
 
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
                 conn: socket.socket = self.request
+                if hostile.tls is not None:
+                    try:
+                        conn = hostile.tls.wrap_socket(conn, server_side=True)
+                    except (ssl.SSLError, OSError):  # the client refused the certificate
+                        return
                 head = b""
                 while b"\r\n\r\n" not in head and len(head) < 65536:
                     chunk = conn.recv(4096)

@@ -4,7 +4,9 @@ transport that checks every connection (each redirect hop) and connects to what 
 from __future__ import annotations
 
 import socket
+import ssl
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,7 +19,15 @@ from shelfwork.outbound import (
     AddressRefused,
     request_deadline,
 )
-from tests.support.oai_hostile import Hostile, drip_body, drip_headers, plain, redirect
+from tests.support.oai_hostile import (
+    REPO_TEST_CERT,
+    REPO_TEST_KEY,
+    Hostile,
+    drip_body,
+    drip_headers,
+    plain,
+    redirect,
+)
 
 REFUSED = [
     ("127.0.0.1", "loopback"),
@@ -46,6 +56,15 @@ REFUSED = [
 @pytest.mark.parametrize(("address", "kind"), REFUSED)
 def test_non_public_addresses_are_refused_by_default(address: str, kind: str) -> None:
     assert PUBLIC_ONLY.refusal(address) == kind
+
+
+def test_the_refusal_reads_as_a_sentence() -> None:
+    with pytest.raises(AddressRefused) as caught:
+        PUBLIC_ONLY.resolve("0.0.0.0", 80)
+    assert "resolves to an unspecified address" in str(caught.value)
+    with pytest.raises(AddressRefused) as caught:
+        PUBLIC_ONLY.resolve("10.0.0.1", 80)
+    assert "resolves to a private address" in str(caught.value)
 
 
 @pytest.mark.parametrize("address", ["93.184.215.14", "8.8.8.8", "2606:4700:4700::1111"])
@@ -175,3 +194,60 @@ def test_url_exists_checks_follow_the_same_policy() -> None:
             default.close()
             local.close()
         assert front.requests == ["/doc", "/moved"] and inside.requests == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://2130706433:{port}/",  # 127.0.0.1 as one decimal number
+        "http://017700000001:{port}/",  # ... in octal
+        "http://0x7f.1:{port}/",  # hex and a short form
+        "http://127.1:{port}/",
+        "http://0.0.0.0:{port}/",
+        "http://[::]:{port}/",
+        "http://[::ffff:7f00:1]:{port}/",
+        "http://[0:0:0:0:0:ffff:127.0.0.1]:{port}/",
+        "http://[::127.0.0.1]:{port}/",  # IPv4-compatible (deprecated): reserved
+        "http://[fe80::1%25lo]:{port}/",  # with a zone
+        "http://good.example@127.0.0.1:{port}/",  # user info is not the host
+        "http://LOCALHOST:{port}/",
+    ],
+)
+def test_other_spellings_of_a_refused_address_are_refused(url: str) -> None:
+    """Whatever way the host is written, it is judged by the address it resolves to, and the
+    server is never reached."""
+    with Hostile() as hostile:
+        hostile.route("/", plain(200, b"reached"))
+        port = hostile.url.rsplit(":", 1)[1]
+        with client(PUBLIC_ONLY) as http, pytest.raises(AddressRefused):
+            http.get(url.format(port=port))
+        assert hostile.requests == []
+
+
+def test_tls_is_checked_against_the_name_while_connecting_to_the_checked_address(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """HTTPS through the guarded transport connects to the address it checked, but sends the
+    host name as SNI and verifies the certificate against the name: a certificate for
+    repo.test passes for https://repo.test and fails for its address."""
+    (tmp_path / "cert.pem").write_text(REPO_TEST_CERT)
+    (tmp_path / "key.pem").write_text(REPO_TEST_KEY)
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    real = socket.getaddrinfo
+
+    def resolve(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
+        return real("127.0.0.1" if host == "repo.test" else host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    trusting = ssl.create_default_context(cadata=REPO_TEST_CERT)
+    policy = AddressPolicy.allowing(["127.0.0.1"])
+    with Hostile(tls=server_side) as hostile:
+        hostile.route("/oai", plain(200, b"over tls"))
+        port = hostile.url.rsplit(":", 1)[1]
+        with httpx.Client(transport=policy.transport(trusting)) as http:
+            assert http.get(f"https://repo.test:{port}/oai").text == "over tls"
+            with pytest.raises(httpx.ConnectError, match=r"certificate|hostname|IP address"):
+                http.get(f"https://127.0.0.1:{port}/oai")
+        assert hostile.server_names[0] == "repo.test"
+        assert hostile.requests == ["/oai"]
