@@ -977,3 +977,25 @@ def test_a_list_of_sets_without_end_stops() -> None:
         ):
             client.list_sets()
         assert len(hostile.requests) == oaipmh_module.MAX_SET_PAGES
+
+
+def test_records_inside_comments_cdata_and_pis_are_not_records() -> None:
+    """C4: markup that only looks like a record (in a comment, a CDATA section, a processing
+    instruction) is neither stored nor refused: the counts hold the page's real records only."""
+    ghost = "<record><header><identifier>oai:x:ghost</identifier></header></record>"
+    raw = (
+        PAGE_HEAD
+        + dc_record("oai:x:A")
+        + f"<!-- {ghost} -->"
+        + dc_record("oai:x:B", f"<![CDATA[ {ghost} ]]>")
+        + f"<?pi {ghost} ?>"
+        + dc_record("oai:x:C", "&nbsp;")
+        + dc_record("oai:x:D", opening=f'<o:record xmlns:o="{OAI_NS}">')
+        + PAGE_TAIL
+    ).encode()
+    answer = salvage_page(raw)
+    assert answer is not None
+    assert [r.identifier for r in answer.records] == ["oai:x:A", "oai:x:B", "oai:x:D"]
+    assert [b.identifier for b in answer.broken] == ["oai:x:C"]
+    title = etree.fromstring(answer.records[1].metadata or b"").findtext(f"{DC}title")
+    assert title == f" {ghost} "
