@@ -927,3 +927,20 @@ def test_private_addresses_are_recognised(url: str) -> None:
 
 def test_public_address_is_not_private() -> None:
     assert PUBLIC_ONLY.permits_url("http://93.184.215.14/x")
+
+
+def test_url_exists_check_of_a_dripping_server_ends_at_its_deadline() -> None:
+    """A harvested record's link to a server that sends its headers a byte at a time must not
+    hold a check past the checker's timeout (each byte would otherwise restart the read timeout)."""
+    from tests.support.oai_hostile import Hostile, drip_headers
+
+    with Hostile() as hostile:
+        hostile.route("/slow", drip_headers(0.02, seconds=30.0))
+        checker = UrlChecker(timeout=0.5, allow_private=True)
+        started = time.monotonic()
+        assert not checker.exists(f"{hostile.url}/slow")
+        took = time.monotonic() - started
+        checker.close()
+    assert hostile.requests == ["/slow"]
+    # without a deadline the check lasts as long as the server drips (30 s here)
+    assert took < 5.0

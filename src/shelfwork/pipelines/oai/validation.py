@@ -34,7 +34,7 @@ from pydantic import (
 
 from ...connectors import tls_context
 from ...errors import ConfigError
-from ...outbound import PUBLIC_ONLY, AddressPolicy, AddressRefused
+from ...outbound import PUBLIC_ONLY, AddressPolicy, AddressRefused, request_deadline
 from .record import DEFAULT_NAMESPACES, FIELD_SYNTAX, MetadataRecord
 from .rulefile import (
     RuleFile,
@@ -388,7 +388,10 @@ class UrlChecker:
                 )
             client = self._client
         try:
-            response = client.head(url)
+            # the whole check ends at `timeout`: a server dripping its headers a byte at a time
+            # would otherwise restart each read's timeout for as long as it likes
+            with request_deadline(self.timeout):
+                response = client.head(url)
         except (httpx.HTTPError, httpx.InvalidURL, AddressRefused):
             return 0, None
         return response.status_code, response.headers.get("location")
