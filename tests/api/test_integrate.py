@@ -4,6 +4,7 @@ status says while and after the job runs (a stand-in koha-dspace pipeline, no pe
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,9 +25,16 @@ class Biblio(BaseModel):
     biblionumber: int
 
 
+#: the first step holds until a test lets it go (open unless a test closes it): a test that reads
+#: a running task does so while it surely runs, not within a fixed time window
+GATE = threading.Event()
+GATE.set()
+
+
 def slow(ctx: StepContext) -> None:
     ctx.progress(1, 2, "halfway", force=True)
-    ctx.sleep(0.6)
+    while not GATE.wait(0.05):
+        ctx.check_cancel()
 
 
 def cover(ctx: StepContext) -> None:
@@ -49,8 +57,10 @@ STAND_IN = Pipeline(
 
 
 @pytest.fixture
-def client(api_for: ApiFactory) -> Any:
-    return api_for(pipelines=[STAND_IN], start=True)
+def client(api_for: ApiFactory) -> Iterator[Any]:
+    GATE.set()
+    yield api_for(pipelines=[STAND_IN], start=True)
+    GATE.set()
 
 
 def wait_final(api: Any, task: str, headers: dict[str, str]) -> dict[str, Any]:
@@ -65,6 +75,7 @@ def wait_final(api: Any, task: str, headers: dict[str, str]) -> dict[str, Any]:
 
 def test_integrate_then_status_until_done(client: Any) -> None:
     api = client
+    GATE.clear()
     first = api.client.post("/integrate", json={"biblionumber": 42}, headers=api.operator)
     assert first.status_code == 202, first.text
     task = first.json()["task_id"]
@@ -73,6 +84,7 @@ def test_integrate_then_status_until_done(client: Any) -> None:
     assert again.json()["task_id"] == task and again.json()["created"] is False
     running = api.client.get(f"/status/{task}", headers=api.viewer).json()
     assert running["status"] in ("queued", "running") and running["biblionumber"] == 42
+    GATE.set()
     final = wait_final(api, task, api.viewer)
     assert final["status"] == "done"
     assert final["handle_url"] == "https://hdl/1" and final["item_uuid"] == "u-1"
