@@ -44,6 +44,7 @@ from typing import IO, Any, Literal, Self
 import httpx
 from lxml import etree
 
+from .. import redaction
 from ..outbound import PUBLIC_ONLY, AddressPolicy, AddressRefused, request_deadline
 from . import (
     RemoteError,
@@ -91,18 +92,10 @@ ILLEGAL_XML_STARTS = (b"&", b"\xef")
 
 Method = Literal["GET", "POST"]
 
-#: terminal escape sequences, control characters and line separators a quote must not carry
-_UNPRINTABLE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-_SPACES = re.compile(r"\s+")
-
 
 def quoted(text: str | bytes, limit: int = QUOTED) -> str:
-    """A remote answer as an error may quote it: on one line, without control characters or
-    terminal escapes, white space collapsed, at most `limit` characters."""
-    if isinstance(text, bytes):
-        text = text[: limit * 4].decode("utf-8", "replace")
-    flat = _SPACES.sub(" ", _UNPRINTABLE.sub(" ", text[: limit * 4])).strip()
-    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
+    """A remote answer as an error may quote it (redaction.excerpt), at this client's length."""
+    return redaction.excerpt(text, limit)
 
 
 def tag(name: str) -> str:
