@@ -174,12 +174,7 @@ class OpenFile:
         StillBeingWritten if the file changed while it was read: the hashes would then describe
         no version of it that ever existed whole."""
         before = os.fstat(self.fd)
-        sha256, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
-        size = 0
-        while chunk := os.pread(self.fd, _CHUNK, size):
-            sha256.update(chunk)
-            md5.update(chunk)
-            size += len(chunk)
+        size, sha256, md5 = content_hashes(self.fd)
         after = os.fstat(self.fd)
         if (
             size != before.st_size
@@ -191,7 +186,7 @@ class OpenFile:
                 "still being written",
                 f"{self.shown} is still being written (it changed while it was read)",
             )
-        return Fingerprint(size=size, sha256=sha256.hexdigest(), md5=md5.hexdigest())
+        return Fingerprint(size=size, sha256=sha256, md5=md5)
 
     def reader(self) -> BinaryIO:
         """The content as a file object of its own (a duplicate descriptor: close it), for
@@ -202,6 +197,18 @@ class OpenFile:
         for fd in (self.fd, self.folder_fd):
             with suppress(OSError):
                 os.close(fd)
+
+
+def content_hashes(fd: int) -> tuple[int, str, str]:
+    """Bytes read, SHA-256 and MD5 of an open file's whole content, in one pass (positioned
+    reads: the descriptor's own offset is left alone)."""
+    sha256, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
+    size = 0
+    while chunk := os.pread(fd, _CHUNK, size):
+        sha256.update(chunk)
+        md5.update(chunk)
+        size += len(chunk)
+    return size, sha256.hexdigest(), md5.hexdigest()
 
 
 def _identity(info: os.stat_result) -> tuple[int, int]:

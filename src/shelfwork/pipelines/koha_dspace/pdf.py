@@ -20,7 +20,6 @@ bytes that were checked, whatever happens to the name meanwhile.
 from __future__ import annotations
 
 import errno
-import hashlib
 import io
 import os
 import re
@@ -37,6 +36,7 @@ import pypdfium2.raw as pdfium_c
 from PIL import Image
 
 from ...errors import ShelfworkError
+from .files import content_hashes
 
 #: serialises every PDFium call in this process (see the module docstring)
 PDFIUM_LOCK = threading.RLock()
@@ -137,7 +137,7 @@ def _inspect(path: Path) -> PdfInfo:
                     raise _Unreadable(f"corrupt PDF: page 1 cannot be read ({exc})") from None
             finally:
                 document.close()
-        read, md5, sha256 = _checksums(file.fileno())
+        read, sha256, md5 = content_hashes(file.fileno())
         after = max(read, os.fstat(file.fileno()).st_size)
     if after != size:
         raise _Unreadable(f"still being written (size went from {size} to {after} bytes)")
@@ -163,17 +163,6 @@ def _opened(path: Path) -> Iterator[io.FileIO]:
         if not stat.S_ISREG(mode):
             raise _Unreadable("not a regular file", lasting=True)
         yield file
-
-
-def _checksums(fd: int) -> tuple[int, str, str]:
-    """Bytes read, MD5 and SHA-256 of the whole file, in one pass."""
-    md5, sha256 = hashlib.md5(usedforsecurity=False), hashlib.sha256()
-    read = 0
-    while chunk := os.pread(fd, _CHUNK, read):
-        md5.update(chunk)
-        sha256.update(chunk)
-        read += len(chunk)
-    return read, md5.hexdigest(), sha256.hexdigest()
 
 
 def _size_and_header(file: io.FileIO) -> int:
