@@ -8,7 +8,7 @@ import hashlib
 import logging
 import re
 import threading
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import select, update
@@ -28,6 +28,7 @@ from shelfwork.config import load_settings
 from shelfwork.errors import ConfigError
 from shelfwork.store.database import utcnow
 from shelfwork.store.models import ApiToken, UserSession
+from tests.support.clock import FakeClock
 
 from .conftest import ROLES, Api, ApiFactory
 
@@ -397,23 +398,11 @@ def test_failed_logins_back_off_per_user_and_address_and_cap_each_address(
     assert 500 <= int(spraying.headers["retry-after"]) <= 600
 
 
-class Clock:
-    """A clock the limiter reads instead of the wall clock: tests move time, never sleep."""
-
-    def __init__(self) -> None:
-        self.now = utcnow()
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
-def limited_auth(api_for: ApiFactory, **settings: object) -> tuple[Auth, Clock]:
+def limited_auth(api_for: ApiFactory, **settings: object) -> tuple[Auth, FakeClock]:
+    """An Auth whose login limiter reads a clock the test moves: tests move time, never sleep."""
     api = api_for(**settings)
     auth: Auth = api.client.app.state.auth  # type: ignore[attr-defined]
-    clock = Clock()
+    clock = FakeClock()
     auth.limiter.clock = clock
     auth.users.create("admin", "admin", "the admin's password")
     return auth, clock
