@@ -73,22 +73,28 @@ def start_server(
         sock.close()
 
 
+def trickle_headers(s: socket.socket, limit: float) -> tuple[bool, float]:
+    """Play slowloris on a connection whose request headers have begun: add one header byte
+    whenever the server has said nothing for 0.1 s. Returns (closed by the server, seconds until
+    then or `limit`)."""
+    started = time.monotonic()
+    s.settimeout(0.1)
+    while time.monotonic() - started < limit:
+        try:
+            if s.recv(1024) == b"":
+                return True, time.monotonic() - started
+        except TimeoutError:
+            s.sendall(b"x")
+        except (ConnectionResetError, BrokenPipeError):
+            return True, time.monotonic() - started
+    return False, limit
+
+
 def held_open_for(port: int, limit: float) -> tuple[bool, float]:
-    """Play slowloris: start a request and add one header byte whenever the server has said
-    nothing for 0.1 s. Returns (closed by the server, seconds until then or `limit`)."""
+    """Start a request on a new connection and trickle its headers (`trickle_headers`)."""
     with socket.create_connection(("127.0.0.1", port)) as s:
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: shelfwork\r\nX-Slow: ")
-        started = time.monotonic()
-        s.settimeout(0.1)
-        while time.monotonic() - started < limit:
-            try:
-                if s.recv(1024) == b"":
-                    return True, time.monotonic() - started
-            except TimeoutError:
-                s.sendall(b"x")
-            except (ConnectionResetError, BrokenPipeError):
-                return True, time.monotonic() - started
-        return False, limit
+        return trickle_headers(s, limit)
 
 
 def test_a_client_that_never_finishes_its_headers_is_disconnected(start_server: Start) -> None:
@@ -149,17 +155,7 @@ def test_the_header_deadline_holds_on_a_kept_alive_connection(start_server: Star
         first = s.recv(65536)
         assert first.startswith(b"HTTP/1.1 200 "), first
         s.sendall(b"GET /login HTTP/1.1\r\nX-Slow: ")
-        started = time.monotonic()
-        s.settimeout(0.1)
-        closed = False
-        while not closed and time.monotonic() - started < 6.0:
-            try:
-                closed = s.recv(1024) == b""
-            except TimeoutError:
-                s.sendall(b"x")
-            except (ConnectionResetError, BrokenPipeError):
-                closed = True
-        after = time.monotonic() - started
+        closed, after = trickle_headers(s, limit=6.0)
     assert closed, "the second request's headers were allowed to trickle forever"
     assert 0.4 <= after < 3.0, after
 
