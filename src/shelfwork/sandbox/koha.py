@@ -986,6 +986,19 @@ class KohaApp:
             return None
         return params["userid"], params.get("password", "")
 
+    def _form_inputs(self, session_id: str | None, params: dict[str, str]) -> list[str]:
+        """A3: the hidden inputs auth.tt puts in `#loginform`, for the login and the two-factor
+        prompt alike: on 24.05 the session's csrf_token and op=cud-login, then the login context
+        and the request's own parameters."""
+        fixed = [hidden("koha_login_context", "intranet")]
+        if self.state.generation == "24.05" and session_id is not None:
+            fixed = [
+                hidden("csrf_token", self.state.csrf_token(session_id)),
+                hidden("op", "cud-login"),
+                *fixed,
+            ]
+        return [*fixed, *(hidden(k, v) for k, v in params.items() if k not in LOGIN_FIELDS)]
+
     def login_page(
         self,
         request: Request,
@@ -1005,16 +1018,10 @@ class KohaApp:
             if status not in ("ok", "anon") or session_id is None:
                 session_id = self.state.new_session(None)
                 new_cookie = True
-            fixed = [
-                hidden("csrf_token", self.state.csrf_token(session_id)),
-                hidden("op", "cud-login"),
-                hidden("koha_login_context", "intranet"),
-            ]
             user_field, password_field = "login_userid", "login_password"
         else:
-            fixed = [hidden("koha_login_context", "intranet")]
             user_field, password_field = "userid", "password"
-        carried = [hidden(k, v) for k, v in params.items() if k not in LOGIN_FIELDS]
+        inputs = self._form_inputs(session_id, params)
         errors = []
         if nopermission:
             errors.append(
@@ -1035,7 +1042,7 @@ class KohaApp:
             + "\n".join(errors)
             + f'\n<form action="{e(request.url.path)}" method="post" name="loginform" '
             'id="loginform" class="validated">\n'
-            + "\n".join(fixed + carried)
+            + "\n".join(inputs)
             + f'\n<p><label for="userid">Username:</label>\n<input type="text" '
             f'name="{user_field}" id="userid" class="input focus" value="{e(userid)}" '
             'size="20" tabindex="1" autocomplete="off" /></p>\n'
@@ -1103,22 +1110,16 @@ class KohaApp:
         else:
             title = "Two-factor authentication"
             if self.state.generation == "24.05":
-                fixed = [
-                    hidden("csrf_token", self.state.csrf_token(session_id)),
-                    hidden("op", "cud-login"),
-                    hidden("koha_login_context", "intranet"),
-                ]
                 alert, message = "alert alert-warning", "alert alert-info"
             else:
-                fixed = [hidden("koha_login_context", "intranet")]
                 alert, message = "dialog alert", "dialog message"
-            carried = [hidden(k, v) for k, v in params.items() if k not in LOGIN_FIELDS]
+            inputs = self._form_inputs(session_id, params)
             error = '<div id="login_error">Invalid two-factor code</div>\n' if wrong_code else ""
             body = (
                 '<div id="login">\n<h1><a href="http://koha-community.org">Koha</a></h1>\n'
                 f'<form action="{e(request.url.path)}" method="post" name="loginform" '
                 'id="loginform" autocomplete="off">\n'
-                + "\n".join(fixed + carried)
+                + "\n".join(inputs)
                 + f'\n{error}<div id="email_error" class="{alert}" style="display: none;"></div>'
                 f'\n<div id="email_success" class="{message}" style="display: none;"></div>\n'
                 '<p><label for="otp_token">Two-factor authentication code:</label>\n'
