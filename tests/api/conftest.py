@@ -78,6 +78,11 @@ class Api:
     def viewer(self) -> dict[str, str]:
         return self.auth("viewer")
 
+    def button(self) -> dict[str, str]:
+        """The header of a new token of the Koha button's role (integrator)."""
+        _, secret = self.client.app.state.auth.tokens.create("integrator", "koha-button")  # type: ignore[attr-defined]
+        return {"Authorization": f"Bearer {secret}"}
+
     def submit(self, pipeline: str = "noop", **body: Any) -> int:
         r = self.client.post(
             "/api/v1/jobs", json={"pipeline": pipeline, **body}, headers=self.operator

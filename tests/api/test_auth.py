@@ -145,8 +145,7 @@ def test_the_integrator_token_reaches_only_integrate_and_status(shared_api: Api)
     """The Koha button's token sits in every staff browser: beyond /integrate and /status it
     gets nothing, not the job list, events, dead letters, pipelines or any dashboard page."""
     api = shared_api
-    _, secret = api.client.app.state.auth.tokens.create("integrator", "button-probe")  # type: ignore[attr-defined]
-    button = {"Authorization": f"Bearer {secret}"}
+    button = api.button()
     for method, path in sorted(ROUTES):
         body = {"json": {}} if method in ("POST", "PUT") else {}
         answer = api.client.request(method, concrete(path), headers=button, **body)

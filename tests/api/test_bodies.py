@@ -228,8 +228,7 @@ def test_a_dashboard_form_post_without_a_session_goes_to_the_login_page_unread(a
 
 
 def test_the_integrator_token_is_capped_too(api: Api) -> None:
-    _, secret = api.client.app.state.auth.tokens.create("integrator", "koha-button")  # type: ignore[attr-defined]
-    button = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
+    button = {**api.button(), "Content-Type": "application/json"}
     answer = call(api, "POST", "/integrate", Body(BIG, b'{"biblionumber": 1, "x": "'), button)
     assert answer.status == 413 and answer.pulled == 0
 

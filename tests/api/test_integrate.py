@@ -138,8 +138,7 @@ def test_the_integrator_role_may_integrate_and_read_status_and_nothing_else(clie
     from .test_auth import ROUTES, concrete
 
     api = client
-    _, secret = api.client.app.state.auth.tokens.create("integrator", "koha-button")
-    button = {"Authorization": f"Bearer {secret}"}
+    button = api.button()
     started = api.client.post("/integrate", json={"biblionumber": 7}, headers=button)
     assert started.status_code == 202, started.text
     task = started.json()["task_id"]
@@ -156,16 +155,11 @@ def test_the_integrator_role_may_integrate_and_read_status_and_nothing_else(clie
     wait_final(api, f"{task}?biblionumber=7", button)
 
 
-def button_of(api: Any) -> dict[str, str]:
-    _, secret = api.client.app.state.auth.tokens.create("integrator", "koha-button")
-    return {"Authorization": f"Bearer {secret}"}
-
-
 def test_the_integrator_reads_a_task_only_with_its_record(client: Any) -> None:
     """Task ids are sequential: the button's token must also name the record (the biblionumber
     the Koha page knows), so counting through ids shows nobody else's tasks."""
     api = client
-    button = button_of(api)
+    button = api.button()
     mine = api.client.post("/integrate", json={"biblionumber": 21}, headers=button).json()
     other = api.client.post("/integrate", json={"biblionumber": 22}, headers=button).json()
     assert mine["status_url"] == f"/status/{mine['task_id']}?biblionumber=21"
@@ -214,7 +208,7 @@ def test_the_integrator_sees_no_server_paths_internal_urls_or_remote_answers(
     api_for: ApiFactory,
 ) -> None:
     api = api_for(pipelines=[LEAKY], start=True)
-    button = button_of(api)
+    button = api.button()
     started = api.client.post("/integrate", json={"biblionumber": 31}, headers=button).json()
     full = wait_final(api, started["task_id"], api.viewer)
     assert full["error"] and "dspace.internal" in full["error"]  # readers of the API see all
@@ -283,7 +277,7 @@ def test_with_the_real_pipeline_no_credentials_paths_or_urls_reach_the_button(
     table = peers.integrator_config(tmp_path)
     table["koha"]["url"] = table["koha"]["url"].replace("://", "://leaky:hunter2@", 1)
     api = api_for(pipelines=koha_dspace.PIPELINES, systems={"koha-dspace": table}, start=True)
-    button = button_of(api)
+    button = api.button()
     tasks = {
         n: api.client.post("/integrate", json={"biblionumber": n}, headers=button).json()
         for n in (4242, 1003)
