@@ -65,6 +65,7 @@ def test_killed_harvest_resumes_from_its_token(
         provider.faults.slow_seconds = 0.12
         settings = harvest_settings(backend, request, tmp_path, provider.url)
         celery = settings.executor == "celery"
+        killed = "worker" if celery else "server"  # the role of the process running the harvest
         logs = tmp_path / "logs"
         logs.mkdir()
         cluster = Cluster(settings, logs)
@@ -84,8 +85,7 @@ def test_killed_harvest_resumes_from_its_token(
                 time.sleep(0.05)
             else:
                 pytest.fail(cluster.logged())
-            # the process running the harvest dies
-            cluster.kill_all("worker" if celery else "server")
+            cluster.kill_all(killed)  # the process running the harvest dies
             killed_at = len(provider.faults.log)
             snapshot = snapshots.list("LB", limit=1)[0]
             committed_pages = snapshot.pages
@@ -120,7 +120,6 @@ def test_killed_harvest_resumes_from_its_token(
         rows = snapshots.records(snapshot.id, limit=10_000)
         assert sorted(r.identifier for r in rows) == sorted(i.identifier for i in items)
         assert final.total == sum(not i.deleted for i in items)
-        killed = "worker" if celery else "server"
         reclaims = [
             str(e["message"])
             for e in engine.jobs.events(snapshot.job_id)
