@@ -34,6 +34,7 @@ from tests.support.oai_provider import (
     Provider,
     Repository,
     generate_items,
+    in_set,
     running,
 )
 
@@ -267,10 +268,6 @@ def test_throttled_pages_wait_and_succeed(engine: Engine, provider: Provider) ->
     assert job.state == "succeeded", job.error
     statuses = [e.status for e in provider.faults.requests()]
     assert statuses.count(503) == 2
-
-
-def in_set(item: Item, spec: str) -> bool:
-    return any(s == spec or s.startswith(spec + ":") for s in item.sets)
 
 
 def test_overlapping_sets_count_each_record_once(

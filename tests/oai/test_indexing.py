@@ -33,7 +33,14 @@ from shelfwork.sandbox.solr import SolrState, serve_solr
 from shelfwork.search import BuiltinSearch
 from shelfwork.store.database import alembic_config
 from tests.conftest import PG_ADMIN, SESSION
-from tests.support.oai_provider import LOOPBACK_HOSTS, Item, Provider, Repository, running
+from tests.support.oai_provider import (
+    LOOPBACK_HOSTS,
+    Item,
+    Provider,
+    Repository,
+    in_set,
+    running,
+)
 from tests.support.oai_schemas import oai_schema
 
 RULES = """
@@ -264,11 +271,7 @@ def identifiers(answer: etree._Element, *, deleted: bool | None = None) -> list[
 
 def in_sets(*specs: str) -> list[str]:
     """Identifiers of the items in any of `specs` or below them (hierarchy)."""
-    return sorted(
-        i.identifier
-        for i in exposed_items()
-        if any(s == spec or s.startswith(spec + ":") for s in i.sets for spec in specs)
-    )
+    return sorted(i.identifier for i in exposed_items() if any(in_set(i, spec) for spec in specs))
 
 
 def test_set_specs_match_exactly_and_hierarchically(exposure: Exposure) -> None:
