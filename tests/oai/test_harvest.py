@@ -12,7 +12,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import psycopg
 import pytest
 from alembic import command
 from sqlalchemy import create_engine, inspect, select, text
@@ -26,7 +25,6 @@ from shelfwork.pipelines.oai.snapshots import HARVEST_DONE, Snapshots
 from shelfwork.pipelines.oai.storage import MetadataStore
 from shelfwork.store.database import Store, alembic_config
 from shelfwork.store.models import DeadLetter
-from tests.conftest import PG_ADMIN, SESSION
 from tests.support.oai_hostile import Hostile, gzip_bomb
 from tests.support.oai_provider import (
     LOOPBACK_HOSTS,
@@ -501,25 +499,6 @@ def test_a_loopback_repository_is_refused_unless_allowed(
     job = run_harvest(engine)
     assert job.state == "failed" and "loopback" in job.error
     assert provider.faults.requests() == []
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database with no tables, on each backend (migrations are run on it from scratch)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'old.db'}"
-        return
-    name = f"shelfwork_migration_0004_{SESSION}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + (
-            "/" + name
-        )
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_migration_0004_adds_limits_and_harvested_by_and_goes_back(empty_database: str) -> None:

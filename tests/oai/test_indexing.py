@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from alembic import command
 from fastapi import FastAPI
@@ -32,7 +31,6 @@ from shelfwork.sandbox import serve
 from shelfwork.sandbox.solr import SolrState, serve_solr
 from shelfwork.search import BuiltinSearch
 from shelfwork.store.database import alembic_config
-from tests.conftest import PG_ADMIN, SESSION
 from tests.support.oai_provider import (
     LOOPBACK_HOSTS,
     Item,
@@ -360,24 +358,6 @@ def test_a_record_deleted_restored_and_deleted_again(
         assert (flip, deleted) in {(h.identifier, h.deleted) for h in chem}
     last = exposure.ask(verb="GetRecord", identifier=flip, metadataPrefix="oai_dc")
     assert last.find(f".//{{{OAI}}}metadata") is None  # deleted again: no metadata
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database with no tables, on each backend (migrations are run on it from scratch)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'old.db'}"
-        return
-    name = f"shelfwork_migration_{SESSION}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + (
-            "/" + name
-        )
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_migration_0003_fills_in_the_sets_of_exposed_records(empty_database: str) -> None:
