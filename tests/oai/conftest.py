@@ -7,6 +7,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from sqlalchemy import Connection, text
 
 from tests.conftest import PG_ADMIN, SESSION
 
@@ -28,3 +29,16 @@ def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[s
     finally:
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def insert_old_network(conn: Connection, at: str) -> None:
+    """Network OLD, as a migration test writes it by hand into a database at an old revision
+    (the columns every revision has had), made and changed `at`."""
+    conn.execute(
+        text(
+            "INSERT INTO oai_networks (acronym, name, base_url, metadata_prefix, sets, "
+            "timezone, method, properties, origin, created_at, updated_at) VALUES "
+            "('OLD', 'Old', 'http://x', 'oai_dc', '[]', 'UTC', 'GET', '{}', 'api', :t, :t)"
+        ),
+        {"t": at},
+    )

@@ -25,6 +25,7 @@ from shelfwork.pipelines.oai.snapshots import HARVEST_DONE, Snapshots
 from shelfwork.pipelines.oai.storage import MetadataStore
 from shelfwork.store.database import Store, alembic_config
 from shelfwork.store.models import DeadLetter
+from tests.oai.conftest import insert_old_network
 from tests.support.oai_hostile import Hostile, gzip_bomb
 from tests.support.oai_provider import (
     LOOPBACK_HOSTS,
@@ -510,14 +511,7 @@ def test_migration_0004_adds_limits_and_harvested_by_and_goes_back(empty_databas
     engine = create_engine(url)
     now = "2024-01-01 00:00:00.000000"
     with engine.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO oai_networks (acronym, name, base_url, metadata_prefix, sets, "
-                "timezone, method, properties, origin, created_at, updated_at) VALUES "
-                "('OLD', 'Old', 'http://x', 'oai_dc', '[]', 'UTC', 'GET', '{}', 'api', :t, :t)"
-            ),
-            {"t": now},
-        )
+        insert_old_network(conn, now)
         snapshot = conn.execute(
             text(
                 "INSERT INTO oai_snapshots (network, state, incremental, pages, harvested, "

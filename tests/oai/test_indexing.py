@@ -31,6 +31,7 @@ from shelfwork.sandbox import serve
 from shelfwork.sandbox.solr import SolrState, serve_solr
 from shelfwork.search import BuiltinSearch
 from shelfwork.store.database import alembic_config
+from tests.oai.conftest import insert_old_network
 from tests.support.oai_provider import (
     LOOPBACK_HOSTS,
     Item,
@@ -366,14 +367,7 @@ def test_migration_0003_fills_in_the_sets_of_exposed_records(empty_database: str
     engine = create_engine(url)
     now = "2024-01-01 00:00:00.000000"
     with engine.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO oai_networks (acronym, name, base_url, metadata_prefix, sets, "
-                "timezone, method, properties, origin, created_at, updated_at) VALUES "
-                "('OLD', 'Old', 'http://x', 'oai_dc', '[]', 'UTC', 'GET', '{}', 'api', :t, :t)"
-            ),
-            {"t": now},
-        )
+        insert_old_network(conn, now)
         for target, identifier, sets in (
             # a spec OAI-PMH cannot carry, and one too long to store, are left out
             ("oai", "oai:old:1", json.dumps(["a:b:c", "BIO", "a", "no spaces", "x" * 600])),
