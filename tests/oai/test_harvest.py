@@ -413,24 +413,19 @@ def test_an_empty_full_harvest_passes_when_the_network_allows_it(
     assert newest(engine).state == "harvested" and newest(engine).total == 0
 
 
-def test_a_first_harvest_that_finds_nothing_is_not_suspicious(
-    make_engine: Any, tmp_path: Path
-) -> None:
-    for provider in running(Repository([]), batch_size=BATCH):
-        engine = make_engine(oai.PIPELINES, **oai_settings(tmp_path, provider.url))
-        assert run_harvest(engine).state == "succeeded"
-        assert newest(engine).state == "harvested"
+# the `items` fixture overridden: the provider and engine fixtures serve an empty repository
+@pytest.mark.parametrize("items", [[]], ids=["empty"])
+def test_a_first_harvest_that_finds_nothing_is_not_suspicious(engine: Engine) -> None:
+    assert run_harvest(engine).state == "succeeded"
+    assert newest(engine).state == "harvested"
 
 
-def test_an_empty_full_harvest_after_an_empty_one_is_not_suspicious(
-    make_engine: Any, tmp_path: Path
-) -> None:
+@pytest.mark.parametrize("items", [[]], ids=["empty"])
+def test_an_empty_full_harvest_after_an_empty_one_is_not_suspicious(engine: Engine) -> None:
     """C5: only a network that had records is held back: a repository still empty is taken."""
-    for provider in running(Repository([]), batch_size=BATCH):
-        engine = make_engine(oai.PIPELINES, **oai_settings(tmp_path, provider.url))
-        assert run_harvest(engine).state == "succeeded"
-        assert run_harvest(engine, incremental=False).state == "succeeded"
-        assert [s.state for s in Snapshots(engine.store).list("LB")] == ["harvested"] * 2
+    assert run_harvest(engine).state == "succeeded"
+    assert run_harvest(engine, incremental=False).state == "succeeded"
+    assert [s.state for s in Snapshots(engine.store).list("LB")] == ["harvested"] * 2
 
 
 def test_a_full_harvest_of_deletions_only_is_not_suspicious(
