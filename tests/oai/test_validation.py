@@ -43,9 +43,13 @@ def dc_record(record_id: str = "oai:test:1", /, **fields: str | list[str]) -> Me
         for value in [values] if isinstance(values, str) else values:
             escaped = value.replace("&", "&amp;").replace("<", "&lt;")
             parts.append(f"<dc:{name}>{escaped}</dc:{name}>")
+    return raw_dc("".join(parts), record_id)
+
+
+def raw_dc(body: str, record_id: str = "oai:test:raw") -> MetadataRecord:
     data = (
         '<oai_dc:dc xmlns:oai_dc="http://www.openarchives.org/OAI/2.0/oai_dc/" '
-        f'xmlns:dc="http://purl.org/dc/elements/1.1/">{"".join(parts)}</oai_dc:dc>'
+        f'xmlns:dc="http://purl.org/dc/elements/1.1/">{body}</oai_dc:dc>'
     )
     return MetadataRecord.parse(data.encode("utf-8"), record_id)
 
@@ -220,14 +224,6 @@ def test_quantifier_default_is_one_or_more() -> None:
 
 
 # --- semantics of the reference platform (lareferencia-core-lib) -----------------------------
-
-
-def raw_dc(body: str, record_id: str = "oai:test:raw") -> MetadataRecord:
-    data = (
-        '<oai_dc:dc xmlns:oai_dc="http://www.openarchives.org/OAI/2.0/oai_dc/" '
-        f'xmlns:dc="http://purl.org/dc/elements/1.1/">{body}</oai_dc:dc>'
-    )
-    return MetadataRecord.parse(data.encode("utf-8"), record_id)
 
 
 @pytest.mark.parametrize(
