@@ -88,9 +88,14 @@ class Sleeps(list[float]):
         self.append(seconds)
 
 
-def client_for(provider: Provider, sleeps: Sleeps | None = None, **options: object) -> OaiClient:
+def client_for(
+    server: Provider | str, sleeps: Sleeps | None = None, **options: object
+) -> OaiClient:
+    """A client of the provider (or of a URL, such as a hostile server's) on loopback, allowed
+    explicitly, with injected sleeps."""
+    url = server if isinstance(server, str) else server.url
     options.setdefault("addresses", LOOPBACK)
-    return OaiClient(provider.url, sleep=sleeps if sleeps is not None else Sleeps(), **options)  # type: ignore[arg-type]
+    return OaiClient(url, sleep=sleeps if sleeps is not None else Sleeps(), **options)  # type: ignore[arg-type]
 
 
 def stamp(dt: datetime) -> str:
@@ -579,7 +584,7 @@ def test_a_redirect_into_a_refused_address_is_not_followed() -> None:
         for path, kind in (("/hop", "loopback"), ("/meta", "link-local")):
             sleeps = Sleeps()
             with (
-                OaiClient(f"{front.url}{path}", addresses=LOOPBACK, sleep=sleeps) as client,
+                client_for(f"{front.url}{path}", sleeps) as client,
                 pytest.raises(RemoteRefused, match=kind) as caught,
             ):
                 client.identify()
@@ -594,7 +599,7 @@ def test_error_bodies_are_quoted_short_and_clean() -> None:
     with Hostile() as hostile:
         hostile.route("/oai", plain(403, body))
         with (
-            OaiClient(f"{hostile.url}/oai", addresses=LOOPBACK, sleep=Sleeps()) as client,
+            client_for(f"{hostile.url}/oai") as client,
             pytest.raises(AuthFailed) as caught,
         ):
             client.identify()
@@ -607,7 +612,7 @@ def test_error_bodies_are_quoted_short_and_clean() -> None:
     with Hostile() as hostile:
         hostile.route("/oai", plain(404, b"Not here. " + b"y" * 100_000))
         with (
-            OaiClient(f"{hostile.url}/oai", addresses=LOOPBACK, sleep=Sleeps()) as client,
+            client_for(f"{hostile.url}/oai") as client,
             pytest.raises(RemoteRefused) as long_answer,
         ):
             client.identify()
@@ -637,9 +642,7 @@ def test_a_gzip_bomb_stops_at_the_byte_cap(monkeypatch: pytest.MonkeyPatch) -> N
     with Hostile() as hostile:
         hostile.route("/oai", gzip_bomb(40 << 20))
         with (
-            OaiClient(
-                f"{hostile.url}/oai", addresses=LOOPBACK, max_bytes=cap, sleep=sleeps
-            ) as client,
+            client_for(f"{hostile.url}/oai", sleeps, max_bytes=cap) as client,
             pytest.raises(PageTooLarge) as caught,
         ):
             client.list_records("oai_dc")
@@ -676,9 +679,7 @@ def test_every_body_stops_at_the_byte_cap(
         headers = {"Content-Encoding": encoding} if encoding else {}
         hostile.route("/oai", unframed(body(), headers))
         with (
-            OaiClient(
-                f"{hostile.url}/oai", addresses=LOOPBACK, max_bytes=cap, sleep=sleeps
-            ) as client,
+            client_for(f"{hostile.url}/oai", sleeps, max_bytes=cap) as client,
             pytest.raises(PageTooLarge, match="inflates past 1048576 bytes"),
         ):
             client.list_records("oai_dc")
@@ -695,7 +696,7 @@ def test_a_content_encoding_not_asked_for_is_refused_once(encoding: str) -> None
     with Hostile() as hostile:
         hostile.route("/oai", plain(200, gzip.compress(OAI_HEAD), {"Content-Encoding": encoding}))
         with (
-            OaiClient(f"{hostile.url}/oai", addresses=LOOPBACK, sleep=sleeps) as client,
+            client_for(f"{hostile.url}/oai", sleeps) as client,
             pytest.raises(BadPage, match=f"unsupported Content-Encoding '{encoding}'"),
         ):
             client.list_records("oai_dc")
@@ -712,13 +713,8 @@ def test_a_dripping_server_is_cut_at_the_request_deadline(route: object) -> None
         hostile.route("/oai", route)  # type: ignore[arg-type]
         started = time.monotonic()
         with (
-            OaiClient(
-                f"{hostile.url}/oai",
-                addresses=LOOPBACK,
-                timeout=1.0,
-                deadline=0.6,
-                retries=0,
-                sleep=sleeps,
+            client_for(
+                f"{hostile.url}/oai", sleeps, timeout=1.0, deadline=0.6, retries=0
             ) as client,
             pytest.raises(RemoteUnavailable) as caught,
         ):
@@ -819,9 +815,7 @@ def test_salvage_through_the_client() -> None:
     """C4: the client salvages such a page (when asked) instead of failing the harvest."""
     with Hostile() as hostile:
         hostile.route("/oai", plain(200, salvage_example()))
-        with OaiClient(
-            f"{hostile.url}/oai", addresses=LOOPBACK, salvage=True, sleep=Sleeps()
-        ) as client:
+        with client_for(f"{hostile.url}/oai", salvage=True) as client:
             page = client.list_records("oai_dc")
     assert len(page.records) == 5 and len(page.broken) == 4
     assert page.token is not None and page.token.value == "tok-1"
@@ -930,7 +924,7 @@ def test_protocol_elements_inside_metadata_are_metadata() -> None:
     ).encode()
     with Hostile() as hostile:
         hostile.route("/oai", plain(200, page))
-        with OaiClient(f"{hostile.url}/oai", addresses=LOOPBACK, sleep=Sleeps()) as client:
+        with client_for(f"{hostile.url}/oai") as client:
             got = client.list_records("oai_dc")
     assert [r.identifier for r in got.records] == ["oai:x:A"]
     assert got.response_date == "2024-05-01T10:00:00Z"
@@ -950,7 +944,7 @@ def test_a_redirect_to_a_host_that_cannot_be_written_is_refused() -> None:
     with Hostile() as hostile:
         hostile.route("/oai", redirect("http://xn--localhost/oai"))
         with (
-            OaiClient(f"{hostile.url}/oai", addresses=LOOPBACK, sleep=Sleeps()) as client,
+            client_for(f"{hostile.url}/oai") as client,
             pytest.raises(RemoteRefused, match="Location cannot be used"),
         ):
             client.identify()
@@ -972,7 +966,7 @@ def test_a_list_of_sets_without_end_stops() -> None:
     with Hostile() as hostile:
         hostile.route("/oai", endless)
         with (
-            OaiClient(f"{hostile.url}/oai", addresses=LOOPBACK, sleep=Sleeps()) as client,
+            client_for(f"{hostile.url}/oai") as client,
             pytest.raises(RemoteRefused, match="ListSets"),
         ):
             client.list_sets()
