@@ -159,10 +159,14 @@ class Hostile:
     _thread: threading.Thread | None = None
 
     @property
-    def url(self) -> str:
+    def port(self) -> int:
         assert self._server is not None
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
         scheme = "https" if self.tls is not None else "http"
-        return f"{scheme}://{self.host}:{self._server.server_address[1]}"
+        return f"{scheme}://{self.host}:{self.port}"
 
     def route(self, path: str, answer: Route) -> None:
         self.routes[path] = answer

@@ -150,9 +150,8 @@ def test_the_connection_goes_to_the_address_that_was_checked(
     monkeypatch.setattr(socket, "getaddrinfo", once_allowed)
     with Hostile() as hostile:
         hostile.route("/oai", plain(200, b"ok"))
-        port = hostile.url.rsplit(":", 1)[1]
         with client(AddressPolicy.allowing(["127.0.0.1"])) as http:
-            assert http.get(f"http://repository.test:{port}/oai").text == "ok"
+            assert http.get(f"http://repository.test:{hostile.port}/oai").text == "ok"
         # (connecting to the literal address looks it up too, numerically: no DNS there)
         assert [name for name in lookups if name == "repository.test"] == ["repository.test"]
 
@@ -218,9 +217,8 @@ def test_other_spellings_of_a_refused_address_are_refused(url: str) -> None:
     server is never reached."""
     with Hostile() as hostile:
         hostile.route("/", plain(200, b"reached"))
-        port = hostile.url.rsplit(":", 1)[1]
         with client(PUBLIC_ONLY) as http, pytest.raises(AddressRefused):
-            http.get(url.format(port=port))
+            http.get(url.format(port=hostile.port))
         assert hostile.requests == []
 
 
@@ -244,10 +242,9 @@ def test_tls_is_checked_against_the_name_while_connecting_to_the_checked_address
     policy = AddressPolicy.allowing(["127.0.0.1"])
     with Hostile(tls=server_side) as hostile:
         hostile.route("/oai", plain(200, b"over tls"))
-        port = hostile.url.rsplit(":", 1)[1]
         with httpx.Client(transport=policy.transport(trusting)) as http:
-            assert http.get(f"https://repo.test:{port}/oai").text == "over tls"
+            assert http.get(f"https://repo.test:{hostile.port}/oai").text == "over tls"
             with pytest.raises(httpx.ConnectError, match=r"certificate|hostname|IP address"):
-                http.get(f"https://127.0.0.1:{port}/oai")
+                http.get(f"https://127.0.0.1:{hostile.port}/oai")
         assert hostile.server_names[0] == "repo.test"
         assert hostile.requests == ["/oai"]
