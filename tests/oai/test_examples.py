@@ -165,6 +165,14 @@ def answer(source: Any, **arguments: str) -> etree._Element:
     return etree.fromstring(body)
 
 
+def set_names(listed: etree._Element) -> dict[str | None, str | None]:
+    """setSpec -> setName of each set a ListSets answer lists."""
+    return {
+        s.findtext(f"{{{OAI}}}setSpec"): s.findtext(f"{{{OAI}}}setName")
+        for s in listed.iter(f"{{{OAI}}}set")
+    }
+
+
 def test_the_provider_answers_valid_oai_pmh_and_oai_dc(published: Any, tmp_path: Path) -> None:
     schema = oai_schema(tmp_path)
     answers = [
@@ -204,11 +212,7 @@ def test_the_provider_answers_valid_oai_pmh_and_oai_dc(published: Any, tmp_path:
 
 
 def test_list_sets_carries_the_upstream_set_names(published: Any) -> None:
-    listed = answer(published, verb="ListSets")
-    names = {
-        s.findtext(f"{{{OAI}}}setSpec"): s.findtext(f"{{{OAI}}}setName")
-        for s in listed.iter(f"{{{OAI}}}set")
-    }
+    names = set_names(answer(published, verb="ListSets"))
     assert names == SET_NAMES  # and not the unused ones on ListSets' first page
 
 
@@ -319,11 +323,7 @@ def test_a_failing_list_sets_leaves_the_specs_as_names(make_engine: Any, tmp_pat
     repository = SetsRefused(example_items(), set_names=SET_NAMES)
     with publish(make_engine, tmp_path / "rules", repository) as (engine, source):
         assert [w for w in harvest_warnings(engine) if "ListSets failed" in w]
-        listed = answer(source, verb="ListSets")
-        names = {
-            s.findtext(f"{{{OAI}}}setSpec"): s.findtext(f"{{{OAI}}}setName")
-            for s in listed.iter(f"{{{OAI}}}set")
-        }
+        names = set_names(answer(source, verb="ListSets"))
         assert names == {spec: spec for spec in SET_NAMES}
         art = answer(source, verb="ListIdentifiers", metadataPrefix="oai_dc", set="art")
         assert art.find(f"{{{OAI}}}error") is None
