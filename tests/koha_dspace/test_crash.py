@@ -5,7 +5,7 @@ Processed. On SQLite with local threads, and on PostgreSQL with a Celery worker.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from shelfwork.engine import Engine
 from shelfwork.pipelines.koha_dspace.config import SYSTEM
 from shelfwork.pipelines.koha_dspace.marc import integration_state, parse_marcxml
 from shelfwork.sandbox.pdfs import text_pdf
-from shelfwork.sandbox.peers import Peers, start_peers
+from shelfwork.sandbox.peers import Peers
 from shelfwork.sandbox.records import Book, marcxml
 from tests.conftest import truncate_pg
 from tests.support.cluster import CRASH_REDIS, Cluster
@@ -24,13 +24,6 @@ from tests.support.cluster import CRASH_REDIS, Cluster
 RECORDS = range(41, 47)
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def peers() -> Iterator[Peers]:
-    running = start_peers()
-    yield running
-    running.stop()
 
 
 def integration_settings(

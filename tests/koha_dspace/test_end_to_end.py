@@ -5,7 +5,7 @@ Koha record's 956/856, DSpace's items and files, the inbox/Processed/Error folde
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,17 +26,10 @@ from shelfwork.pipelines.koha_dspace.marc import (
 )
 from shelfwork.pipelines.koha_dspace.pipeline import REVIEW_NOTE
 from shelfwork.sandbox.pdfs import corrupt_pdf, scanned_pdf, text_pdf
-from shelfwork.sandbox.peers import Peers, start_peers
+from shelfwork.sandbox.peers import Peers
 from shelfwork.sandbox.records import Book, marcxml
 
 MODULE = "shelfwork.pipelines.koha_dspace"
-
-
-@pytest.fixture
-def peers() -> Iterator[Peers]:
-    running = start_peers()
-    yield running
-    running.stop()
 
 
 @dataclass

@@ -39,7 +39,7 @@ from shelfwork.pipelines.koha_dspace.pipeline import (
     take_file,
 )
 from shelfwork.sandbox.pdfs import text_pdf
-from shelfwork.sandbox.peers import Peers, start_peers
+from shelfwork.sandbox.peers import Peers
 from shelfwork.sandbox.records import Book, marcxml
 
 #: take_file runs this many times against the free-running swapper
@@ -456,13 +456,6 @@ def test_the_watch_sees_a_read(tmp_path: Path) -> None:
 
 
 # --- the file checked and deposited is the file taken -------------------------------------------
-
-
-@pytest.fixture
-def peers() -> Iterator[Peers]:
-    running = start_peers()
-    yield running
-    running.stop()
 
 
 class PipelineStep(Step):
