@@ -632,12 +632,18 @@ class CountingSpool(oaipmh_module.SpooledTemporaryFile):  # type: ignore[misc,na
         return super().write(data)
 
 
-def test_a_gzip_bomb_stops_at_the_byte_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def spool(monkeypatch: pytest.MonkeyPatch) -> type[CountingSpool]:
+    """The client spools into a CountingSpool, counted from zero."""
+    monkeypatch.setattr(oaipmh_module, "SpooledTemporaryFile", CountingSpool)
+    CountingSpool.written = 0
+    return CountingSpool
+
+
+def test_a_gzip_bomb_stops_at_the_byte_cap(spool: type[CountingSpool]) -> None:
     """B4: a body that inflates past `max_bytes` is refused as it inflates (the spool never
     holds more than the cap) and not fetched again: it would be as big the next time."""
     cap = 1 << 20
-    monkeypatch.setattr(oaipmh_module, "SpooledTemporaryFile", CountingSpool)
-    CountingSpool.written = 0
     sleeps = Sleeps()
     with Hostile() as hostile:
         hostile.route("/oai", gzip_bomb(40 << 20))
@@ -648,7 +654,7 @@ def test_a_gzip_bomb_stops_at_the_byte_cap(monkeypatch: pytest.MonkeyPatch) -> N
             client.list_records("oai_dc")
         assert hostile.requests == ["/oai"]
     assert "1048576 bytes" in str(caught.value)
-    assert CountingSpool.written <= cap and sleeps == []
+    assert spool.written <= cap and sleeps == []
 
 
 def raw_deflate(data: bytes) -> bytes:
@@ -667,13 +673,11 @@ def raw_deflate(data: bytes) -> bytes:
     ids=["zlib", "raw-deflate", "gzip-members", "identity"],
 )
 def test_every_body_stops_at_the_byte_cap(
-    monkeypatch: pytest.MonkeyPatch, encoding: str, body: Callable[[], bytes]
+    spool: type[CountingSpool], encoding: str, body: Callable[[], bytes]
 ) -> None:
     """B4: a deflate bomb (zlib or raw), a bomb of many gzip members and a plain body without
     Content-Length all stop at the cap as they arrive, fetched once."""
     cap = 1 << 20
-    monkeypatch.setattr(oaipmh_module, "SpooledTemporaryFile", CountingSpool)
-    CountingSpool.written = 0
     sleeps = Sleeps()
     with Hostile() as hostile:
         headers = {"Content-Encoding": encoding} if encoding else {}
@@ -684,7 +688,7 @@ def test_every_body_stops_at_the_byte_cap(
         ):
             client.list_records("oai_dc")
         assert hostile.requests == ["/oai"]
-    assert CountingSpool.written <= cap and sleeps == []
+    assert spool.written <= cap and sleeps == []
 
 
 @pytest.mark.parametrize("encoding", ["gzip, gzip", "br", "zstd", "compress"])
