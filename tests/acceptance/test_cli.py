@@ -9,25 +9,22 @@ problem, a non-zero exit code and no traceback.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from shelfwork.cli import main
 from shelfwork.config import load_settings
+from tests.support.cli import Cli, Result, in_process
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_MODULE_CONFIG = '[pipelines]\nmodules = ["shelfwork.pipelines.demo"]\n'
-Result = subprocess.CompletedProcess[str]
-Cli = Callable[..., Result]
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -53,28 +50,8 @@ def cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float
 @pytest.fixture
 def here(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Cli]:
     """Run `shelfwork ARGS` through `main` in this process; same signature and result as `cli`."""
-    for key in list(os.environ):
-        if key.startswith("SHELFWORK_"):
-            monkeypatch.delenv(key)
-    logger = logging.getLogger("shelfwork")
-    level = logger.level  # the CLI quiets job logs; other tests must not inherit that
-
-    def run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Result:
-        with monkeypatch.context() as scoped:
-            scoped.chdir(cwd)
-            for key, value in (env or {}).items():
-                scoped.setenv(key, value)
-            capsys.readouterr()
-            try:
-                main(list(args))
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-            captured = capsys.readouterr()
-        return subprocess.CompletedProcess(list(args), code, captured.out, captured.err)
-
-    yield run
-    logger.setLevel(level)
+    with in_process(capsys, monkeypatch) as run:
+        yield run
 
 
 def clean_error(result: Result, code: int, *needles: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
@@ -12,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from shelfwork.api.auth import Tokens
-from shelfwork.cli import main
 from shelfwork.errors import ConfigError
 from shelfwork.pipelines.koha_dspace.button import button_script, button_template
 from shelfwork.store import Store
+from tests.support.cli import Cli, in_process
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,26 +29,11 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
-def here(
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-    *args: str,
-    env: dict[str, str] | None = None,
-) -> subprocess.CompletedProcess[str]:
+@pytest.fixture
+def here(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Cli]:
     """`shelfwork ARGS` through `main` in this process (faster than a new interpreter)."""
-    logger = logging.getLogger("shelfwork")
-    monkeypatch.setattr(logger, "level", logger.level)  # the CLI quiets it; restored after
-    with monkeypatch.context() as scoped:
-        for key, value in (env or {}).items():
-            scoped.setenv(key, value)
-        capsys.readouterr()
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        captured = capsys.readouterr()
-    return subprocess.CompletedProcess(list(args), code, captured.out, captured.err)
+    with in_process(capsys, monkeypatch) as run:
+        yield run
 
 
 @pytest.fixture
@@ -88,18 +72,13 @@ def test_the_command_fills_in_url_and_token(tmp_path: Path, database: tuple[str,
 
 @pytest.mark.parametrize("role", ["admin", "operator", "viewer"])
 def test_only_an_integrator_token_goes_into_koha_pages(
-    database: tuple[str, Tokens],
-    role: str,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    database: tuple[str, Tokens], role: str, here: Cli
 ) -> None:
     """Every staff browser can read the script: a token with more power than starting an
     integration and reading its status must never be put there."""
     url, tokens = database
     _, secret = tokens.create(role, f"{role}-token")
     run = here(
-        capsys,
-        monkeypatch,
         "--database-url",
         url,
         "koha-button",
@@ -114,18 +93,12 @@ def test_only_an_integrator_token_goes_into_koha_pages(
     assert "Traceback" not in run.stderr
 
 
-def test_an_unknown_or_revoked_token_is_refused(
-    database: tuple[str, Tokens],
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_an_unknown_or_revoked_token_is_refused(database: tuple[str, Tokens], here: Cli) -> None:
     url, tokens = database
     info, secret = tokens.create("integrator", "old-button")
     tokens.revoke(info.id)
     for token in (secret, "swk_0123456789ab_secretsecretsecretsecret"):
         run = here(
-            capsys,
-            monkeypatch,
             "--database-url",
             url,
             "koha-button",
