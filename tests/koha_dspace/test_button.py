@@ -37,11 +37,10 @@ def here(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) ->
 
 
 @pytest.fixture
-def database(tmp_path: Path) -> Iterator[tuple[str, Tokens]]:
-    url = f"sqlite:///{tmp_path / 'shelfwork.db'}"
-    store = Store(url)
+def database(sqlite_url: str) -> Iterator[tuple[str, Tokens]]:
+    store = Store(sqlite_url)
     store.upgrade()
-    yield url, Tokens(store)
+    yield sqlite_url, Tokens(store)
     store.dispose()
 
 
