@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from urllib.parse import quote_plus
 
 import httpx
@@ -23,8 +22,8 @@ from shelfwork.connectors.koha import (
     lacks_permission,
     opac_cover_url,
 )
-from shelfwork.sandbox import RunningServer
-from shelfwork.sandbox.koha import KohaState, serve_koha
+from shelfwork.sandbox.koha import KohaState
+from tests.support import koha as support
 
 USER, PASSWORD = "cataloguer", "Very-Secret-Pw-1"
 READER, READER_PASSWORD = "reader", "Reader-Secret-Pw-2"
@@ -75,15 +74,7 @@ def jpeg(color: str = "navy") -> bytes:
     return buffer.getvalue()
 
 
-@dataclass
-class Koha:
-    state: KohaState
-    server: RunningServer
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
+class Koha(support.Koha):
     def rest(self, **kwargs: object) -> KohaRest:
         if "basic" not in kwargs and "client_credentials" not in kwargs:
             kwargs["client_credentials"] = (CLIENT_ID, CLIENT_SECRET)
@@ -93,24 +84,18 @@ class Koha:
         return KohaStaff(self.url, userid, password, **kwargs)  # type: ignore[arg-type]
 
 
+def with_users_clients_and_a_record(state: KohaState) -> None:
+    state.add_staff_user(USER, PASSWORD)
+    state.add_staff_user(READER, READER_PASSWORD, {"catalogue"})
+    state.add_oauth_client(CLIENT_ID, CLIENT_SECRET, USER)
+    state.add_oauth_client("reader-client", "reader-secret", READER)
+    state.add_record(42, record_xml("Forty-two", "http://old.example/42"))
+
+
 @pytest.fixture
 def make_koha() -> Iterator[Callable[..., Koha]]:
-    servers: list[RunningServer] = []
-
-    def make(generation: str = "24.05") -> Koha:
-        state = KohaState(generation=generation)  # type: ignore[arg-type]
-        state.add_staff_user(USER, PASSWORD)
-        state.add_staff_user(READER, READER_PASSWORD, {"catalogue"})
-        state.add_oauth_client(CLIENT_ID, CLIENT_SECRET, USER)
-        state.add_oauth_client("reader-client", "reader-secret", READER)
-        state.add_record(42, record_xml("Forty-two", "http://old.example/42"))
-        server = serve_koha(state)
-        servers.append(server)
-        return Koha(state, server)
-
-    yield make
-    for server in servers:
-        server.stop()
+    with support.koha_factory(with_users_clients_and_a_record, Koha) as make:
+        yield make
 
 
 @pytest.fixture

@@ -25,10 +25,8 @@ read in the source, [P] seen in a fork or one version only.
 
 from __future__ import annotations
 
-import base64
 import io
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import httpx
 import lxml.html
@@ -36,8 +34,17 @@ import pymarc
 import pytest
 from PIL import Image
 
-from shelfwork.sandbox import RunningServer
-from shelfwork.sandbox.koha import KohaState, serve_koha
+from shelfwork.sandbox.koha import KohaState
+from tests.support.koha import (
+    Koha,
+    basic,
+    koha_factory,
+    login_form,
+    meta_csrf,
+    process,
+    staff_login,
+    upload_temp,
+)
 
 USER, PASSWORD = "tomasito", "AbcdEFG123"  # auth_basic.t's patron and password
 READER, READER_PASSWORD = "reader", "thePassword123"  # biblios.t's password, flags 0 + catalogue
@@ -74,68 +81,28 @@ def record_xml(title: str) -> bytes:
     return pymarc.record_to_xml(record, namespace=True)
 
 
-def basic(user: str, password: str) -> dict[str, str]:
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
-
-
 def jpeg() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (40, 60), "teal").save(buffer, "JPEG")
     return buffer.getvalue()
 
 
-@dataclass
-class Koha:
-    state: KohaState
-    server: RunningServer
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.server.url, timeout=10)
+def with_the_tests_patrons(state: KohaState) -> None:
+    state.add_staff_user(USER, PASSWORD)
+    state.add_staff_user(READER, READER_PASSWORD, {"catalogue"})
+    state.add_staff_user(TWOFA, TWOFA_PASSWORD, two_factor=True)
+    state.add_record(42, record_xml("The unbearable lightness of being"))
 
 
 @pytest.fixture
 def make_koha() -> Iterator[Callable[..., Koha]]:
-    servers: list[RunningServer] = []
-
-    def make(generation: str = "24.05") -> Koha:
-        state = KohaState(generation=generation)  # type: ignore[arg-type]
-        state.add_staff_user(USER, PASSWORD)
-        state.add_staff_user(READER, READER_PASSWORD, {"catalogue"})
-        state.add_staff_user(TWOFA, TWOFA_PASSWORD, two_factor=True)
-        state.add_record(42, record_xml("The unbearable lightness of being"))
-        server = serve_koha(state)
-        servers.append(server)
-        return Koha(state, server)
-
-    yield make
-    for server in servers:
-        server.stop()
+    with koha_factory(with_the_tests_patrons, Koha) as make:
+        yield make
 
 
 @pytest.fixture
 def koha(make_koha: Callable[..., Koha]) -> Koha:
     return make_koha()
-
-
-def login_form(page: str) -> lxml.html.HtmlElement | None:
-    forms = lxml.html.fromstring(page).xpath("//form[@id='loginform']")
-    return forms[0] if forms else None
-
-
-def staff_login(client: httpx.Client, generation: str, user: str, password: str) -> httpx.Response:
-    """Log in as a browser does: the login form's hidden inputs plus the user fields."""
-    form = login_form(client.get("/cgi-bin/koha/mainpage.pl").text)
-    assert form is not None
-    fields = {i.get("name"): i.get("value") or "" for i in form.xpath(".//input[@type='hidden']")}
-    names = ("login_userid", "login_password") if generation == "24.05" else ("userid", "password")
-    fields |= dict(zip(names, (user, password), strict=True))
-    return client.post(form.get("action"), data=fields)
-
-
-def csrf_of(page: httpx.Response) -> str | None:
-    found = lxml.html.fromstring(page.text).xpath("//meta[@name='csrf-token']/@content")
-    return str(found[0]) if found else None
 
 
 # -- REST authentication: auth_basic.t 'failure tests' + Auth.pm ---------------------------------
@@ -519,22 +486,9 @@ def process_cover(
     koha: Koha, generation: str, data: bytes, biblionumber: str = "42"
 ) -> httpx.Response:
     with koha.client() as client:
-        token = csrf_of(staff_login(client, generation, USER, PASSWORD))
-        upload = client.post(
-            "/cgi-bin/koha/tools/upload-file.pl",
-            params={"temp": 1},
-            files={"file": ("cover.jpg", data, "image/jpeg")},
-            headers={"CSRF-TOKEN": token} if token else {},
-        )
-        fields = {
-            "uploadedfileid": upload.json()["fileid"],
-            "filetype": "image",
-            "biblionumber": biblionumber,
-            "replace": "1",
-        }
-        if token:
-            fields |= {"op": "cud-process", "csrf_token": token}
-        return client.post("/cgi-bin/koha/tools/upload-cover-image.pl", data=fields)
+        token = meta_csrf(staff_login(client, generation, USER, PASSWORD).text)
+        fileid = upload_temp(client, token, data).json()["fileid"]
+        return process(client, fileid, token, biblionumber=biblionumber)
 
 
 def test_cover_error_is_text_in_div_alert_warning_without_a_code(koha: Koha) -> None:
@@ -640,7 +594,7 @@ def test_two_factor_user_gets_a_second_loginform_asking_for_otp_token(
         again = client.get("/cgi-bin/koha/mainpage.pl")
         code = {"otp_token": "123456", "koha_login_context": "intranet"}
         if generation == "24.05":
-            code |= {"op": "cud-login", "csrf_token": csrf_of(answer) or ""}
+            code |= {"op": "cud-login", "csrf_token": meta_csrf(answer.text) or ""}
         wrong_code = client.post("/cgi-bin/koha/mainpage.pl", data=code)
     assert answer.status_code == 200
     for page in (answer, again):
@@ -663,7 +617,7 @@ def test_session_waiting_for_two_factor_is_not_logged_in(koha: Koha) -> None:
     denied, and Auth.pm gives the REST cookie no user → 401. [V]"""
     koha.state.set_syspref("TwoFactorAuthentication", "enabled")
     with koha.client() as client:
-        token = csrf_of(staff_login(client, "24.05", TWOFA, TWOFA_PASSWORD))
+        token = meta_csrf(staff_login(client, "24.05", TWOFA, TWOFA_PASSWORD).text)
         upload = client.post(
             "/cgi-bin/koha/tools/upload-file.pl",
             params={"temp": 1},

@@ -4,11 +4,9 @@ rather than to our client."""
 
 from __future__ import annotations
 
-import base64
 import io
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import httpx
 import lxml.html
@@ -16,8 +14,18 @@ import pymarc
 import pytest
 from PIL import Image
 
-from shelfwork.sandbox import RunningServer
-from shelfwork.sandbox.koha import KohaState, serve_koha
+from shelfwork.sandbox.koha import KohaState
+from tests.support import koha as support
+from tests.support.koha import (
+    MAINPAGE,
+    Koha,
+    hidden_inputs,
+    koha_factory,
+    login_form,
+    meta_csrf,
+    process,
+    upload_temp,
+)
 
 USER, PASSWORD = "cataloguer", "Pa55-word!"
 READER, READER_PASSWORD = "reader", "reader-pw"
@@ -66,40 +74,20 @@ def jpeg(width: int = 50, height: int = 80, color: str = "red") -> bytes:
 
 
 def basic(user: str = USER, password: str = PASSWORD) -> dict[str, str]:
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
+    return support.basic(user, password)
 
 
-@dataclass
-class Koha:
-    state: KohaState
-    server: RunningServer
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    def client(self, **kwargs: object) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=10, **kwargs)  # type: ignore[arg-type]
+def with_users_and_a_record(state: KohaState) -> None:
+    state.add_staff_user(USER, PASSWORD)
+    state.add_staff_user(READER, READER_PASSWORD, {"catalogue"})
+    state.add_oauth_client(CLIENT_ID, CLIENT_SECRET, USER)
+    state.add_record(42, marcxml(marc_record("Forty-two")))
 
 
 @pytest.fixture
 def make_koha() -> Iterator[Callable[..., Koha]]:
-    servers: list[RunningServer] = []
-
-    def make(generation: str = "24.05") -> Koha:
-        state = KohaState(generation=generation)  # type: ignore[arg-type]
-        state.add_staff_user(USER, PASSWORD)
-        state.add_staff_user(READER, READER_PASSWORD, {"catalogue"})
-        state.add_oauth_client(CLIENT_ID, CLIENT_SECRET, USER)
-        state.add_record(42, marcxml(marc_record("Forty-two")))
-        server = serve_koha(state)
-        servers.append(server)
-        return Koha(state, server)
-
-    yield make
-    for server in servers:
-        server.stop()
+    with koha_factory(with_users_and_a_record, Koha) as make:
+        yield make
 
 
 @pytest.fixture
@@ -107,33 +95,9 @@ def koha(make_koha: Callable[..., Koha]) -> Koha:
     return make_koha()
 
 
-def login_form(page: str) -> lxml.html.HtmlElement | None:
-    forms = lxml.html.fromstring(page).xpath("//form[@id='loginform']")
-    return forms[0] if forms else None
-
-
-def hidden_inputs(form: lxml.html.HtmlElement) -> dict[str, str]:
-    return {i.get("name"): i.get("value") or "" for i in form.xpath(".//input[@type='hidden']")}
-
-
-def meta_csrf(page: str) -> str | None:
-    found = lxml.html.fromstring(page).xpath("//meta[@name='csrf-token']/@content")
-    return found[0] if found else None
-
-
-def staff_login(
-    client: httpx.Client, generation: str, path: str = "/cgi-bin/koha/mainpage.pl"
-) -> httpx.Response:
-    """Log in as a browser does: the form's hidden inputs plus this generation's fields."""
-    page = client.get(path)
-    form = login_form(page.text)
-    assert form is not None
-    fields = hidden_inputs(form)
-    if generation == "24.05":
-        fields.update(login_userid=USER, login_password=PASSWORD)
-    else:
-        fields.update(userid=USER, password=PASSWORD)
-    return client.post(form.get("action"), data=fields)
+def staff_login(client: httpx.Client, generation: str, path: str = MAINPAGE) -> httpx.Response:
+    """Log in as USER, as a browser does."""
+    return support.staff_login(client, generation, USER, PASSWORD, path)
 
 
 # -- A1 REST read and write ------------------------------------------------------------------------
@@ -643,16 +607,6 @@ def test_a3_user_without_the_page_permission_gets_no_page(koha: Koha) -> None:
 # -- A4 cover upload -------------------------------------------------------------------------------
 
 
-def upload_temp(client: httpx.Client, token: str | None, data: bytes) -> httpx.Response:
-    headers = {"CSRF-TOKEN": token} if token else {}
-    return client.post(
-        "/cgi-bin/koha/tools/upload-file.pl",
-        params={"temp": 1},
-        files={"file": ("cover.jpg", data, "image/jpeg")},
-        headers=headers,
-    )
-
-
 def test_a4_temporary_upload_answers_json_labelled_text_html(koha: Koha) -> None:
     with koha.client() as client:
         token = meta_csrf(staff_login(client, "24.05").text)
@@ -684,13 +638,6 @@ def test_a4_temporary_upload_without_csrf_token_is_403_on_2405(koha: Koha) -> No
         staff_login(client, "24.05")
         response = upload_temp(client, None, jpeg())
     assert (response.status_code, response.text) == (403, "Wrong CSRF token")
-
-
-def process(client: httpx.Client, fileid: str, token: str | None, **extra: str) -> httpx.Response:
-    fields = {"uploadedfileid": fileid, "filetype": "image", "biblionumber": "42", "replace": "1"}
-    if token:
-        fields |= {"op": "cud-process", "csrf_token": token}
-    return client.post("/cgi-bin/koha/tools/upload-cover-image.pl", data=fields | extra)
 
 
 def imagenumbers(page: str) -> list[int]:
