@@ -293,15 +293,21 @@ def test_get_of_a_deleted_biblio_is_404_not_found(koha: Koha) -> None:
 # -- PUT /biblios/{biblio_id}: biblios.t 'put() tests' and Biblios.pm `update` -------------------
 
 
+def put_42(
+    koha: Koha, body: bytes, content_type: str = MARCXML, accept: str | None = None
+) -> httpx.Response:
+    """PUT /api/v1/biblios/42 as USER (Basic), with this body and Content-Type."""
+    headers = {**basic(USER, PASSWORD), "Content-Type": content_type}
+    if accept is not None:
+        headers["Accept"] = accept
+    with koha.client() as client:
+        return client.put("/api/v1/biblios/42", content=body, headers=headers)
+
+
 def test_put_answers_200_with_the_id(koha: Koha) -> None:
     """biblios.t 'put() tests': status_is(200)->json_has('/id'); Biblios.pm renders
     {id => $biblio->id}. [V]"""
-    with koha.client() as client:
-        response = client.put(
-            "/api/v1/biblios/42",
-            content=record_xml("Introduction to Attic Greek (Using marcxml) /"),
-            headers={**basic(USER, PASSWORD), "Content-Type": MARCXML},
-        )
+    response = put_42(koha, record_xml("Introduction to Attic Greek (Using marcxml) /"))
     assert response.status_code == 200
     assert response.json() == {"id": 42}
 
@@ -311,12 +317,7 @@ def test_put_answer_200_ignores_the_accept_header(koha: Koha) -> None:
     `_render` has no body parameter to check the Accept against (JSON::Validator OpenAPIv2
     `parameters_for_response` adds one only `if exists $response->{schema}`): a PUT that
     succeeds answers 200 whatever the Accept. [V]"""
-    with koha.client() as client:
-        response = client.put(
-            "/api/v1/biblios/42",
-            content=record_xml("Accepted anyway"),
-            headers={**basic(USER, PASSWORD), "Content-Type": MARCXML, "Accept": MARCXML},
-        )
+    response = put_42(koha, record_xml("Accepted anyway"), accept=MARCXML)
     assert response.status_code == 200
     assert response.json() == {"id": 42}
 
@@ -326,12 +327,7 @@ def test_put_refusal_with_an_accept_outside_produces_is_400(koha: Koha) -> None:
     so the response check compares the Accept with PUT's `produces` (application/json) and
     answers 400 instead. [V]"""
     koha.state.locked.add(42)
-    with koha.client() as client:
-        response = client.put(
-            "/api/v1/biblios/42",
-            content=record_xml("X"),
-            headers={**basic(USER, PASSWORD), "Content-Type": MARCXML, "Accept": "text/html"},
-        )
+    response = put_42(koha, record_xml("X"), accept="text/html")
     assert response.status_code == 400
     assert response.json() == {
         "errors": [
@@ -345,24 +341,14 @@ def test_put_on_a_locked_record_is_403(koha: Koha) -> None:
     """biblios.t 'put() locked record': status_is(403), /error 'You do not have permission to
     edit a locked record'. [V]"""
     koha.state.locked.add(42)
-    with koha.client() as client:
-        response = client.put(
-            "/api/v1/biblios/42",
-            content=record_xml("X"),
-            headers={**basic(USER, PASSWORD), "Content-Type": MARCXML},
-        )
+    response = put_42(koha, record_xml("X"))
     assert response.status_code == 403
     assert response.json() == {"error": "You do not have permission to edit a locked record"}
 
 
 def test_put_with_another_content_type_is_406_listing_the_accepted_ones(koha: Koha) -> None:
     """Biblios.pm `update`: any other Content-Type renders 406 with this list. [V]"""
-    with koha.client() as client:
-        response = client.put(
-            "/api/v1/biblios/42",
-            content=b"{}",
-            headers={**basic(USER, PASSWORD), "Content-Type": "text/plain"},
-        )
+    response = put_42(koha, b"{}", "text/plain")
     assert response.status_code == 406
     assert response.json() == [
         "application/json",
@@ -421,12 +407,7 @@ def test_put_malformed_body_is_400_bad_record_in_main(
         expected["error"] += f": {USMARC_WARNING}"
     koha.state.put_checks_record = True
     before = koha.state.record(42)
-    with koha.client() as client:
-        response = client.put(
-            "/api/v1/biblios/42",
-            content=body,
-            headers={**basic(USER, PASSWORD), "Content-Type": content_type},
-        )
+    response = put_42(koha, body, content_type)
     assert response.status_code == 400
     assert response.json() == expected
     assert koha.state.record(42) == before
@@ -445,12 +426,7 @@ def test_put_unparsable_body_is_500_in_released_versions(
     [V] for the code path; that these two bodies make the parser die is inferred (main wraps
     the parsers in try/catch for them). Garbage ISO 2709 does not die (next test)."""
     before = koha.state.record(42)
-    with koha.client() as client:
-        response = client.put(
-            "/api/v1/biblios/42",
-            content=body,
-            headers={**basic(USER, PASSWORD), "Content-Type": content_type},
-        )
+    response = put_42(koha, body, content_type)
     assert response.status_code == 500
     assert response.json() == INTERNAL_ERROR
     assert koha.state.record(42) == before
@@ -468,12 +444,7 @@ def test_put_of_a_record_without_fields_empties_the_biblio_in_released_versions(
     a record with no fields (for garbage ISO 2709 MARC::File::USMARC `decode` returns one with
     a warning instead of dying [V]), and released versions pass it to ModBiblio, blanking the
     biblio. The blanking is inferred from main's comment; the stored bytes are [U]."""
-    with koha.client() as client:
-        response = client.put(
-            "/api/v1/biblios/42",
-            content=body,
-            headers={**basic(USER, PASSWORD), "Content-Type": content_type},
-        )
+    response = put_42(koha, body, content_type)
     assert response.status_code == 200
     stored = pymarc.parse_xml_to_array(io.BytesIO(koha.state.record(42)))[0]
     assert stored is not None and stored.get("245") is None
