@@ -18,6 +18,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from shelfwork.sandbox.dspace import DSpaceState, create_app
+from tests.support import dspace as support
 
 ADMIN = ("admin@example.org", "admin-pass")
 SUBMITTER = ("submitter@example.org", "submitter-pass")
@@ -90,57 +91,14 @@ def env() -> Iterator[Env]:
         yield Env(state, http, collection, review)
 
 
-class Session:
-    """One logged-in user speaking the raw REST API (CSRF header + cookie, Bearer token)."""
+class Session(support.Session):
+    """One logged-in user speaking the raw REST API (tests/support/dspace.py) to the app in this
+    process, at the ITs' REST_SERVER_URL."""
 
     def __init__(self, env: Env, user: tuple[str, str]) -> None:
-        self.http = TestClient(env.http.app, base_url="http://testserver")
-        self.token = ""
-        self._track(self.http.get("/server/api/security/csrf"))
-        answer = self._track(
-            self.http.post(
-                "/server/api/authn/login",
-                data={"user": user[0], "password": user[1]},
-                headers={"X-XSRF-TOKEN": self.token},
-            )
-        )
+        super().__init__(TestClient(env.http.app, base_url="http://testserver"), BASE.rstrip("/"))
+        answer = self.login(user)
         assert answer.status_code == 200, answer.text
-        self.jwt = answer.headers["Authorization"].split(" ", 1)[1]
-
-    def _track(self, response: Any) -> Any:
-        self.token = response.headers.get("DSPACE-XSRF-TOKEN", self.token)
-        return response
-
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        headers = {
-            "X-XSRF-TOKEN": self.token,
-            "Authorization": f"Bearer {self.jwt}",
-            **kwargs.pop("headers", {}),
-        }
-        url = path if path.startswith("http") else f"/server/api{path}"
-        return self._track(self.http.request(method, url, headers=headers, **kwargs))
-
-    def json(self, method: str, path: str, status: int = 200, **kwargs: Any) -> Any:
-        response = self.call(method, path, **kwargs)
-        assert response.status_code == status, response.text
-        return response.json()
-
-    def workspace(self, collection: str) -> dict[str, Any]:
-        return self.json(
-            "POST",
-            "/submission/workspaceitems",
-            201,
-            params={"owningCollection": collection},
-            json={},
-        )
-
-    def patch(self, ws_id: int, ops: list[dict[str, Any]]) -> Any:
-        return self.call(
-            "PATCH",
-            f"/submission/workspaceitems/{ws_id}",
-            content=json.dumps(ops).encode(),
-            headers={"Content-Type": "application/json-patch+json"},
-        )
 
     def submit(self, collection: str, title: str, identifier: str) -> tuple[int, str]:
         """A complete submission, deposited; returns (workspace item id, item uuid)."""
@@ -168,12 +126,7 @@ class Session:
         )
         assert upload.status_code == 201, upload.text
         item = self.json("GET", f"/submission/workspaceitems/{ws['id']}/item")
-        deposit = self.call(
-            "POST",
-            "/workflow/workflowitems",
-            content=f"{BASE}submission/workspaceitems/{ws['id']}",
-            headers={"Content-Type": "text/uri-list"},
-        )
+        deposit = self.deposit(ws["id"])
         assert deposit.status_code == 201, deposit.text
         return int(ws["id"]), str(item["uuid"])
 

@@ -18,11 +18,11 @@ import pytest
 
 from shelfwork.sandbox import RunningServer, serve
 from shelfwork.sandbox.dspace import DSpaceState, create_app, form_fields, stock_form
+from tests.support import dspace as support
 
 ADMIN = ("admin@example.org", "admin-pass")
 SUBMITTER = ("submitter@example.org", "submitter-pass")
 OTHER = ("other@example.org", "other-pass")
-PATCH_JSON = {"Content-Type": "application/json-patch+json"}
 
 
 @dataclass
@@ -52,65 +52,11 @@ def env() -> Iterator[Env]:
         server.stop()
 
 
-class Session:
-    """The bare B1 dance, written out so the tests check the emulator, not a client."""
+class Session(support.Session):
+    """The bare B1 dance against the served emulator (tests/support/dspace.py)."""
 
     def __init__(self, env: Env) -> None:
-        self.api = env.api
-        self.http = httpx.Client(timeout=10)
-        self.token: str | None = None
-        self.jwt: str | None = None
-
-    def track(self, response: httpx.Response) -> httpx.Response:
-        if "DSPACE-XSRF-TOKEN" in response.headers:
-            self.token = response.headers["DSPACE-XSRF-TOKEN"]
-        return response
-
-    def csrf(self) -> httpx.Response:
-        return self.track(self.http.get(f"{self.api}/security/csrf"))
-
-    def login(self, user: tuple[str, str]) -> httpx.Response:
-        self.csrf()
-        response = self.track(
-            self.http.post(
-                f"{self.api}/authn/login",
-                data={"user": user[0], "password": user[1]},
-                headers={"X-XSRF-TOKEN": self.token or ""},
-            )
-        )
-        if response.status_code == 200:
-            self.jwt = response.headers["Authorization"].split(" ", 1)[1]
-        return response
-
-    def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        sent = {"X-XSRF-TOKEN": self.token or ""}
-        if self.jwt:
-            sent["Authorization"] = f"Bearer {self.jwt}"
-        return {**sent, **(extra or {})}
-
-    def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        url = path if path.startswith("http") else f"{self.api}{path}"
-        headers = self.headers(kwargs.pop("headers", None))
-        return self.track(self.http.request(method, url, headers=headers, **kwargs))
-
-    def workspace(self, collection: str) -> dict[str, Any]:
-        response = self.call(
-            "POST",
-            "/submission/workspaceitems",
-            params={"owningCollection": collection},
-            json={},  # RestResourceController.post consumes JSON only
-        )
-        assert response.status_code == 201, response.text
-        return response.json()
-
-    def patch(self, ws_id: int, ops: list[dict[str, Any]], **kwargs: Any) -> httpx.Response:
-        headers = kwargs.pop("headers", PATCH_JSON)
-        return self.call(
-            "PATCH",
-            f"/submission/workspaceitems/{ws_id}",
-            content=json.dumps(ops).encode(),
-            headers=headers,
-        )
+        super().__init__(httpx.Client(timeout=10), env.api)
 
     def complete(self, collection: str, title: str, pdf: bytes = b"%PDF-1.4 test") -> int:
         ws = self.workspace(collection)
@@ -143,14 +89,6 @@ class Session:
         )
         assert upload.status_code == 201, upload.text
         return int(ws["id"])
-
-    def deposit(self, ws_id: int) -> httpx.Response:
-        return self.call(
-            "POST",
-            "/workflow/workflowitems",
-            content=f"{self.api}/submission/workspaceitems/{ws_id}",
-            headers={"Content-Type": "text/uri-list"},
-        )
 
 
 def logged_in(env: Env, user: tuple[str, str] = SUBMITTER) -> Session:
