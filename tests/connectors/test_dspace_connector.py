@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +96,23 @@ class Recorder(httpx.HTTPTransport):
 
 def client(env: Env, user: tuple[str, str] = SUBMITTER, **kwargs: Any) -> DSpace:
     return DSpace(env.api, user[0], user[1], **kwargs)
+
+
+class Killed(Exception):
+    """The worker died (raised from a progress callback)."""
+
+
+def killed_at(
+    stage: str, checkpoints: list[dict[str, Any]]
+) -> Callable[[str, dict[str, Any]], None]:
+    """A progress callback that keeps every checkpoint and dies once `stage`'s is written."""
+
+    def progress(reached: str, data: dict[str, Any]) -> None:
+        checkpoints.append(data)
+        if reached == stage:
+            raise Killed
+
+    return progress
 
 
 def md5(path: Path) -> str:
@@ -233,18 +250,13 @@ def test_an_unknown_collection_is_refused_by_name_before_any_write(env: Env) -> 
 
 def test_resume_after_a_crash_does_not_create_a_second_workspace_item(env: Env) -> None:
     checkpoints: list[dict[str, Any]] = []
-
-    class Crash(Exception):
-        pass
-
-    def crash_after_upload(stage: str, data: dict[str, Any]) -> None:
-        checkpoints.append(data)
-        if stage == "upload":
-            raise Crash
-
-    with client(env) as dspace, pytest.raises(Crash):
+    with client(env) as dspace, pytest.raises(Killed):
         dspace.create_by_submission(
-            env.open_collection, METADATA, env.pdf, "a.pdf", progress=crash_after_upload
+            env.open_collection,
+            METADATA,
+            env.pdf,
+            "a.pdf",
+            progress=killed_at("upload", checkpoints),
         )
     with client(env) as dspace:
         deposit = dspace.create_by_submission(
@@ -356,15 +368,13 @@ def test_unknown_field_on_admin_path_quotes_dspace_422(env: Env) -> None:
 
 def test_admin_resume_reuses_item_and_bundle(env: Env) -> None:
     checkpoints: list[dict[str, Any]] = []
-
-    def crash_after_bundle(stage: str, data: dict[str, Any]) -> None:
-        checkpoints.append(data)
-        if stage == "bundle":
-            raise RuntimeError("worker died")
-
-    with client(env, ADMIN) as dspace, pytest.raises(RuntimeError):
+    with client(env, ADMIN) as dspace, pytest.raises(Killed):
         dspace.create_as_admin(
-            env.open_collection, METADATA, env.pdf, "a.pdf", progress=crash_after_bundle
+            env.open_collection,
+            METADATA,
+            env.pdf,
+            "a.pdf",
+            progress=killed_at("bundle", checkpoints),
         )
     with client(env, ADMIN) as dspace:
         deposit = dspace.create_as_admin(
@@ -490,18 +500,13 @@ def test_own_submissions_in_review_in_a_workspace_and_archived(env: Env) -> None
         archived = dspace.create_by_submission(env.open_collection, metadata, env.pdf, "a.pdf")
         waiting = dspace.create_by_submission(env.review_collection, metadata, env.pdf, "a.pdf")
         checkpoints: list[dict[str, Any]] = []
-
-        class Killed(Exception):
-            pass
-
-        def killed_after_metadata(stage: str, data: dict[str, Any]) -> None:
-            checkpoints.append(data)
-            if stage == "metadata":
-                raise Killed
-
         with pytest.raises(Killed):  # never deposited: stays in the workspace
             dspace.create_by_submission(
-                env.open_collection, metadata, env.pdf, "a.pdf", progress=killed_after_metadata
+                env.open_collection,
+                metadata,
+                env.pdf,
+                "a.pdf",
+                progress=killed_at("metadata", checkpoints),
             )
         found = dspace.find_own_submissions("dc.identifier.other", "koha:5")
         lookalike = dspace.find_own_submissions("dc.identifier.other", "koha:50")
