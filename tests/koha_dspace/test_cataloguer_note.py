@@ -15,9 +15,10 @@ import httpx
 import pytest
 
 from shelfwork.connectors import RemoteRefused, error_for, transport_error
-from shelfwork.connectors.dspace import ChecksumMismatch
+from shelfwork.connectors.dspace import ChecksumMismatch, InProgress, Item
 from shelfwork.errors import StepFailed
-from shelfwork.pipelines.koha_dspace.pipeline import short_note
+from shelfwork.pipelines.koha_dspace.marc import MAX_NOTE
+from shelfwork.pipelines.koha_dspace.pipeline import parked_note, short_note
 
 API = "http://svc:s3cret@dspace.internal.example:8080/server/api"
 INTERNAL = ("dspace.internal", "db01", "10.1.2.3", "://", "s3cret", "/srv/", "/server/api")
@@ -105,3 +106,53 @@ def test_the_pipelines_own_words_are_kept() -> None:
     assert short_note("scans/book-20.pdf not found in inbox") == (
         "scans/book-20.pdf not found in inbox"  # the record's own 956$u, relative, stays
     )
+
+
+def test_the_workspace_note_keeps_what_to_do_within_956z() -> None:
+    """956$z holds MAX_NOTE characters; a long reason and account name must not push the
+    instruction out of the note."""
+    reason = "The scan is missing pages 3 to 5 and the title page belongs to another book entirely"
+    item = Item(
+        uuid="0b7c2f7e-1d5b-4f0e-8d7e-6a0d9d1f3c11",
+        name="Kobzar",
+        handle=None,
+        in_archive=False,
+        withdrawn=False,
+        metadata={
+            "dc.description.provenance": [
+                "Step: reviewstep - action:reviewaction Rejected by Reviewer Name "
+                f"(reviewer@library.example.org), reason: {reason} on 2026-01-02T03:04:05Z (GMT) "
+            ]
+        },
+    )
+    where = InProgress("workspace", 123456)
+    for note in (
+        parked_note(item, where, "shelfwork-integration@library.example.org", rejected=True),
+        parked_note(
+            Item(item.uuid, "Kobzar", None, False, False, {}),
+            where,
+            "shelfwork-integration@library.example.org",
+        ),
+    ):
+        # written by the tracker as it is, or by a re-run as its job's error
+        failed = (
+            "critical branch 'dspace' failed: step 'deposit' failed after 1 attempt(s): "
+            f"biblio 2147483647: {note}"
+        )
+        for written in (note, short_note(failed)):
+            assert len(written) <= MAX_NOTE, (len(written), written)
+            assert written.endswith("then integrate again"), written
+            assert "workspace item 123456" in written
+
+
+def test_a_note_about_an_unreachable_repository_names_no_internal_url() -> None:
+    """A request that got no answer (refused, timed out) is quoted with its method and URL but no
+    status; 956$z must not carry the repository's internal address either."""
+    request = httpx.Request("GET", "http://dspace.internal:8080/server/api/core/items/x")
+    refused = transport_error(
+        "DSpace", httpx.ConnectError("[Errno 111] Connection refused", request=request), "read x"
+    )
+    text = f"critical branch 'dspace' failed: step 'deposit' failed after 4 attempt(s): {refused}"
+    note = short_note(text)
+    assert "dspace.internal" not in note and "/server/api" not in note, note
+    assert note.startswith("dspace (4 tries): DSpace: read x: ConnectError"), note
