@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pymarc
 import pytest
 from pypdf import PdfWriter
 
+from shelfwork.connectors.dspace import DSpace
 from shelfwork.engine import Engine
 from shelfwork.jobs import JobView
 from shelfwork.pipelines import koha_dspace
@@ -26,8 +28,9 @@ from shelfwork.pipelines.koha_dspace.marc import (
 )
 from shelfwork.pipelines.koha_dspace.pipeline import REVIEW_NOTE
 from shelfwork.sandbox.pdfs import corrupt_pdf, scanned_pdf, text_pdf
-from shelfwork.sandbox.peers import Peers
+from shelfwork.sandbox.peers import DSPACE_USER, Peers
 from shelfwork.sandbox.records import Book, marcxml
+from tests.support.dspace import Session
 
 MODULE = "shelfwork.pipelines.koha_dspace"
 
@@ -752,21 +755,15 @@ def test_an_item_deposited_again_after_a_rejection_gets_its_handle(world: WorldF
     assert w.engine.trackers.get("dspace-review", uuid).state == "REJECTED"
     assert "integrate again" in (w.state(46).message or "")
     # the submitter deposits the workspace item again in DSpace
-    from shelfwork.connectors.dspace import DSpace
-    from shelfwork.sandbox.peers import DSPACE_USER
-
     with DSpace(w.peers.dspace_url, DSPACE_USER, w.peers.dspace_password) as ds:
         ds.login()
         back = ds.in_progress(uuid)
-        assert back is not None and back.stage == "workspace"
-        ds._request(
-            "POST",
-            "/workflow/workflowitems",
-            content=f"{ds.api_url}/submission/workspaceitems/{back.id}",
-            headers={"Content-Type": "text/uri-list"},
-            ok=(201,),
-            message="deposit again",
-        )
+    assert back is not None and back.stage == "workspace"
+    with httpx.Client(timeout=10) as http:
+        submitter = Session(http, w.peers.dspace_url)
+        assert submitter.login((DSPACE_USER, w.peers.dspace_password)).status_code == 200
+        deposited = submitter.deposit(back.id)
+    assert deposited.status_code == 201, deposited.text
     again = w.run(46)
     assert again.state == "succeeded", again.error
     assert again.result["uuid"] == uuid and again.result["in_review"]
