@@ -27,9 +27,9 @@ import pytest
 
 from shelfwork.config import Settings
 from shelfwork.errors import ShelfworkError
-from shelfwork.pipelines.koha_dspace import files
+from shelfwork.pipelines.koha_dspace import files, pipeline
 from shelfwork.pipelines.koha_dspace.config import SYSTEM
-from shelfwork.pipelines.koha_dspace.files import FileRejected, open_in_inbox
+from shelfwork.pipelines.koha_dspace.files import FileChanged, FileRejected, open_in_inbox
 from shelfwork.pipelines.koha_dspace.marc import integration_state, parse_marcxml
 from shelfwork.pipelines.koha_dspace.pipeline import (
     check_file,
@@ -518,7 +518,7 @@ def test_a_file_changed_after_it_was_taken_is_refused_by_check_file(
     _append(Path(step.results["take_file"]["path"]))
     with pytest.raises(ShelfworkError) as refused:
         check_file(step)  # type: ignore[arg-type]
-    assert type(refused.value).__name__ == "FileChanged"
+    assert type(refused.value) is FileChanged
     message = str(refused.value)
     assert message.startswith(
         "book-51_v01.pdf is not the file taken from the inbox as scans/book-51.pdf: its content "
@@ -535,7 +535,7 @@ def test_a_file_changed_before_the_deposit_is_not_deposited(peers: Peers, tmp_pa
     _append(Path(step.take_and_check()["path"]))
     with pytest.raises(ShelfworkError) as refused:
         deposit(step)  # type: ignore[arg-type]
-    assert type(refused.value).__name__ == "FileChanged"
+    assert type(refused.value) is FileChanged
     assert peers.dspace.items_with("dc.identifier.other", "koha:52") == []
     assert peers.dspace.bitstreams == {}
     _fails_into_error(step, refused.value, tmp_path)
@@ -546,8 +546,6 @@ def test_a_file_changed_before_the_deposit_is_not_deposited(peers: Peers, tmp_pa
 
 def _after_the_deposit_check(monkeypatch: pytest.MonkeyPatch, then: Callable[[], None]) -> None:
     """Run `then` right after the deposit has checked the file's SHA-256 (once)."""
-    from shelfwork.pipelines.koha_dspace import pipeline
-
     real = pipeline.same_as_taken
     ran: list[bool] = []
 
