@@ -68,6 +68,13 @@ class World:
     def record(self, n: int) -> pymarc.Record:
         return parse_marcxml(self.peers.koha.record(n), biblionumber=n)
 
+    def clear_956(self, n: int, *codes: str) -> None:
+        """Someone deletes these subfields of biblio `n`'s 956 in Koha."""
+        record = self.record(n)
+        for code in codes:
+            record["956"].delete_subfield(code)
+        self.peers.koha.add_record(n, pymarc.record_to_xml(record, namespace=True))
+
     def state(self, n: int) -> IntegrationState:
         return integration_state(self.record(n))
 
@@ -176,9 +183,7 @@ def test_duplicate_by_956_3_reuses_the_item(world: WorldFactory) -> None:
     uuid = assert_imported(w, 4, first).uuid
     # A new scan arrives for the same record (956$y cleared by a person), $3 still names the item.
     text_pdf(w.inbox / "scans/book-4.pdf", 1)
-    record = w.record(4)
-    record["956"].delete_subfield("y")
-    w.peers.koha.add_record(4, pymarc.record_to_xml(record, namespace=True))
+    w.clear_956(4, "y")
     second = w.run(4)
     assert second.state == "succeeded", second.error
     assert second.result["uuid"] == uuid
@@ -192,10 +197,7 @@ def test_duplicate_by_identifier_search_reuses_the_item(world: WorldFactory) -> 
     w.run(5)
     uuid = w.state(5).uuid
     # Someone strips 956$3 and $y from the record: the identifier search still finds the item.
-    record = w.record(5)
-    record["956"].delete_subfield("3")
-    record["956"].delete_subfield("y")
-    w.peers.koha.add_record(5, pymarc.record_to_xml(record, namespace=True))
+    w.clear_956(5, "3", "y")
     text_pdf(w.inbox / "scans/book-5.pdf", 1)
     again = w.run(5)
     assert again.state == "succeeded", again.error
@@ -584,9 +586,7 @@ def test_a_rerun_after_a_rejection_makes_no_second_item(world: WorldFactory) -> 
     assert "workspace item" in (again.error or "")
     assert len(w.items_for(42)) == 1
     # and when 956$3 was cleared too, the identifier search finds the same item
-    record = w.record(42)
-    record["956"].delete_subfield("3")
-    w.peers.koha.add_record(42, pymarc.record_to_xml(record, namespace=True))
+    w.clear_956(42, "3")
     text_pdf(w.inbox / "scans/book-42.pdf", 1)
     third = w.run(42)
     assert third.state == "failed" and "rejected in DSpace review" in (third.error or "")
@@ -655,10 +655,7 @@ def test_a_rerun_while_the_item_waits_in_review_does_not_make_a_second_item(
     w.book(37)
     first = w.run(37)
     uuid = first.result["uuid"]
-    record = w.record(37)  # someone clears $3 and $y, and a new scan arrives
-    record["956"].delete_subfield("3")
-    record["956"].delete_subfield("y")
-    w.peers.koha.add_record(37, pymarc.record_to_xml(record, namespace=True))
+    w.clear_956(37, "3", "y")  # someone clears $3 and $y, and a new scan arrives
     text_pdf(w.inbox / "scans/book-37.pdf", 1)
     again = w.run(37)
     assert again.state == "succeeded", again.error
