@@ -508,10 +508,7 @@ def test_a3_token_from_before_login_is_refused_after_login(koha: Koha) -> None:
 
 def test_a3_bad_password_shows_the_login_page_with_an_error(koha: Koha) -> None:
     with koha.client() as client:
-        form = login_form(client.get("/cgi-bin/koha/mainpage.pl").text)
-        assert form is not None
-        fields = hidden_inputs(form) | {"login_userid": USER, "login_password": "wrong"}
-        answer = client.post(form.get("action"), data=fields)
+        answer = support.staff_login(client, "24.05", USER, "wrong")
     assert login_form(answer.text) is not None
     assert "Invalid username or password" in answer.text
 
@@ -591,13 +588,7 @@ def test_a3_expired_session_gets_the_login_page_again(koha: Koha) -> None:
 
 def test_a3_user_without_the_page_permission_gets_no_page(koha: Koha) -> None:
     with koha.client() as client:
-        form = login_form(client.get("/cgi-bin/koha/mainpage.pl").text)
-        assert form is not None
-        fields = hidden_inputs(form) | {
-            "login_userid": READER,
-            "login_password": READER_PASSWORD,
-        }
-        main = client.post(form.get("action"), data=fields)
+        main = support.staff_login(client, "24.05", READER, READER_PASSWORD)
         tools = client.get("/cgi-bin/koha/tools/upload-cover-image.pl")
     assert login_form(main.text) is None
     assert login_form(tools.text) is not None
@@ -624,10 +615,7 @@ def test_a4_temporary_upload_denied_without_session_or_permission(koha: Koha) ->
         assert form is not None
         no_session = upload_temp(anonymous, hidden_inputs(form)["csrf_token"], jpeg())
     with koha.client() as reader:
-        form = login_form(reader.get("/cgi-bin/koha/mainpage.pl").text)
-        assert form is not None
-        fields = hidden_inputs(form) | {"login_userid": READER, "login_password": READER_PASSWORD}
-        token = meta_csrf(reader.post(form.get("action"), data=fields).text)
+        token = meta_csrf(support.staff_login(reader, "24.05", READER, READER_PASSWORD).text)
         no_permission = upload_temp(reader, token, jpeg())
     for denied in (no_session, no_permission):
         assert denied.json() == {"status": "denied", "fileid": None, "errors": None}
