@@ -20,7 +20,7 @@ from shelfwork.engine import Engine
 from shelfwork.jobs import JobView
 from shelfwork.pipelines import koha_dspace
 from shelfwork.pipelines.koha_dspace.config import SYSTEM
-from shelfwork.pipelines.koha_dspace.files import md5_of
+from shelfwork.pipelines.koha_dspace.files import fingerprint_of
 from shelfwork.pipelines.koha_dspace.marc import (
     IntegrationState,
     integration_state,
@@ -136,7 +136,7 @@ def test_success_with_cover(world: WorldFactory, backend: str) -> None:
     assert item.values("dc.contributor.author") == ["Шевченко, Тарас"]
     stored = [b for b in w.peers.dspace.bitstreams.values()]
     assert len(stored) == 1
-    assert stored[0].md5 == md5_of(w.folder / "processed" / "book-1_v01.pdf")
+    assert stored[0].md5 == fingerprint_of(w.folder / "processed" / "book-1_v01.pdf").md5
     # One cover in Koha, and 956$c points at it on the OPAC.
     covers = w.peers.koha.covers_of(1)
     assert len(covers) == 1
@@ -702,7 +702,11 @@ def test_a_killed_claim_is_found_again_with_brackets_in_the_name(tmp_path: Path)
     processed = tmp_path / "processed"
     processed.mkdir()
     scan = text_pdf(processed / "Kobzar [1840]_v01.pdf", 1)
-    claimed = {"stem": "Kobzar [1840]", "size": scan.stat().st_size, "md5": md5_of(scan)}
+    claimed = {
+        "stem": "Kobzar [1840]",
+        "size": scan.stat().st_size,
+        "md5": fingerprint_of(scan).md5,
+    }
     assert _claimed_earlier(processed, claimed) == scan
 
 

@@ -27,7 +27,6 @@ from shelfwork.pipelines.koha_dspace.files import (
     StillBeingWritten,
     claim_into,
     fingerprint_of,
-    md5_of,
     move_to_error,
     open_in_inbox,
 )
@@ -662,8 +661,10 @@ def test_sidecar_values_json_cannot_encode_become_text(tmp_path: Path) -> None:
     assert note["error"] == {"path": "/x/y", "when": "2024-01-02 00:00:00"}
 
 
-def test_md5_of(tmp_path: Path) -> None:
+def test_fingerprint_of_a_file_larger_than_one_read(tmp_path: Path) -> None:
     path = tmp_path / "big.bin"
     data = os.urandom(3 * 1024 * 1024 + 17)
     path.write_bytes(data)
-    assert md5_of(path) == hashlib.md5(data).hexdigest()
+    found = fingerprint_of(path)
+    assert found.md5 == hashlib.md5(data).hexdigest()
+    assert found.sha256 == hashlib.sha256(data).hexdigest() and found.size == len(data)

@@ -556,12 +556,3 @@ def _write_note(folder: int, name: str, body: bytes) -> None:
         with suppress(FileNotFoundError):
             os.unlink(temp, dir_fd=folder)
         raise
-
-
-def md5_of(path: Path) -> str:
-    """The file's MD5, as DSpace reports a bitstream's checksum (for matching, not security)."""
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as file:
-        while chunk := file.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
