@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -26,6 +25,7 @@ from tests.support.oai_provider import (
     generate_items,
     running,
 )
+from tests.support.waiting import wait_idle
 
 RULES = """
 name = "test driver"
@@ -99,24 +99,11 @@ def api(api_for: ApiFactory, tmp_path: Path, provider: Provider) -> Api:
     )
 
 
-def wait_idle(api: Api, timeout: float = 60.0) -> list[Any]:
-    """Every job, once none is queued or running (chains hand over from job to job)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        # One consistent read: a chain's next job is submitted before the job handing over
-        # ends, so when every job read has ended, none is still to come.
-        jobs = api.engine.jobs.list(limit=100)
-        if jobs and all(job.state in ("succeeded", "failed", "cancelled") for job in jobs):
-            return jobs
-        time.sleep(0.05)
-    raise AssertionError("jobs still live after the timeout")
-
-
 def test_run_chains_actions_and_diagnose_reports(backend: str, api: Api, items: list[Item]) -> None:
     answer = api.client.post("/api/v1/oai/networks/LB/run", headers=api.operator)
     assert answer.status_code == 202, answer.text
     assert answer.json()["actions"] == ["HARVEST", "VALIDATE", "INDEX_OAI"]
-    jobs = wait_idle(api)
+    jobs = wait_idle(api.engine)
     by_pipeline = {job.pipeline: job for job in jobs}
     assert set(by_pipeline) == {"oai-run", "oai-harvest", "oai-validate", "oai-index"}
     assert all(job.state == "succeeded" for job in jobs), [(j.pipeline, j.error) for j in jobs]
@@ -256,7 +243,7 @@ def test_own_provider_reexposes_valid_records_to_sickle(
     from shelfwork.sandbox import free_port, serve
 
     api.client.post("/api/v1/oai/networks/LB/run", headers=api.operator)
-    wait_idle(api)
+    wait_idle(api.engine)
     live = [i for i in items if not i.deleted]
     year = time.gmtime().tm_year
     valid = {i.identifier for i in live if int(i.fields["date"][0]) >= year - 100}
@@ -292,7 +279,7 @@ def test_own_provider_reexposes_valid_records_to_sickle(
         assert (
             api.client.post("/api/v1/oai/networks/LB/run", headers=api.operator).status_code == 202
         )
-        jobs = wait_idle(api)
+        jobs = wait_idle(api.engine)
         assert all(j.state == "succeeded" for j in jobs), [(j.pipeline, j.error) for j in jobs]
         recent = list(
             sickle.ListRecords(metadataPrefix="oai_dc", ignore_deleted=False, **{"from": seen_at})
@@ -325,7 +312,7 @@ def test_an_empty_full_harvest_keeps_the_exposure_until_confirmed(
     """C5: a repository that suddenly lists nothing does not wipe what the network exposes: the
     snapshot is held back as suspicious until an operator confirms it."""
     assert api.client.post("/api/v1/oai/networks/LB/run", headers=api.operator).status_code == 202
-    wait_idle(api)
+    wait_idle(api.engine)
     before = exposed_live(api)
     good = api.client.get("/api/v1/oai/networks/LB", headers=api.viewer).json()["last_good"]
     assert before > 0
@@ -335,7 +322,7 @@ def test_an_empty_full_harvest_keeps_the_exposure_until_confirmed(
         "/api/v1/oai/networks/LB/run", params={"incremental": "false"}, headers=api.operator
     )
     assert again.status_code == 202
-    jobs = wait_idle(api)
+    jobs = wait_idle(api.engine)
     assert all(j.state == "succeeded" for j in jobs), [(j.pipeline, j.error) for j in jobs]
     network = api.client.get("/api/v1/oai/networks/LB", headers=api.viewer).json()
     suspicious = network["latest"]
@@ -359,5 +346,5 @@ def test_an_empty_full_harvest_keeps_the_exposure_until_confirmed(
         headers=api.operator,
     )
     assert rerun.status_code == 202
-    wait_idle(api)
+    wait_idle(api.engine)
     assert exposed_live(api) == 0

@@ -33,6 +33,7 @@ from tests.support.oai_provider import (
     generate_items,
     start_provider,
 )
+from tests.support.waiting import wait_idle
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
@@ -150,19 +151,6 @@ def log_in(client: TestClient, role: str) -> str:
     return found.group(1)
 
 
-def wait_idle(engine: Engine, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        # One consistent read: a chain's next job is submitted before the job handing over
-        # ends, so when every job read has ended, none is still to come.
-        jobs = engine.jobs.list(limit=100)
-        if jobs and all(j.finished for j in jobs):
-            assert all(j.state == "succeeded" for j in jobs), [(j.pipeline, j.error) for j in jobs]
-            return
-        time.sleep(0.05)
-    raise AssertionError("jobs still live after the timeout")
-
-
 @pytest.fixture(scope="module")
 def harvested(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harvested]:
     items = generate_items(60, seed=11) + HOSTILE_ITEMS
@@ -179,7 +167,8 @@ def harvested(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harvested]:
                 "/api/v1/oai/networks/LB/run", headers={"Authorization": f"Bearer {token}"}
             )
             assert ran.status_code == 202, ran.text
-            wait_idle(engine)
+            jobs = wait_idle(engine, timeout=30.0)
+            assert all(j.state == "succeeded" for j in jobs), [(j.pipeline, j.error) for j in jobs]
             snapshot = oai.snapshots.Snapshots(engine.store).last_good("LB")
             assert snapshot is not None
             year = time.gmtime().tm_year

@@ -14,7 +14,6 @@ show this.)
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -32,6 +31,7 @@ from shelfwork.pipeline import Pipeline, Retry, step
 from shelfwork.runner import Run
 from shelfwork.store.database import utcnow
 from tests.conftest import worker_serves
+from tests.support.waiting import wait_until
 
 WAIT = 20.0  # generous bound for any one event; a healthy run needs milliseconds
 
@@ -191,17 +191,13 @@ def take_over(make_engine: Callable[..., Engine], job_id: int) -> Engine:
     return taker
 
 
-def wait_until(what: str, condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        time.sleep(0.01)
-
-
 def settle(zombie: Engine, job_id: int) -> None:
     """Wait until the zombie's run of the job has ended (its refused write stopped it)."""
-    wait_until("the zombie's run has ended", lambda: job_id not in zombie.heartbeat.running())
+    wait_until(
+        lambda: job_id not in zombie.heartbeat.running(),
+        what="the zombie's run has ended",
+        timeout=WAIT,
+    )
 
 
 def kinds(engine: Engine, job_id: int, *, step: str | None = None) -> list[str]:

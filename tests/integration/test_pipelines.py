@@ -12,6 +12,7 @@ from shelfwork.jobs import jobs_t
 from shelfwork.pipeline import Pipeline, Retry, step
 from tests.conftest import worker_serves
 from tests.support import pipelines as tp
+from tests.support.waiting import wait_until
 
 
 def test_retry_until_success(make_engine, backend) -> None:
@@ -115,7 +116,7 @@ def test_cancel_queued_and_running(make_engine, backend) -> None:
     gate = f"cancel-{backend}-{time.monotonic()}"
     running = engine.submit("gate", {"gate": gate})
     queued = engine.submit("gate", {"gate": gate + "-2"})
-    _wait_for(lambda: tp.CALLS.get(f"gate:{gate}", 0) >= 1)
+    wait_until(lambda: tp.CALLS.get(f"gate:{gate}", 0) >= 1, timeout=10)
     assert engine.cancel(queued.job_id).state == "cancelled"
     engine.cancel(running.job_id)
     view = engine.wait(running.job_id, 20)
@@ -139,11 +140,11 @@ def test_lost_lease_is_reclaimed_and_resumes_at_unfinished_step(make_engine, bac
     dying = make_engine(tp.ALL, lease_ttl=1.0)
     gate = f"lease-{backend}-{time.monotonic()}"
     job = dying.submit("gate", {"gate": gate, "hold": 60})
-    _wait_for(lambda: tp.CALLS.get(f"gate:{gate}", 0) >= 1)
+    wait_until(lambda: tp.CALLS.get(f"gate:{gate}", 0) >= 1, timeout=10)
     crash(dying)
     survivor = make_engine(tp.ALL, lease_ttl=1.0)
     worker_serves(survivor)
-    _wait_for(lambda: tp.CALLS.get(f"gate:{gate}", 0) >= 2, timeout=20)
+    wait_until(lambda: tp.CALLS.get(f"gate:{gate}", 0) >= 2, timeout=20)
     tp.GATES[gate].set()
     view = survivor.wait(job.job_id, 30)
     assert view.state == "succeeded", view.error
@@ -158,7 +159,7 @@ def test_changed_pipeline_version_is_held_then_released(make_engine, backend) ->
     dying = make_engine(tp.ALL, lease_ttl=1.0)
     gate = f"version-{backend}-{time.monotonic()}"
     job = dying.submit("gate", {"gate": gate, "hold": 60})
-    _wait_for(lambda: tp.CALLS.get(f"gate:{gate}", 0) >= 1)
+    wait_until(lambda: tp.CALLS.get(f"gate:{gate}", 0) >= 1, timeout=10)
     crash(dying)
     # New code is deployed while the job is in flight: the restarted server has version 2.
     new = Pipeline(
@@ -166,7 +167,7 @@ def test_changed_pipeline_version_is_held_then_released(make_engine, backend) ->
     )
     engine = make_engine([new], lease_ttl=1.0)
     worker_serves(engine)
-    _wait_for(lambda: engine.get(job.job_id).attention is not None, timeout=20)
+    wait_until(lambda: engine.get(job.job_id).attention is not None, timeout=20)
     view = engine.get(job.job_id)
     assert view.state == "queued"
     assert "changed from version 1 to 2" in (view.attention or "")
@@ -195,11 +196,3 @@ def test_operator_retry_keeps_finished_steps(make_engine) -> None:
     assert view.state == "succeeded", view.error
     assert tp.CALLS[f"prepare:{tag}"] == 1
     assert tp.CALLS[f"deposit:{tag}"] == 2
-
-
-def _wait_for(cond, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
-from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -29,6 +27,7 @@ from shelfwork.errors import (
 from shelfwork.pipeline import Pipeline, step
 from shelfwork.schedules import ScheduleNotFound
 from shelfwork.store.database import utcnow
+from tests.support.waiting import wait_until
 
 
 class NetworkParams(BaseModel):
@@ -51,14 +50,6 @@ harvest = Pipeline(
     context=lambda p: f"network:{p.network}",
     steps=[step(harvest_step)],
 )
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 def cancel_live(engine: Engine) -> None:
@@ -101,7 +92,7 @@ def test_busy_context_is_skipped_or_queued_as_configured(make_engine, backend) -
     engine = make_engine([harvest], scheduler=False)
     blocker = engine.submit("harvest-like", {"network": "ua", "seconds": 60})
     engine.dispatch()
-    wait_until(lambda: engine.get(blocker.job_id).state == "running")
+    wait_until(lambda: engine.get(blocker.job_id).state == "running", interval=0.02)
     common = dict(params={"network": "ua"}, misfire="run_once")
     skip = engine.schedules.add("ua-skip", "harvest-like", "0 * * * *", when_busy="skip", **common)
     queue = engine.schedules.add(
@@ -320,7 +311,7 @@ def test_the_scheduler_loop_fires_a_per_second_schedule(make_engine, backend) ->
         runs = engine.schedules.runs("every-second")
         return [r.job_id for r in runs if r.outcome == "submitted" and r.job_id]
 
-    wait_until(lambda: len(submitted()) >= 2, timeout=15)
+    wait_until(lambda: len(submitted()) >= 2, timeout=15, interval=0.02)
     engine.schedules.pause("every-second")
     for job_id in submitted():
         assert engine.wait(job_id, 30).state == "succeeded"
