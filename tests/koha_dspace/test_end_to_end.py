@@ -622,8 +622,7 @@ def test_a_failed_rerun_leaves_an_integrated_record_imported(world: WorldFactory
     assert state.status == "imported" and state.uuid == good.uuid
     assert state.handle_urls == good.handle_urls
     assert state.message and "503" in state.message
-    with w.peers.dspace.lock:  # DSpace is back
-        w.peers.dspace._faults.clear()
+    w.peers.dspace.clear_faults()  # DSpace is back
     again = w.run(35)
     assert again.state == "succeeded", again.error
     assert len(w.items_for(35)) == 1

@@ -507,6 +507,11 @@ class DSpaceState:
         with self.lock:
             self._faults.append(PendingFault(count, status, path_prefix))
 
+    def clear_faults(self) -> None:
+        """Forget the failures `fail_next` set that have not happened yet: DSpace is back."""
+        with self.lock:
+            self._faults.clear()
+
     def expire_tokens(self) -> None:
         """Every JWT issued so far expires now: the next request bearing one gets 401."""
         with self.lock:
