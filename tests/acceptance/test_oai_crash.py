@@ -16,8 +16,7 @@ import pytest
 from shelfwork.config import Settings, load_settings
 from shelfwork.engine import Engine
 from shelfwork.pipelines.oai.snapshots import Snapshots
-from tests.conftest import truncate_pg
-from tests.support.cluster import CRASH_REDIS, Cluster
+from tests.support.cluster import Cluster, crash_backend
 from tests.support.oai_provider import LOOPBACK_HOSTS, Repository, generate_items, running
 
 PAGE = 20
@@ -27,19 +26,9 @@ ITEMS = 600  # 30 pages
 def harvest_settings(
     backend: str, request: pytest.FixtureRequest, tmp_path: Path, base_url: str
 ) -> Settings:
-    if backend == "postgres-celery":
-        url = request.getfixturevalue("pg_url")
-        truncate_pg(url)
-        executor = dict(
-            executor="celery",
-            broker_url=CRASH_REDIS,
-            celery_queue=request.getfixturevalue("crash_queue"),
-        )
-    else:
-        url, executor = f"sqlite:///{tmp_path / 'shelfwork.db'}", dict(executor="local")
     return load_settings(
         env={},
-        database_url=url,
+        **crash_backend(backend, request, tmp_path),
         lease_ttl=3.0,
         poll_interval=0.05,
         pipeline_modules=["shelfwork.pipelines.oai"],
@@ -51,7 +40,6 @@ def harvest_settings(
                 "networks": [{"acronym": "LB", "name": "LB", "base_url": base_url}],
             }
         },
-        **executor,
     )
 
 

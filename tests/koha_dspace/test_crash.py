@@ -18,8 +18,7 @@ from shelfwork.pipelines.koha_dspace.marc import integration_state, parse_marcxm
 from shelfwork.sandbox.pdfs import text_pdf
 from shelfwork.sandbox.peers import Peers
 from shelfwork.sandbox.records import Book, marcxml
-from tests.conftest import truncate_pg
-from tests.support.cluster import CRASH_REDIS, Cluster
+from tests.support.cluster import Cluster, crash_backend
 
 RECORDS = range(41, 47)
 
@@ -38,19 +37,10 @@ def integration_settings(
         poll_interval=0.1,
     )
     if backend == "postgres-celery":
-        url = request.getfixturevalue("pg_url")
-        truncate_pg(url)
-        return Settings(
-            database_url=url,
-            executor="celery",
-            broker_url=CRASH_REDIS,
-            celery_queue=request.getfixturevalue("crash_queue"),
-            # a hand-off to a worker that dies before taking the lease (and the message's
-            # visibility timeout) runs out in seconds, not the default five minutes
-            dispatch_ttl=3.0,
-            **common,
-        )
-    return Settings(database_url=f"sqlite:///{tmp_path / 'shelfwork.db'}", **common)
+        # a hand-off to a worker that dies before taking the lease (and the message's
+        # visibility timeout) runs out in seconds, not the default five minutes
+        common["dispatch_ttl"] = 3.0
+    return Settings(**crash_backend(backend, request, tmp_path), **common)
 
 
 def wait_until(

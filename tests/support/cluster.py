@@ -19,6 +19,9 @@ import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from shelfwork.config import Settings
 from shelfwork.store.database import utcnow
@@ -133,3 +136,20 @@ def purge_queue(queue: str) -> None:
             r.hdel("unacked", tag)
             r.zrem("unacked_index", tag)
     r.close()
+
+
+def crash_backend(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    """The settings that put a crash test's cluster on `backend`: a freshly emptied PostgreSQL
+    database with Celery on the session's crash queue, or a SQLite file with local threads."""
+    if backend == "postgres-celery":
+        from tests.conftest import truncate_pg
+
+        url = request.getfixturevalue("pg_url")
+        truncate_pg(url)
+        return dict(
+            database_url=url,
+            executor="celery",
+            broker_url=CRASH_REDIS,
+            celery_queue=request.getfixturevalue("crash_queue"),
+        )
+    return dict(database_url=f"sqlite:///{tmp_path / 'shelfwork.db'}", executor="local")
